@@ -1,0 +1,164 @@
+"""Decoded images as uint8 tensors: decode once, cache on disk, keep on the training device.
+
+Preprocessing and augmentation are torch ops on whole batches on the device, so the GPU never waits
+for a DataLoader. Two storage layouts exist because the two protocols differ:
+``square`` (VTAB: resize to SxS, no augmentation) and ``shorter`` (FGVC training: shorter side to S,
+random crops taken on the device from a bottom/right zero-padded tensor with per-image sizes).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..errors import PaeError
+
+CACHE_VERSION = "1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageTensors:
+    """One split: uint8 images (N, 3, H, W), int64 labels (N,), valid (h, w) per image if padded."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    sizes: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str) -> "ImageTensors":
+        sizes = None if self.sizes is None else self.sizes.to(device)
+        return ImageTensors(self.images.to(device), self.labels.to(device), self.classes, sizes)
+
+
+def resize_square(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize to size x size without antialiasing, as ``tf.image.resize`` (VTAB protocol)."""
+    out = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    return out[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def _decode(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise PaeError(f"image '{path}' listed in the split file does not exist.",
+                       "restore the file or remove its line from the split file.") from None
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt files
+        raise PaeError(f"image '{path}' cannot be decoded ({type(exc).__name__}: {exc}).",
+                       "replace the corrupt file or remove its line from the split file.") from exc
+
+
+def _square(path: Path, size: int) -> torch.Tensor:
+    arr = np.asarray(_decode(path), dtype=np.uint8)
+    return resize_square(torch.from_numpy(arr.copy()).permute(2, 0, 1), size)
+
+
+def _shorter(path: Path, size: int, crop: int | None) -> torch.Tensor:
+    """torchvision's Resize(size) on PIL (bilinear with PIL's antialias), then an optional CenterCrop(crop)."""
+    im = _decode(path)
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = (size, max(size, int(h * scale))) if w <= h else (max(size, int(w * scale)), size)
+    im = im.resize((nw, nh), Image.BILINEAR)
+    if crop is not None:
+        left, top = int(round((nw - crop) / 2.0)), int(round((nh - crop) / 2.0))
+        im = im.crop((left, top, left + crop, top + crop))
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def decode_files(paths: list[Path], layout: str, size: int, crop: int | None = None,
+                 desc: str = "decode") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Decode and resize images in parallel threads (PIL releases the GIL while decoding)."""
+    from tqdm import tqdm
+
+    if layout == "square":
+        fn = lambda p: _square(p, size)  # noqa: E731
+    elif layout == "shorter":
+        fn = lambda p: _shorter(p, size, crop)  # noqa: E731
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        decoded = list(tqdm(pool.map(fn, paths), total=len(paths), desc=desc, leave=False, disable=len(paths) < 500))
+    if layout == "square" or crop is not None:
+        return torch.stack(decoded), None
+    sizes = torch.tensor([img.shape[1:] for img in decoded], dtype=torch.int64)
+    out = torch.zeros(len(decoded), 3, int(sizes[:, 0].max()), int(sizes[:, 1].max()), dtype=torch.uint8)
+    for i, img in enumerate(decoded):
+        out[i, :, : img.shape[1], : img.shape[2]] = img
+    return out, sizes
+
+
+def fingerprint(parts: list[str], files: list[Path]) -> str:
+    """Cache key: the preprocessing parameters plus each source file's path, size and mtime."""
+    digest = hashlib.sha256(CACHE_VERSION.encode())
+    for part in parts:
+        digest.update(part.encode() + b"\0")
+    for f in files:
+        st = f.stat() if f.exists() else None
+        digest.update(f"{f}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+    return digest.hexdigest()
+
+
+def save_cache(path: Path, data: ImageTensors, key: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"images": data.images.contiguous(), "labels": data.labels.contiguous()}
+    if data.sizes is not None:
+        tensors["sizes"] = data.sizes.contiguous()
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"fingerprint": key, "classes": "\n".join(data.classes)})
+    tmp.replace(path)
+
+
+def load_cache(path: Path, key: str) -> ImageTensors | None:
+    """The cached split, or None when absent, stale or unreadable (it is then rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("fingerprint") != key:
+                return None
+            names = set(f.keys())
+            sizes = f.get_tensor("sizes") if "sizes" in names else None
+            return ImageTensors(f.get_tensor("images"), f.get_tensor("labels"), meta["classes"].split("\n"), sizes)
+    except Exception:  # noqa: BLE001 - a truncated cache is simply rebuilt
+        return None
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
+              std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float, scaled to [0, 1] and standardised per channel."""
+    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - m) / s
+
+
+def random_crop_flip(images: torch.Tensor, sizes: torch.Tensor | None, crop: int,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """RandomCrop(crop) + RandomHorizontalFlip on the device, per image, inside each image's valid area."""
+    b = images.shape[0]
+    dev = images.device
+    if sizes is None:
+        sizes = torch.tensor(images.shape[2:], device=dev).expand(b, 2)
+    rand = torch.rand(b, 3, generator=generator, device="cpu").to(dev)
+    top = (rand[:, 0] * (sizes[:, 0] - crop + 1)).long()
+    left = (rand[:, 1] * (sizes[:, 1] - crop + 1)).long()
+    ar = torch.arange(crop, device=dev)
+    rows = (top[:, None] + ar)[:, None, :, None]
+    cols = left[:, None] + ar
+    cols = torch.where(rand[:, 2:3] < 0.5, cols.flip(1), cols)[:, None, None, :]
+    return images[torch.arange(b, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None], rows, cols]

@@ -1,0 +1,80 @@
+"""The seam between a frozen timm ViT and any prompt method.
+
+``PromptedViT`` runs timm's own ``patch_embed``, ``_pos_embed``, ``blocks`` and ``norm`` and asks the
+method, before every block, for prompt tokens. The first tokens a method returns are inserted after
+the prefix tokens ([CLS]); tokens returned for a later block replace the prompt positions (VPT-deep).
+Returning ``None`` carries the prompt outputs on (VPT-shallow). Zero prompt tokens reproduce timm's
+forward exactly. Prompts get no position embedding, as in VPT.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class PromptMethod(nn.Module):
+    """A prompt-tuning method: owns its learnable prompts; PAE sees it only through this interface."""
+
+    num_tokens: int = 0
+
+    def prompts(self, layer: int, batch: int) -> torch.Tensor | None:
+        """Input prompt tokens (batch, p, d) for block ``layer``, or None to leave the sequence as it is."""
+        return None
+
+    def trajectory(self) -> torch.Tensor:
+        """Prompt states across depth (L, p, d), the chain PAE's Koopman operator constrains."""
+        raise NotImplementedError(f"{type(self).__name__} has no prompt trajectory")
+
+    def initialize(self, prompts: torch.Tensor) -> None:
+        """Write task-aware initial prompts (L, p, d) (PAE), replacing the method's own init."""
+        raise NotImplementedError(f"{type(self).__name__} has no prompts to initialize")
+
+    def layer_grad_norms(self) -> torch.Tensor:
+        """L2 norm of the prompt gradient per layer (L,), for the oscillation diagnostics; empty if none."""
+        return torch.zeros(0)
+
+
+class PromptedViT(nn.Module):
+    """Frozen ViT + prompt method + linear head on [CLS] after the final norm."""
+
+    def __init__(self, backbone: nn.Module, method: PromptMethod, num_classes: int, train_backbone: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.method = method
+        self.train_backbone = train_backbone
+        backbone.requires_grad_(train_backbone)
+        self.head = nn.Linear(backbone.embed_dim, num_classes)
+        # VPT's head: Kaiming-normal weight; a constant bias is irrelevant under softmax, so zero.
+        nn.init.kaiming_normal_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def train(self, mode: bool = True) -> "PromptedViT":
+        """The backbone stays in eval mode (VPT does the same): only prompt dropout is stochastic."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        bb = self.backbone
+        x = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(x))))
+        start, n_prompt = bb.num_prefix_tokens, 0
+        for layer, block in enumerate(bb.blocks):
+            p = self.method.prompts(layer, x.shape[0])
+            if p is not None:
+                x = torch.cat([x[:, :start], p.to(x.dtype), x[:, start + n_prompt:]], dim=1)
+                n_prompt = p.shape[1]
+            x = block(x)
+        return bb.norm(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x)[:, 0])
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def xavier_bound(patch_size: int, embed_dim: int) -> float:
+    """VPT's prompt init range: Xavier-uniform with the patch projection's fan-in (3 * patch^2) and d."""
+    return math.sqrt(6.0 / float(3 * patch_size * patch_size + embed_dim))
