@@ -175,6 +175,7 @@ def train(cfg: TrainConfig) -> dict:
                      **{f"{s}_top1": evaluate(forward, d, cfg.eval_batch_size, use_bf16) for s, d in evals.items()},
                      **{f"grad_norm_l{i}": float("nan") for i in range(len(model.method.layer_grad_norms()))}}
         history.append(start_row)
+        tracker.log_metrics({k: v for k, v in start_row.items() if k != "epoch" and math.isfinite(v)}, step=0)
         bar = tqdm(range(cfg.epochs), desc=f"{spec.label}/{cfg.method}", unit="epoch", leave=False)
         for epoch in bar:
             model.train()

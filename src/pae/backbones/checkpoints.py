@@ -49,9 +49,6 @@ def save_backbone(state_dict: dict[str, torch.Tensor], path: str | Path, metadat
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into a flat state dict; unwraps the usual ``{'model': ...}`` containers."""
     path = Path(path)
-    if not path.is_file():
-        raise PaeError(f"backbone checkpoint '{path}' does not exist.",
-                       "pass the path of a .safetensors/.pth/.npz file, or run `python -m pae.cli import-backbone` first.")
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
@@ -75,13 +72,14 @@ def load_weights(model: torch.nn.Module, path: str | Path, arch: str) -> None:
     from timm.models.vision_transformer import _load_weights, checkpoint_filter_fn
 
     path = Path(path)
+    if not path.is_file():
+        raise PaeError(f"backbone checkpoint '{path}' does not exist.",
+                       "pass the path of a .safetensors/.pth/.npz file, or run `python -m pae.cli import-backbone` first.")
     meta = read_metadata(path)
     if meta.get(META_ARCH) and meta[META_ARCH] != arch:
         raise PaeError(f"backbone checkpoint '{path}' was written for architecture '{meta[META_ARCH]}', not '{arch}'.",
                        f"set the backbone architecture to '{meta[META_ARCH]}' or pass a checkpoint made for '{arch}'.")
     if path.suffix == ".npz":
-        if not path.is_file():
-            raise PaeError(f"backbone checkpoint '{path}' does not exist.", "pass the path of an existing .npz file.")
         _load_weights(model, str(path))  # timm's loader for Google's big_vision/jax npz format
         return
     state = read_state_dict(path)

