@@ -7,6 +7,8 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns.db
+# Rules call `python -m pae.cli`: the venv's python must come first on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: venv reproduce test mlflow-ui clean
 
@@ -16,6 +18,7 @@ $(BIN)/.installed: pyproject.toml
 	# torch first: the pinned CUDA build also runs on CPU-only machines.
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/python -c 'import pae, timm, mlflow, snakemake, dvc'  # fail here, not later, if the install broke
 	touch $@
 
 venv: $(BIN)/.installed

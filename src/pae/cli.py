@@ -55,6 +55,12 @@ def _train(args: argparse.Namespace) -> None:
     print(json.dumps(metrics, sort_keys=True))
 
 
+def _table(args: argparse.Namespace) -> None:
+    from .reports.tables import load_runs, write_accuracy_table
+
+    write_accuracy_table(load_runs(args.runs), args.out_md, args.out_csv)
+
+
 def _methods(args: argparse.Namespace) -> None:
     from .prompts import METHODS
 
@@ -105,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="MLflow experiment name")
     p.add_argument("--no-mlflow", dest="mlflow", action="store_false", default=None)
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("table", help="accuracy table (Markdown + CSV) from runs' metrics.json")
+    p.add_argument("runs", nargs="+", help="metrics.json files")
+    p.add_argument("--out-md", required=True)
+    p.add_argument("--out-csv", required=True)
+    p.set_defaults(func=_table)
 
     p = sub.add_parser("methods", help="list the prompt methods")
     p.set_defaults(func=_methods)

@@ -1,0 +1,15 @@
+# Reproduce everything: `snakemake --cores all reproduce_all` (add --use-conda where conda exists).
+# The DAG so far: import backbone -> decode data -> train (task x method x seed) -> tables.
+configfile: "params/default.yaml"
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/backbone.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+rule reproduce_all:
+    default_target: True
+    input:
+        f"reports/{EXPERIMENT}/accuracy.md",

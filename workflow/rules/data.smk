@@ -1,0 +1,17 @@
+rule prepare_data:
+    output:
+        touch(f"results/{EXPERIMENT}/prepared/{{task}}.done"),
+    input:
+        CODE,
+    params:
+        task=lambda w: task_args(w.task),
+        size=config["img_size"],
+    log:
+        f"logs/{EXPERIMENT}/prepare_{{task}}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=8000,
+    shell:
+        "python -m pae.cli prepare-data {params.task} --img-size {params.size} > {log} 2>&1"
