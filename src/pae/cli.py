@@ -38,11 +38,12 @@ def _import_backbone(args: argparse.Namespace) -> None:
 
 
 def _prepare_data(args: argparse.Namespace) -> None:
-    from .data import SPLITS_OF, DataSpec, load_split
+    from .data import FINAL_SPLITS, SPLITS_OF, TUNE_SPLITS, DataSpec, load_split
 
     spec = DataSpec(args.data_kind, args.data_root, args.data_name)
+    training = {FINAL_SPLITS[spec.kind][0], TUNE_SPLITS[spec.kind][0]}  # the splits `train` fits on
     for split in args.splits or SPLITS_OF[spec.kind]:
-        data = load_split(spec, split, args.img_size, args.cache_dir, for_training=split in ("train", "train800", "train800val200"))
+        data = load_split(spec, split, args.img_size, args.cache_dir, for_training=split in training)
         print(f"{spec.label}/{split}: {len(data)} images, {len(data.classes)} classes, {tuple(data.images.shape[1:])}")
 
 
