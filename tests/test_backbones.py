@@ -136,3 +136,10 @@ def test_google_npz_imports_to_safetensors_exactly(tmp_path):
     loaded = load_backbone("vit_tiny_patch16_224", out, 224)
     for key, value in source.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_truncated_checkpoint_gives_a_clear_error(tmp_path, dinov2_weights):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(dinov2_weights.read_bytes()[:1000])
+    with pytest.raises(PaeError, match="cannot be read"):
+        load_backbone("vit_small_patch14_dinov2", broken, 28)

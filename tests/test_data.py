@@ -170,3 +170,14 @@ def test_unknown_kind_and_split():
         DataSpec("imagenet", "/x")
     with pytest.raises(PaeError, match="unknown digits split 'train'"):
         load_split(DataSpec("digits"), "train", 14, "/tmp")
+
+
+def test_fgvc_eval_preprocessing_equals_torchvision(tmp_path):
+    """Resize(256) + CenterCrop(224) as VPT runs them with torchvision on PIL images."""
+    from torchvision import transforms
+
+    root = _fgvc(tmp_path)
+    ours = load_split(DataSpec("fgvc", str(root)), "test", 224, tmp_path / "cache").images[0]
+    rel = next(iter(json.loads((root / "test.json").read_text())))
+    ref = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.PILToTensor()])
+    assert torch.equal(ours, ref(Image.open(root / "images" / rel).convert("RGB")))

@@ -126,3 +126,19 @@ def test_unknown_method_and_empty_prompts_are_refused(backbone):
         build_method("vpt_deeep", backbone)
     with pytest.raises(PaeError, match="at least one prompt token"):
         build_method("vpt_deep", backbone, num_tokens=0)
+
+
+def test_prompt_dropout_masks_each_sample_independently():
+    """VPT drops after expanding to the batch: samples must not share one mask."""
+    torch.manual_seed(0)
+    vpt = VPT(12, 384, 14, 5, deep=True, dropout=0.5).train()
+    p = vpt.prompts(0, 8)
+    dropped = p == 0
+    assert dropped.any() and not all(torch.equal(dropped[0], dropped[i]) for i in range(1, 8))
+
+
+def test_backbones_that_do_not_pool_cls_are_refused():
+    avg_pooled = random_vit("vit_small_patch16_224", 32)
+    avg_pooled.reset_classifier(0, "avg")  # e.g. MAE-style checkpoints pool patch tokens
+    with pytest.raises(PaeError, match="pools with 'avg'"):
+        PromptedViT(avg_pooled, build_method("linear", avg_pooled), 3)

@@ -101,3 +101,26 @@ def test_cli_process_exit_code_and_one_line(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "unknown method 'nope'" in proc.stderr
+
+
+def test_out_dir_with_foreign_files_is_refused_before_any_work(capsys, tmp_path, mlflow_store):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    err = _cli_error(capsys, ["train", "--epochs", "1", "--warmup-epochs", "0", "--img-size", "14",
+                              "--out-dir", str(out), "--cache-dir", str(tmp_path / "c")])
+    assert "holds files that are not a run's outputs (first: 'notes.txt')" in err
+    assert (out / "notes.txt").read_text() == "precious" and not (tmp_path / "mlruns.db").exists()
+
+
+def test_parallel_jobs_share_a_fresh_mlflow_store(tmp_path):
+    """Parallel Snakemake jobs create the SQLite store at once; every one must get its run."""
+    code = "from pae.tracking import Tracker; t = Tracker('race', 'job'); t.finish(True); print(t.run_id)"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    assert all(rc == 0 for _, _, rc in results), [err[-500:] for _, err, rc in results if rc]
+    from mlflow import MlflowClient
+    runs = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs([MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment_by_name("race").experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted(out.strip() for out, _, _ in results)

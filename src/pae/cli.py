@@ -19,7 +19,10 @@ from .errors import PaeError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "0" if os.environ.get("PAE_ONLINE") else "1")
+if os.environ.get("PAE_ONLINE"):  # overrides the Makefile's offline default
+    os.environ["HF_HUB_OFFLINE"] = "0"
+else:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:

@@ -5,8 +5,11 @@ in ``mlartifacts/`` beside it; ``MLFLOW_TRACKING_URI`` overrides. Telemetry is o
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,24 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlruns.db'}"
+
+
+@contextlib.contextmanager
+def _setup_lock(db: Path | None) -> Iterator[None]:
+    """Serialise store creation and experiment/run set-up across processes.
+
+    Parallel Snakemake jobs on a fresh SQLite store otherwise race to create its tables and fail.
+    """
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class Tracker:
@@ -28,22 +49,16 @@ class Tracker:
         from mlflow import MlflowClient
 
         uri = tracking_uri()
-        self.client = MlflowClient(tracking_uri=uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            artifacts = None
-            if uri.startswith("sqlite:///"):
-                artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / experiment).resolve().as_uri()
-            exp_id = self._create_experiment(experiment, artifacts)
-        else:
-            exp_id = exp.experiment_id
-        self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
-
-    def _create_experiment(self, name: str, artifacts: str | None) -> str:
-        try:
-            return self.client.create_experiment(name, artifact_location=artifacts)
-        except Exception:  # noqa: BLE001 - another job created it first
-            return self.client.get_experiment_by_name(name).experiment_id
+        db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+        with _setup_lock(db):
+            self.client = MlflowClient(tracking_uri=uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                artifacts = None if db is None else (db.parent / "mlartifacts" / experiment).resolve().as_uri()
+                exp_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+            else:
+                exp_id = exp.experiment_id
+            self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
 
     def log_params(self, params: dict[str, Any], tags: dict[str, str]) -> None:
         if not self.enabled:

@@ -117,6 +117,21 @@ def evaluate(model: torch.nn.Module, data: ImageTensors, batch_size: int, autoca
     return 100.0 * correct.item() / len(data)
 
 
+RUN_FILES = ("checkpoint.safetensors", "config.json", "history.csv", "metrics.json")
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """Refuse, before any work, a folder that holds anything but an earlier run's outputs: it gets replaced."""
+    out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise PaeError(f"output path '{out}' is a file, not a folder.", "choose a new --out-dir.")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES) if out.is_dir() else []
+    if foreign:
+        raise PaeError(f"output folder '{out}' holds files that are not a run's outputs (first: '{foreign[0]}'); "
+                       "a run replaces its whole folder.", "choose an empty or new --out-dir; nothing was touched.")
+    return out
+
+
 def _write_outputs(out_dir: Path, cfg: TrainConfig, metrics: dict, history: list[dict], model: PromptedViT) -> None:
     """Write everything into a sibling temp folder, then swap it in: a crash never leaves half a run."""
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
@@ -143,6 +158,7 @@ def train(cfg: TrainConfig) -> dict:
     from tqdm import tqdm
 
     cfg.validate()
+    out_dir = check_out_dir(cfg.out_dir)
     device = resolve_device(cfg.device)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     torch.manual_seed(cfg.seed)
@@ -221,7 +237,6 @@ def train(cfg: TrainConfig) -> dict:
             **{f"initial_{s}_top1": start_row[f"{s}_top1"] for s in evals},
             "final_train_loss": history[-1]["train_loss"], "mlflow_run_id": tracker.run_id,
         }
-        out_dir = Path(cfg.out_dir)
         _write_outputs(out_dir, cfg, metrics, history, model)
         tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=cfg.epochs)
         tracker.log_artifacts(out_dir)

@@ -6,6 +6,7 @@ Formats: safetensors (preferred), Google's ``.npz`` (ViT-B_16.npz), and torch pi
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -41,7 +42,7 @@ def save_backbone(state_dict: dict[str, torch.Tensor], path: str | Path, metadat
     """Write a backbone state dict as safetensors, atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
     tmp.replace(path)
 
@@ -75,12 +76,20 @@ def load_weights(model: torch.nn.Module, path: str | Path, arch: str) -> None:
     if not path.is_file():
         raise PaeError(f"backbone checkpoint '{path}' does not exist.",
                        "pass the path of a .safetensors/.pth/.npz file, or run `python -m pae.cli import-backbone` first.")
-    meta = read_metadata(path)
+    try:
+        meta = read_metadata(path)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+        raise PaeError(f"backbone checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}).",
+                       "re-download or re-import it (`python -m pae.cli import-backbone`).") from exc
     if meta.get(META_ARCH) and meta[META_ARCH] != arch:
         raise PaeError(f"backbone checkpoint '{path}' was written for architecture '{meta[META_ARCH]}', not '{arch}'.",
                        f"set the backbone architecture to '{meta[META_ARCH]}' or pass a checkpoint made for '{arch}'.")
     if path.suffix == ".npz":
-        _load_weights(model, str(path))  # timm's loader for Google's big_vision/jax npz format
+        try:
+            _load_weights(model, str(path))  # timm's loader for Google's big_vision/jax npz format
+        except Exception as exc:  # noqa: BLE001 - missing keys, wrong shapes, unreadable archive
+            raise PaeError(f"npz checkpoint '{path}' does not load into '{arch}' ({type(exc).__name__}: {exc}).",
+                           f"pass an npz of '{arch}' in Google's ViT layout, or set the architecture it was trained as.") from exc
         return
     state = read_state_dict(path)
     antialias = meta.get(META_POS_ANTIALIAS, "true") == "true"

@@ -118,7 +118,7 @@ def save_cache(path: Path, data: ImageTensors, key: str) -> None:
     tensors = {"images": data.images.contiguous(), "labels": data.labels.contiguous()}
     if data.sizes is not None:
         tensors["sizes"] = data.sizes.contiguous()
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata={"fingerprint": key, "classes": "\n".join(data.classes)})
     tmp.replace(path)
 

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from ..errors import PaeError
+
 
 class PromptMethod(nn.Module):
     """A prompt-tuning method: owns its learnable prompts; PAE sees it only through this interface."""
@@ -41,6 +43,10 @@ class PromptedViT(nn.Module):
 
     def __init__(self, backbone: nn.Module, method: PromptMethod, num_classes: int, train_backbone: bool = False) -> None:
         super().__init__()
+        if getattr(backbone, "global_pool", "token") != "token" or not isinstance(backbone.fc_norm, nn.Identity):
+            raise PaeError(f"the backbone pools with '{backbone.global_pool}' (fc_norm {type(backbone.fc_norm).__name__}); "
+                           "prompt methods here classify from [CLS] after the final norm, as VPT does.",
+                           "use a ViT whose timm global_pool is 'token' (e.g. the DINOv2 or orig_in21k ViTs).")
         self.backbone = backbone
         self.method = method
         self.train_backbone = train_backbone

@@ -22,7 +22,8 @@ class VPT(PromptMethod):
     def prompts(self, layer: int, batch: int) -> torch.Tensor | None:
         if layer >= self.embeddings.shape[0] or self.num_tokens == 0:
             return None
-        return self.dropout(self.embeddings[layer]).unsqueeze(0).expand(batch, -1, -1)
+        # Expand first, then drop: every sample gets its own dropout mask, as in VPT.
+        return self.dropout(self.embeddings[layer].unsqueeze(0).expand(batch, -1, -1))
 
     def trajectory(self) -> torch.Tensor:
         return self.embeddings

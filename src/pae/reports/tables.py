@@ -41,7 +41,8 @@ def accuracy_rows(runs: list[dict], metric: str = "final_test_top1") -> list[dic
 
 def write_accuracy_table(runs: list[dict], out_md: str | Path, out_csv: str | Path) -> None:
     rows = accuracy_rows(runs)
-    Path(out_md).parent.mkdir(parents=True, exist_ok=True)
+    for out in (out_md, out_csv):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
     with open(out_csv, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
