@@ -66,6 +66,7 @@ def test_cache_is_reused_and_invalidated(vtab_mini, tmp_path):
     ("empty", "lists no images"),
     ("missing_image", "listed in the split file does not exist"),
     ("corrupt_image", "cannot be decoded"),
+    ("no_classes_bad_other_split", r"test.txt:1: expected '<image path> <integer label>'"),
 ])
 def test_vtab_bad_input_messages(vtab_mini, tmp_path, breakage, message):
     root = _task(tmp_path, vtab_mini)
@@ -88,6 +89,9 @@ def test_vtab_bad_input_messages(vtab_mini, tmp_path, breakage, message):
         first_image.unlink()
     elif breakage == "corrupt_image":
         first_image.write_bytes(b"not a jpeg")
+    elif breakage == "no_classes_bad_other_split":  # class count then comes from every split's labels
+        (root / "classes.txt").unlink()
+        (root / "test.txt").write_text("images/cat/0001.jpg\n")
     with pytest.raises(PaeError, match=message) as info:
         load_split(DataSpec("vtab1k", str(root)), "val200", 28, tmp_path / "cache")
     assert "Fix:" in str(info.value)
@@ -127,6 +131,12 @@ def test_fgvc_protocol_shapes_and_labels(tmp_path):
 
 def test_fgvc_bad_input(tmp_path):
     root = _fgvc(tmp_path)
+    renamed = root.rename(tmp_path / "CUB_200_2011")  # unknown name: the images/ folder is found by looking
+    assert len(load_split(DataSpec("fgvc", str(renamed)), "test", 28, tmp_path)) == 1
+    shutil.move(renamed / "images", tmp_path / "elsewhere")
+    with pytest.raises(PaeError, match="pass the dataset's name .* with --name"):
+        load_split(DataSpec("fgvc", str(renamed)), "test", 28, tmp_path)
+    root = renamed
     (root / "test.json").write_text(json.dumps({"x.png": 99}))
     with pytest.raises(PaeError, match="class id 99, which the training split never uses"):
         load_split(DataSpec("fgvc", str(root)), "test", 28, tmp_path)

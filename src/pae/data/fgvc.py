@@ -39,7 +39,6 @@ def read_split(root: str | Path, split: str, dataset: str | None = None) -> tupl
     if split not in SPLITS:
         raise PaeError(f"unknown FGVC split '{split}'.", f"use one of {', '.join(SPLITS)}.")
     name = (dataset or root.name).lower()
-    image_dir = root / IMAGE_DIRS.get(name, "")
     class_ids = sorted(set(_read_json(root, "train").values()))
     to_index = {c: i for i, c in enumerate(class_ids)}
     anno = _read_json(root, split)
@@ -47,5 +46,17 @@ def read_split(root: str | Path, split: str, dataset: str | None = None) -> tupl
     if unseen is not None:
         raise PaeError(f"FGVC split '{split}': '{unseen}' has class id {anno[unseen]}, which the training split never uses.",
                        "use VPT's split files unchanged; every class must appear in train.json.")
+    image_dir = _image_dir(root, name, next(iter(anno)))
     files = [image_dir / k for k in anno]
     return files, [to_index[v] for v in anno.values()], [str(c) for c in class_ids]
+
+
+def _image_dir(root: Path, name: str, first: str) -> Path:
+    """VPT's image folder for a known dataset name; otherwise the candidate folder that holds the first image."""
+    if name in IMAGE_DIRS:
+        return root / IMAGE_DIRS[name]
+    for sub in dict.fromkeys(IMAGE_DIRS.values()):
+        if (root / sub / first).is_file():
+            return root / sub
+    raise PaeError(f"FGVC image '{first}' is neither under '{root}' nor its images/ or Images/ folder.",
+                   f"pass the dataset's name (one of {', '.join(IMAGE_DIRS)}) with --name, or set --root to the dataset folder.")
