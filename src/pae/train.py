@@ -39,6 +39,7 @@ class TrainConfig:
     method: str = "vpt_deep"
     num_tokens: int = 10
     prompt_dropout: float = 0.1
+    fourier_fraction: float = 0.5  # VFPT's alpha (per-task values: methods.md 6.1)
     epochs: int = 100
     warmup_epochs: int = 10
     lr: float = 0.25
@@ -167,7 +168,8 @@ def train(cfg: TrainConfig) -> dict:
     train_data = load_split(spec, train_split, cfg.img_size, cfg.cache_dir, for_training=True).to(device)
     evals = {s: load_split(spec, s, cfg.img_size, cfg.cache_dir).to(device) for s in eval_splits}
     backbone = load_backbone(cfg.arch, cfg.weights, cfg.img_size)
-    model = build_model(cfg.method, backbone, len(train_data.classes), cfg.num_tokens, cfg.prompt_dropout).to(device)
+    model = build_model(cfg.method, backbone, len(train_data.classes), cfg.num_tokens, cfg.prompt_dropout,
+                        cfg.fourier_fraction).to(device)
     forward = torch.compile(model) if cfg.compile else model
     opt = make_optimizer(model, cfg)
     n = len(train_data)

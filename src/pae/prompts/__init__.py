@@ -5,6 +5,7 @@ from torch import nn
 
 from ..errors import PaeError
 from .base import PromptedViT, PromptMethod
+from .vfpt import VFPT
 from .vpt import VPT
 
 # name -> one-line description (shown by `pae.cli methods`)
@@ -13,23 +14,31 @@ METHODS = {
     "full": "full fine-tuning of backbone and head",
     "vpt_shallow": "VPT-shallow: prompts inserted once before block 1",
     "vpt_deep": "VPT-deep: fresh prompts replace the prompt positions before every block",
+    "vfpt": "VFPT: VPT-deep with a fraction of each layer's prompts passed through a 2-D FFT (real part)",
 }
 
 
-def build_method(name: str, backbone: nn.Module, num_tokens: int = 10, dropout: float = 0.0) -> PromptMethod:
-    """The prompt method ``name`` sized for ``backbone``."""
+def build_method(name: str, backbone: nn.Module, num_tokens: int = 10, dropout: float = 0.0,
+                 fourier_fraction: float = 0.5) -> PromptMethod:
+    """The prompt method ``name`` sized for ``backbone``; ``fourier_fraction`` is VFPT's alpha."""
     depth, dim, patch = len(backbone.blocks), backbone.embed_dim, backbone.patch_embed.patch_size[0]
     if name in ("linear", "full"):
         return PromptMethod()
+    if name in ("vpt_shallow", "vpt_deep", "vfpt") and num_tokens < 1:
+        raise PaeError(f"{name} needs at least one prompt token, got {num_tokens}.", "set prompt.num_tokens >= 1.")
     if name in ("vpt_shallow", "vpt_deep"):
-        if num_tokens < 1:
-            raise PaeError(f"{name} needs at least one prompt token, got {num_tokens}.", "set prompt.num_tokens >= 1.")
         return VPT(depth, dim, patch, num_tokens, deep=name == "vpt_deep", dropout=dropout)
+    if name == "vfpt":
+        if not 0.0 <= fourier_fraction <= 1.0:
+            raise PaeError(f"VFPT's fourier_fraction must be in [0, 1], got {fourier_fraction}.", "set it in [0, 1].")
+        return VFPT(depth, dim, patch, num_tokens, fourier_fraction, dropout=dropout)
     raise PaeError(f"unknown method '{name}'.", f"use one of: {', '.join(METHODS)}.")
 
 
-def build_model(name: str, backbone: nn.Module, num_classes: int, num_tokens: int = 10, dropout: float = 0.0) -> PromptedViT:
-    return PromptedViT(backbone, build_method(name, backbone, num_tokens, dropout), num_classes, train_backbone=name == "full")
+def build_model(name: str, backbone: nn.Module, num_classes: int, num_tokens: int = 10, dropout: float = 0.0,
+                fourier_fraction: float = 0.5) -> PromptedViT:
+    method = build_method(name, backbone, num_tokens, dropout, fourier_fraction)
+    return PromptedViT(backbone, method, num_classes, train_backbone=name == "full")
 
 
-__all__ = ["METHODS", "PromptMethod", "PromptedViT", "VPT", "build_method", "build_model"]
+__all__ = ["METHODS", "PromptMethod", "PromptedViT", "VFPT", "VPT", "build_method", "build_model"]
