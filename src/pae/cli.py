@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="see `methods`")
     p.add_argument("--num-tokens", type=int, help=f"prompt length (default {d.num_tokens})")
     p.add_argument("--prompt-dropout", type=float)
+    p.add_argument("--kv-tokens", type=int, help="E2VPT: key/value prompts per layer")
     p.add_argument("--fourier-fraction", type=float, help="VFPT: fraction of each layer's prompts made Fourier prompts")
     p.add_argument("--epochs", type=int)
     p.add_argument("--warmup-epochs", type=int)

@@ -40,6 +40,7 @@ class TrainConfig:
     num_tokens: int = 10
     prompt_dropout: float = 0.1
     fourier_fraction: float = 0.5  # VFPT's alpha (per-task values: methods.md 6.1)
+    kv_tokens: int = 5  # E2VPT's key/value prompts per layer (5 on most VTAB tasks in its command.txt)
     epochs: int = 100
     warmup_epochs: int = 10
     lr: float = 0.25
@@ -169,7 +170,7 @@ def train(cfg: TrainConfig) -> dict:
     evals = {s: load_split(spec, s, cfg.img_size, cfg.cache_dir).to(device) for s in eval_splits}
     backbone = load_backbone(cfg.arch, cfg.weights, cfg.img_size)
     model = build_model(cfg.method, backbone, len(train_data.classes), cfg.num_tokens, cfg.prompt_dropout,
-                        cfg.fourier_fraction).to(device)
+                        cfg.fourier_fraction, cfg.kv_tokens).to(device)
     forward = torch.compile(model) if cfg.compile else model
     opt = make_optimizer(model, cfg)
     n = len(train_data)

@@ -3,7 +3,8 @@
 ``PromptedViT`` runs timm's own ``patch_embed``, ``_pos_embed``, ``blocks`` and ``norm`` and asks the
 method, before every block, for prompt tokens. The first tokens a method returns are inserted after
 the prefix tokens ([CLS]); tokens returned for a later block replace the prompt positions (VPT-deep).
-Returning ``None`` carries the prompt outputs on (VPT-shallow). Zero prompt tokens reproduce timm's
+Returning ``None`` carries the prompt outputs on (VPT-shallow). A method may also give extra keys and values for a block's
+attention (E2VPT), run through timm's own block weights. Zero prompt tokens reproduce timm's
 forward exactly. Prompts get no position embedding, as in VPT.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import PaeError
+from .kv_attention import block_with_kv
 
 
 class PromptMethod(nn.Module):
@@ -23,6 +25,10 @@ class PromptMethod(nn.Module):
 
     def prompts(self, layer: int, batch: int) -> torch.Tensor | None:
         """Input prompt tokens (batch, p, d) for block ``layer``, or None to leave the sequence as it is."""
+        return None
+
+    def kv_prompts(self, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Extra keys and values (batch, heads, n, head_dim) for block ``layer``'s attention (E2VPT), or None."""
         return None
 
     def trajectory(self) -> torch.Tensor:
@@ -71,7 +77,8 @@ class PromptedViT(nn.Module):
             if p is not None:
                 x = torch.cat([x[:, :start], p.to(x.dtype), x[:, start + n_prompt:]], dim=1)
                 n_prompt = p.shape[1]
-            x = block(x)
+            kv = self.method.kv_prompts(layer, x.shape[0])
+            x = block(x) if kv is None else block_with_kv(block, x, *kv)
         return bb.norm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
