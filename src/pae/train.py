@@ -187,12 +187,14 @@ def train(cfg: TrainConfig) -> dict:
     history: list[dict] = []
     ok = False
     start = time.perf_counter()
+    def evaluate_all() -> dict[str, float]:
+        return {f"{s}_top1": evaluate(forward, d, cfg.eval_batch_size, use_bf16) for s, d in evals.items()}
+
     try:
         tracker.log_params({k: v for k, v in asdict(cfg).items() if k != "tags"}, tags)
         # Epoch 0 is the untrained starting point: the reference every learning curve starts from.
         start_row = {"epoch": 0, "lr": 0.0, "train_loss": float("nan"), "train_top1": float("nan"),
-                     **{f"{s}_top1": evaluate(forward, d, cfg.eval_batch_size, use_bf16) for s, d in evals.items()},
-                     **{f"grad_norm_l{i}": float("nan") for i in range(len(model.method.layer_grad_norms()))}}
+                     **evaluate_all(), **{f"grad_norm_l{i}": float("nan") for i in range(len(model.method.layer_grad_norms()))}}
         history.append(start_row)
         tracker.log_metrics({k: v for k, v in start_row.items() if k != "epoch" and math.isfinite(v)}, step=0)
         bar = tqdm(range(cfg.epochs), desc=f"{spec.label}/{cfg.method}", unit="epoch", leave=False)
@@ -226,7 +228,7 @@ def train(cfg: TrainConfig) -> dict:
                                "lower the learning rate (or use precision fp32); no results were written.")
             row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss,
                    "train_top1": 100.0 * correct.item() / n}
-            row.update({f"{s}_top1": evaluate(forward, d, cfg.eval_batch_size, use_bf16) for s, d in evals.items()})
+            row.update(evaluate_all())
             row.update({f"grad_norm_l{i}": v / steps for i, v in enumerate(grad_sum.tolist())})
             history.append(row)
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)

@@ -58,7 +58,7 @@ def load_split(spec: DataSpec, split: str, img_size: int, cache_dir: str | Path,
     FGVC training splits keep the shorter-side-resized images (random crops come later, per step);
     all other splits are stored exactly as the model sees them before normalisation.
     """
-    if split not in SPLITS_OF[spec.kind]:
+    if split not in SPLITS_OF[spec.kind]:  # the one split check: the readers below trust it
         raise PaeError(f"unknown {spec.kind} split '{split}'.", f"use one of {', '.join(SPLITS_OF[spec.kind])}.")
     if spec.kind == "digits":
         images, labels, classes = digits.read_split(split)
