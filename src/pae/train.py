@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from .backbones import DEFAULT_ARCH, describe, load_backbone
 from .data import FINAL_SPLITS, TUNE_SPLITS, DataSpec, ImageTensors, eval_input, load_split, train_input
 from .errors import PaeError
-from .prompts import METHODS, PromptedViT, build_model
+from .prompts import METHODS, MethodOptions, PromptedViT, build_model
 from .tracking import Tracker
 
 
@@ -41,6 +41,14 @@ class TrainConfig:
     prompt_dropout: float = 0.1
     fourier_fraction: float = 0.5  # VFPT's alpha (per-task values: methods.md 6.1)
     kv_tokens: int = 5  # E2VPT's key/value prompts per layer (5 on most VTAB tasks in its command.txt)
+    bpt_rank: int = 32  # BPT-bilinear's rank r (the paper: 75 at d=768)
+    bpt_init: str = "xavier"  # BPT-bilinear's B: xavier | whitening
+    whiten_eps: float = 1e-4  # BPT whitening ridge, relative to the largest eigenvalue
+    fit_images: int = 100  # training images for data-dependent method set-up (BPT's whitening: ~100)
+    ivpt_cdc: bool = True  # iVPT cross-layer dynamic connection
+    ivpt_dynamic: bool = True  # iVPT input-dependent gates (dynamic aggregation)
+    ivpt_ar: bool = True  # iVPT attentive reinforcement
+    ivpt_top_k: int = 8  # iVPT: image tokens reinforced per block
     epochs: int = 100
     warmup_epochs: int = 10
     lr: float = 0.25
@@ -75,6 +83,7 @@ class TrainConfig:
             (self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1", "set positive batch sizes"),
             (0 <= self.prompt_dropout < 1, f"prompt_dropout must be in [0, 1), got {self.prompt_dropout}", "set it in [0, 1)"),
             (self.img_size >= 14, f"img_size {self.img_size} is too small", "use at least one patch, e.g. 224"),
+            (self.fit_images >= 1, f"fit_images must be >= 1, got {self.fit_images}", "set fit_images to e.g. 100"),
         ]
         for ok, problem, fix in checks:
             if not ok:
@@ -117,6 +126,14 @@ def evaluate(model: torch.nn.Module, data: ImageTensors, batch_size: int, autoca
             logits = model(eval_input(data.images[i:i + batch_size]))
         correct += (logits.argmax(1) == data.labels[i:i + batch_size]).sum()
     return 100.0 * correct.item() / len(data)
+
+
+def sample_batch(spec: DataSpec, data: ImageTensors, n: int, img_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random training images as model input (training augmentation) and their labels, fixed by ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data), generator=gen)[:n].to(data.labels.device)
+    sizes = None if data.sizes is None else data.sizes[idx]
+    return train_input(spec, data.images[idx], sizes, img_size, gen), data.labels[idx]
 
 
 RUN_FILES = ("checkpoint.safetensors", "config.json", "history.csv", "metrics.json")
@@ -169,8 +186,9 @@ def train(cfg: TrainConfig) -> dict:
     train_data = load_split(spec, train_split, cfg.img_size, cfg.cache_dir, for_training=True).to(device)
     evals = {s: load_split(spec, s, cfg.img_size, cfg.cache_dir).to(device) for s in eval_splits}
     backbone = load_backbone(cfg.arch, cfg.weights, cfg.img_size)
-    model = build_model(cfg.method, backbone, len(train_data.classes), cfg.num_tokens, cfg.prompt_dropout,
-                        cfg.fourier_fraction, cfg.kv_tokens).to(device)
+    options = vars(MethodOptions.from_config(cfg))
+    model = build_model(cfg.method, backbone, len(train_data.classes), **options).to(device)
+    model.method.fit_to_data(model.backbone, sample_batch(spec, train_data, cfg.fit_images, cfg.img_size, cfg.seed)[0])
     forward = torch.compile(model) if cfg.compile else model
     opt = make_optimizer(model, cfg)
     n = len(train_data)

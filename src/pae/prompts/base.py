@@ -3,9 +3,11 @@
 ``PromptedViT`` runs timm's own ``patch_embed``, ``_pos_embed``, ``blocks`` and ``norm`` and asks the
 method, before every block, for prompt tokens. The first tokens a method returns are inserted after
 the prefix tokens ([CLS]); tokens returned for a later block replace the prompt positions (VPT-deep).
-Returning ``None`` carries the prompt outputs on (VPT-shallow). A method may also give extra keys and values for a block's
-attention (E2VPT), run through timm's own block weights. Zero prompt tokens reproduce timm's
-forward exactly. Prompts get no position embedding, as in VPT.
+Returning ``None`` carries the prompt outputs on (VPT-shallow); the outputs at the prompt positions are
+handed to the method, so it can also mix them in (iVPT). A method may edit the tokens before a block
+(iVPT's attentive reinforcement) and give extra keys and values for a block's attention (E2VPT), run
+through timm's own block weights. Zero prompt tokens reproduce timm's forward exactly. Prompts get no
+position embedding, as in VPT.
 """
 from __future__ import annotations
 
@@ -23,9 +25,20 @@ class PromptMethod(nn.Module):
 
     num_tokens: int = 0
 
-    def prompts(self, layer: int, batch: int) -> torch.Tensor | None:
-        """Input prompt tokens (batch, p, d) for block ``layer``, or None to leave the sequence as it is."""
+    def prompts(self, layer: int, batch: int, previous: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Input prompt tokens (batch, p, d) for block ``layer``, or None to leave the sequence as it is.
+
+        ``previous`` holds the tokens now at the prompt positions (the last block's outputs there), None before
+        the first prompts are inserted.
+        """
         return None
+
+    def fit_to_data(self, backbone: nn.Module, images: torch.Tensor) -> None:
+        """Data-dependent set-up before training, from normalised training images (BPT's whitening); default none."""
+
+    def adjust_tokens(self, layer: int, block: nn.Module, x: torch.Tensor, n_prefix: int, n_prompt: int) -> torch.Tensor:
+        """Edit the token sequence (B, n_prefix + n_prompt + N, d) just before block ``layer`` (iVPT); default none."""
+        return x
 
     def kv_prompts(self, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Extra keys and values (batch, heads, n, head_dim) for block ``layer``'s attention (E2VPT), or None."""
@@ -39,9 +52,43 @@ class PromptMethod(nn.Module):
         """Write task-aware initial prompts (L, p, d) (PAE), replacing the method's own init."""
         raise NotImplementedError(f"{type(self).__name__} has no prompts to initialize")
 
+    def per_layer_parameters(self) -> list[nn.Parameter]:
+        """The trainable tensors whose first dimension indexes layers (the gradient diagnostics read these)."""
+        return []
+
     def layer_grad_norms(self) -> torch.Tensor:
-        """L2 norm of the prompt gradient per layer (L,), for the oscillation diagnostics; empty if none."""
-        return torch.zeros(0)
+        """L2 norm of the prompt gradient per layer (L,), over all per-layer tensors; empty if none."""
+        params = self.per_layer_parameters()
+        if not params:
+            return torch.zeros(0)
+        squares = torch.zeros(params[0].shape[0], device=params[0].device)
+        for p in params:
+            if p.grad is not None:
+                squares = squares + p.grad.flatten(1).float().pow(2).sum(1)
+        return squares.sqrt()
+
+
+class LayerPrompts(PromptMethod):
+    """A method with one (p, d) prompt set per layer, L = depth (deep) or 1 (shallow), with prompt dropout."""
+
+    def __init__(self, num_layers: int, num_tokens: int, dropout: float) -> None:
+        super().__init__()
+        self.num_layers = num_layers
+        self.num_tokens = num_tokens
+        self.dropout = nn.Dropout(dropout)
+
+    def prompt_set(self, layer: int) -> torch.Tensor:
+        """The (p, d) prompts of ``layer`` before dropout."""
+        raise NotImplementedError
+
+    def prompts(self, layer: int, batch: int, previous: torch.Tensor | None = None) -> torch.Tensor | None:
+        if layer >= self.num_layers or self.num_tokens == 0:
+            return None
+        # Expand first, then drop: every sample gets its own dropout mask, as in VPT.
+        return self.dropout(self.prompt_set(layer).unsqueeze(0).expand(batch, -1, -1))
+
+    def trajectory(self) -> torch.Tensor:
+        return torch.stack([self.prompt_set(layer) for layer in range(self.num_layers)])
 
 
 class PromptedViT(nn.Module):
@@ -73,10 +120,12 @@ class PromptedViT(nn.Module):
         x = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(x))))
         start, n_prompt = bb.num_prefix_tokens, 0
         for layer, block in enumerate(bb.blocks):
-            p = self.method.prompts(layer, x.shape[0])
+            previous = x[:, start:start + n_prompt] if n_prompt else None
+            p = self.method.prompts(layer, x.shape[0], previous)
             if p is not None:
                 x = torch.cat([x[:, :start], p.to(x.dtype), x[:, start + n_prompt:]], dim=1)
                 n_prompt = p.shape[1]
+            x = self.method.adjust_tokens(layer, block, x, start, n_prompt)
             kv = self.method.kv_prompts(layer, x.shape[0])
             x = block(x) if kv is None else block_with_kv(block, x, *kv)
         return bb.norm(x)

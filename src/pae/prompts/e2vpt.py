@@ -29,9 +29,5 @@ class E2VPT(VPT):
         v = k if self.value_prompts is None else self.value_prompts[layer].unsqueeze(0).expand(batch, -1, -1, -1)
         return k, v
 
-    def layer_grad_norms(self) -> torch.Tensor:
-        squares = super().layer_grad_norms() ** 2
-        for p in (self.key_prompts, self.value_prompts):
-            if p is not None and p.grad is not None:
-                squares = squares + p.grad.flatten(1).pow(2).sum(1)
-        return squares.sqrt()
+    def per_layer_parameters(self) -> list[nn.Parameter]:
+        return [p for p in (self.embeddings, self.key_prompts, self.value_prompts) if p is not None]

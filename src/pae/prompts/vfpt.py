@@ -20,8 +20,8 @@ class VFPT(VPT):
         super().__init__(depth, embed_dim, patch_size, num_tokens, deep=True, dropout=dropout)
         self.num_fourier = math.floor(fourier_fraction * num_tokens)
 
-    def prompts(self, layer: int, batch: int) -> torch.Tensor | None:
-        p = super().prompts(layer, batch)
+    def prompts(self, layer: int, batch: int, previous: torch.Tensor | None = None) -> torch.Tensor | None:
+        p = super().prompts(layer, batch, previous)
         if p is None or self.num_fourier == 0:
             return p
         m = self.num_fourier

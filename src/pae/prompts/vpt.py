@@ -4,38 +4,35 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import PromptMethod, xavier_bound
+from .base import LayerPrompts, xavier_bound
 
 
-class VPT(PromptMethod):
-    """Learnable prompts (L, p, d); L = depth for deep, 1 for shallow. Dropout applies to each prompt set."""
+class VPT(LayerPrompts):
+    """Learnable prompts (L, p, d), Xavier-uniform with the patch fan-in; L = depth for deep, 1 for shallow."""
 
     def __init__(self, depth: int, embed_dim: int, patch_size: int, num_tokens: int, deep: bool, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.num_tokens = num_tokens
+        super().__init__(depth if deep else 1, num_tokens, dropout)
         self.deep = deep
-        self.embeddings = nn.Parameter(torch.empty(depth if deep else 1, num_tokens, embed_dim))
+        self.embeddings = nn.Parameter(torch.empty(self.num_layers, num_tokens, embed_dim))
         bound = xavier_bound(patch_size, embed_dim)
         nn.init.uniform_(self.embeddings, -bound, bound)
-        self.dropout = nn.Dropout(dropout)
 
-    def prompts(self, layer: int, batch: int) -> torch.Tensor | None:
-        if layer >= self.embeddings.shape[0] or self.num_tokens == 0:
-            return None
-        # Expand first, then drop: every sample gets its own dropout mask, as in VPT.
-        return self.dropout(self.embeddings[layer].unsqueeze(0).expand(batch, -1, -1))
+    def prompt_set(self, layer: int) -> torch.Tensor:
+        return self.embeddings[layer]
 
     def trajectory(self) -> torch.Tensor:
         return self.embeddings
 
     @torch.no_grad()
     def initialize(self, prompts: torch.Tensor) -> None:
-        if prompts.shape[1:] != self.embeddings.shape[1:] or prompts.shape[0] < self.embeddings.shape[0]:
-            raise ValueError(f"initial prompts {tuple(prompts.shape)} do not fit {tuple(self.embeddings.shape)}")
-        self.embeddings.copy_(prompts[: self.embeddings.shape[0]])
+        check_initial_prompts(prompts, self.embeddings.shape)
+        self.embeddings.copy_(prompts[: self.num_layers])
 
-    def layer_grad_norms(self) -> torch.Tensor:
-        g = self.embeddings.grad
-        if g is None:
-            return torch.zeros(self.embeddings.shape[0], device=self.embeddings.device)
-        return g.flatten(1).norm(dim=1)
+    def per_layer_parameters(self) -> list[nn.Parameter]:
+        return [self.embeddings]
+
+
+def check_initial_prompts(prompts: torch.Tensor, shape: torch.Size) -> None:
+    """Initial prompts must cover every prompted layer with the method's (p, d); extra layers are ignored."""
+    if prompts.dim() != 3 or prompts.shape[1:] != shape[1:] or prompts.shape[0] < shape[0]:
+        raise ValueError(f"initial prompts {tuple(prompts.shape)} do not fit the method's prompts {tuple(shape)}")

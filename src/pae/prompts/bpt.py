@@ -1,0 +1,112 @@
+"""BPT (Wang, Duan, Kong, ICCV 2025): prompts generated as A @ B^T to tame the "burstiness" of attention.
+
+A prompt row p meets the data in attention through p W_q W_k^T x^T. BPT whitens those statistics:
+with X~ = W_q W_k^T X^T over patch tokens of a few training images, Sigma = X~ X~^T / N and the ZCA
+matrix W = Sigma^{-1/2}, the prompts are
+
+- ``fwhiten``: P~ = P W^T with P learnable and W fixed;
+- ``twhiten``: the same with W learnable too;
+- ``bilinear``: P~ = A B^T, A (p, r) ~ N(0, 0.02), B (d, r) Xavier or r random columns of W (low rank).
+
+All three are one formula, prompts = A B^T (B = W for the whitening variants). The official code
+builds it with a 1x1 conv over a sqrt(p) x sqrt(p) grid, so p must be a perfect square there; a
+matrix product has no such limit. Deviations, deliberate: W_q, W_k and X are the block's own (layer
+l's for deep), X is the block's LayerNorm-ed input tokens, and every token is a column of X~ (the
+official code averages over images first, which leaves Sigma with rank <= number of patches).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from ..errors import PaeError
+from .base import LayerPrompts
+from .vpt import check_initial_prompts
+
+VARIANTS = ("bilinear", "fwhiten", "twhiten")
+B_INITS = ("xavier", "whitening")
+
+
+class BPT(LayerPrompts):
+    def __init__(self, depth: int, embed_dim: int, num_tokens: int, deep: bool, variant: str = "bilinear",
+                 rank: int = 32, b_init: str = "xavier", whiten_eps: float = 1e-4, dropout: float = 0.0) -> None:
+        if variant not in VARIANTS:
+            raise PaeError(f"unknown BPT variant '{variant}'.", f"use one of: {', '.join(VARIANTS)}.")
+        if b_init not in B_INITS:
+            raise PaeError(f"unknown BPT B init '{b_init}'.", f"use one of: {', '.join(B_INITS)}.")
+        if variant == "bilinear" and not 1 <= rank <= embed_dim:
+            raise PaeError(f"BPT's bilinear rank must be in [1, {embed_dim}], got {rank}.", "set bpt_rank in that range.")
+        super().__init__(depth if deep else 1, num_tokens, dropout)
+        self.variant, self.whiten_eps = variant, whiten_eps
+        self.needs_whitening = variant != "bilinear" or b_init == "whitening"
+        r = rank if variant == "bilinear" else embed_dim
+        self.a = nn.Parameter(torch.empty(self.num_layers, num_tokens, r).normal_(0.0, 0.02))
+        if variant == "bilinear":
+            bound = (6.0 / (embed_dim + r)) ** 0.5
+            b = torch.empty(self.num_layers, embed_dim, r).uniform_(-bound, bound)
+        else:  # the identity until fit_to_data computes W
+            b = torch.eye(embed_dim).repeat(self.num_layers, 1, 1)
+        if variant == "fwhiten":
+            self.register_buffer("b", b)
+        else:
+            self.b = nn.Parameter(b)
+
+    def prompt_set(self, layer: int) -> torch.Tensor:
+        return self.a[layer] @ self.b[layer].T
+
+    def trajectory(self) -> torch.Tensor:
+        return self.a @ self.b.transpose(1, 2)
+
+    @torch.no_grad()
+    def fit_to_data(self, backbone: nn.Module, images: torch.Tensor) -> None:
+        """Write each prompted block's whitening matrix (or r random columns of it) into B."""
+        if not self.needs_whitening:
+            return
+        for layer, (block, tokens) in enumerate(block_inputs(backbone, images)):
+            if layer == self.num_layers:
+                break
+            w = whitening_matrix(block, tokens, self.whiten_eps)
+            if self.variant == "bilinear":
+                w = w[:, torch.randperm(w.shape[1])[: self.b.shape[2]].to(w.device)]
+            self.b[layer].copy_(w.to(self.b.dtype))
+
+    @torch.no_grad()
+    def initialize(self, prompts: torch.Tensor) -> None:
+        """A = the least-squares solution of A B^T = P (exact for the full-rank whitening variants)."""
+        check_initial_prompts(prompts, torch.Size((self.num_layers, self.num_tokens, self.b.shape[1])))
+        target = prompts[: self.num_layers].to(self.b.device, torch.float64)
+        solution = torch.linalg.lstsq(self.b.double(), target.transpose(1, 2)).solution
+        self.a.copy_(solution.transpose(1, 2).to(self.a.dtype))
+
+    def per_layer_parameters(self) -> list[nn.Parameter]:
+        return [self.a, self.b] if isinstance(self.b, nn.Parameter) else [self.a]
+
+
+@torch.no_grad()
+def block_inputs(backbone: nn.Module, images: torch.Tensor) -> Iterator[tuple[nn.Module, torch.Tensor]]:
+    """Each block with its input patch tokens (N, d) (prefix dropped), from a prompt-free forward of ``backbone``."""
+    x = backbone.norm_pre(backbone._pos_embed(backbone.patch_embed(images)))
+    for block in backbone.blocks:
+        yield block, x[:, backbone.num_prefix_tokens:].flatten(0, 1)
+        x = block(x)
+
+
+@torch.no_grad()
+def whitening_matrix(block: nn.Module, tokens: torch.Tensor, eps: float) -> torch.Tensor:
+    """ZCA W = Sigma^{-1/2} of X~ = W_q W_k^T norm1(x)^T (row convention q = x W_q), in float64.
+
+    ``eps`` is relative to Sigma's largest eigenvalue, bounding the gain of near-null directions.
+    """
+    if not hasattr(block.attn, "qkv"):
+        raise PaeError(f"BPT whitening needs a fused qkv projection; {type(block.attn).__name__} has none.",
+                       "use a timm ViT with the standard Attention module, or bpt_init 'xavier'.")
+    x = block.norm1(tokens).double()
+    d = x.shape[1]
+    weight = block.attn.qkv.weight.double()  # (3d, d): q = x @ weight[:d].T
+    xt = weight[:d].T @ (weight[d:2 * d] @ x.T)  # W_q W_k^T x^T, (d, N)
+    sigma = xt @ xt.T / xt.shape[1]
+    s, u = torch.linalg.eigh(sigma)
+    s = s.clamp_min(0.0) + eps * s.max()
+    return (u * s.rsqrt()) @ u.T
