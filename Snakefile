@@ -1,5 +1,5 @@
 # Reproduce everything: `snakemake --cores all reproduce_all` (add --use-conda where conda exists).
-# The DAG so far: import backbone -> decode data -> train (task x method x seed) -> tables.
+# The DAG: import backbone -> decode data -> [PAE init] + train (task x method x pae x seed) -> tables.
 configfile: "params/default.yaml"
 
 include: "workflow/rules/common.smk"
@@ -13,3 +13,8 @@ rule reproduce_all:
     default_target: True
     input:
         f"reports/{EXPERIMENT}/accuracy.md",
+
+
+rule ablation:
+    input:
+        f"reports/{EXPERIMENT}/ablation.md",

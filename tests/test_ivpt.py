@@ -50,7 +50,7 @@ def test_open_gates_carry_the_first_prompts_like_vpt_shallow(backbone):
 
 
 def test_gate_matches_the_formula(backbone):
-    method = build_model("ivpt", backbone, 5, num_tokens=4).method
+    method = build_model("ivpt", backbone, 5, num_tokens=4).method.eval()
     with torch.no_grad():
         for p in (method.gate_bias, method.gate_from_previous, method.gate_from_new):
             p.normal_()

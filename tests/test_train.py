@@ -43,7 +43,8 @@ def test_vpt_deep_on_cifar10_learns_and_writes_everything(vtab_mini, dinov2_weig
     start = probe["initial_test_top1"]  # the linear probe's starting point: frozen features, untrained head
     assert 5.0 < start < 20.0  # about chance on 10 classes
     assert metrics["final_test_top1"] > start + 10.0, (start, metrics)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "config.json", "history.csv", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "config.json", "grad_norms.csv", "history.csv",
+                                                    "metrics.json"]
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4]

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 
+from .config import add_arguments, from_arguments
 from .errors import PaeError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -51,18 +52,25 @@ def _prepare_data(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from .evolution import PAEOptions
+    from .prompts import MethodOptions
     from .train import TrainConfig, train
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    for part in ("init", "koopman", "lyapunov"):  # --pae: every part not switched off explicitly
+        if args.pae and getattr(args, f"pae_{part}") is None:
+            setattr(args, f"pae_{part}", True)
+    top = {f.name for f in dataclasses.fields(TrainConfig)} - {"options", "pae"}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in top and v is not None},
+                      options=from_arguments(MethodOptions, args), pae=from_arguments(PAEOptions, args, "pae_"))
     metrics = train(cfg)
     print(json.dumps(metrics, sort_keys=True))
 
 
 def _table(args: argparse.Namespace) -> None:
-    from .reports.tables import load_runs, write_accuracy_table
+    from .reports.tables import load_runs, write_ablation_table, write_accuracy_table
 
-    write_accuracy_table(load_runs(args.runs), args.out_md, args.out_csv)
+    write = write_ablation_table if args.kind == "ablation" else write_accuracy_table
+    write(load_runs(args.runs), args.out_md, args.out_csv)
 
 
 def _methods(args: argparse.Namespace) -> None:
@@ -73,6 +81,8 @@ def _methods(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .evolution import PAEOptions
+    from .prompts import MethodOptions
     from .train import TrainConfig
 
     d = TrainConfig()
@@ -97,18 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help=f"timm architecture (default {d.arch})")
     p.add_argument("--weights", help="backbone safetensors from import-backbone (omit: random weights)")
     p.add_argument("--method", help="see `methods`")
-    p.add_argument("--num-tokens", type=int, help=f"prompt length (default {d.num_tokens})")
-    p.add_argument("--prompt-dropout", type=float)
-    p.add_argument("--kv-tokens", type=int, help="E2VPT: key/value prompts per layer")
-    p.add_argument("--fourier-fraction", type=float, help="VFPT: fraction of each layer's prompts made Fourier prompts")
-    p.add_argument("--bpt-rank", type=int, help=f"BPT-bilinear: rank r of A B^T (default {d.bpt_rank})")
-    p.add_argument("--bpt-init", choices=["xavier", "whitening"], help="BPT-bilinear: init of B")
-    p.add_argument("--whiten-eps", type=float, help="BPT: whitening ridge relative to the largest eigenvalue")
-    p.add_argument("--fit-images", type=int, help=f"training images for BPT's whitening (default {d.fit_images})")
-    for part, text in (("cdc", "cross-layer dynamic connection"), ("dynamic", "input-dependent gates"),
-                       ("ar", "attentive reinforcement")):
-        p.add_argument(f"--ivpt-{part}", action=argparse.BooleanOptionalAction, default=None, help=f"iVPT: {text}")
-    p.add_argument("--ivpt-top-k", type=int, help=f"iVPT: image tokens reinforced per block (default {d.ivpt_top_k})")
     p.add_argument("--epochs", type=int)
     p.add_argument("--warmup-epochs", type=int)
     p.add_argument("--lr", type=float, help="actual learning rate (no batch/256 scaling)")
@@ -124,10 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir")
     p.add_argument("--experiment", help="MLflow experiment name")
     p.add_argument("--no-mlflow", dest="mlflow", action="store_false", default=None)
+    add_arguments(p.add_argument_group("method settings"), MethodOptions)
+    pae = p.add_argument_group("PAE (all off by default: the base method)")
+    pae.add_argument("--pae", action="store_true", help="turn on all three PAE parts (switch parts off with --no-pae-<part>)")
+    add_arguments(pae, PAEOptions, prefix="pae_")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("table", help="accuracy table (Markdown + CSV) from runs' metrics.json")
+    p = sub.add_parser("table", help="accuracy or PAE-ablation table (Markdown + CSV) from runs' metrics.json")
     p.add_argument("runs", nargs="+", help="metrics.json files")
+    p.add_argument("--kind", choices=["accuracy", "ablation"], default="accuracy")
     p.add_argument("--out-md", required=True)
     p.add_argument("--out-csv", required=True)
     p.set_defaults(func=_table)

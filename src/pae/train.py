@@ -21,6 +21,9 @@ from safetensors.torch import save_file
 from .backbones import DEFAULT_ARCH, describe, load_backbone
 from .data import FINAL_SPLITS, TUNE_SPLITS, DataSpec, ImageTensors, eval_input, load_split, train_input
 from .errors import PaeError
+from .config import flatten
+from .diagnostics import convergence_epoch, oscillation_summary
+from .evolution import PAE, PAEOptions
 from .prompts import METHODS, MethodOptions, PromptedViT, build_model
 from .tracking import Tracker
 
@@ -37,18 +40,8 @@ class TrainConfig:
     weights: str | None = None
     img_size: int = 224
     method: str = "vpt_deep"
-    num_tokens: int = 10
-    prompt_dropout: float = 0.1
-    fourier_fraction: float = 0.5  # VFPT's alpha (per-task values: methods.md 6.1)
-    kv_tokens: int = 5  # E2VPT's key/value prompts per layer (5 on most VTAB tasks in its command.txt)
-    bpt_rank: int = 32  # BPT-bilinear's rank r (the paper: 75 at d=768)
-    bpt_init: str = "xavier"  # BPT-bilinear's B: xavier | whitening
-    whiten_eps: float = 1e-4  # BPT whitening ridge, relative to the largest eigenvalue
-    fit_images: int = 100  # training images for data-dependent method set-up (BPT's whitening: ~100)
-    ivpt_cdc: bool = True  # iVPT cross-layer dynamic connection
-    ivpt_dynamic: bool = True  # iVPT input-dependent gates (dynamic aggregation)
-    ivpt_ar: bool = True  # iVPT attentive reinforcement
-    ivpt_top_k: int = 8  # iVPT: image tokens reinforced per block
+    options: MethodOptions = field(default_factory=MethodOptions)  # the method's settings (prompt length, ...)
+    pae: PAEOptions = field(default_factory=PAEOptions)  # PAE's parts and settings; all off: the base method
     epochs: int = 100
     warmup_epochs: int = 10
     lr: float = 0.25
@@ -81,9 +74,9 @@ class TrainConfig:
             (self.lr > 0, f"lr must be positive, got {self.lr}", "set a positive learning rate"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}", "set weight_decay >= 0"),
             (self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1", "set positive batch sizes"),
-            (0 <= self.prompt_dropout < 1, f"prompt_dropout must be in [0, 1), got {self.prompt_dropout}", "set it in [0, 1)"),
+            (0 <= self.options.prompt_dropout < 1, f"prompt_dropout must be in [0, 1), got {self.options.prompt_dropout}",
+             "set it in [0, 1)"),
             (self.img_size >= 14, f"img_size {self.img_size} is too small", "use at least one patch, e.g. 224"),
-            (self.fit_images >= 1, f"fit_images must be >= 1, got {self.fit_images}", "set fit_images to e.g. 100"),
         ]
         for ok, problem, fix in checks:
             if not ok:
@@ -106,10 +99,14 @@ def lr_at(t: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: PromptedViT, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on all trainable tensors except the head's bias (VPT)."""
+def make_optimizer(model: PromptedViT, pae: PAE, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Weight decay on all trainable tensors except the head's bias (VPT). PAE's U, K, L decay under SGD and
+    not under AdamW, as in the official code."""
     decay = [p for n, p in model.named_parameters() if p.requires_grad and n != "head.bias"]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": [model.head.bias], "weight_decay": 0.0}]
+    if pae.regularizer is not None:
+        groups.append({"params": list(pae.regularizer.parameters()),
+                       "weight_decay": cfg.weight_decay if cfg.optimizer == "sgd" else 0.0})
     fused = {"fused": True} if next(model.parameters()).is_cuda else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fused)
@@ -136,7 +133,7 @@ def sample_batch(spec: DataSpec, data: ImageTensors, n: int, img_size: int, seed
     return train_input(spec, data.images[idx], sizes, img_size, gen), data.labels[idx]
 
 
-RUN_FILES = ("checkpoint.safetensors", "config.json", "history.csv", "metrics.json")
+RUN_FILES = ("checkpoint.safetensors", "config.json", "grad_norms.csv", "history.csv", "metrics.json", "shortcuts.json")
 
 
 def check_out_dir(out_dir: str | Path) -> Path:
@@ -151,19 +148,33 @@ def check_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def _write_outputs(out_dir: Path, cfg: TrainConfig, metrics: dict, history: list[dict], model: PromptedViT) -> None:
-    """Write everything into a sibling temp folder, then swap it in: a crash never leaves half a run."""
+def pae_label(options: PAEOptions) -> str:
+    """The PAE variant of a run: 'none', or its parts joined by '+', e.g. 'init+koopman+lyapunov'."""
+    parts = [name for name in ("init", "koopman", "lyapunov") if getattr(options, name)]
+    return "+".join(parts) or "none"
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_outputs(out_dir: Path, cfg: TrainConfig, outputs: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Write everything into a sibling temp folder, then swap it in: a crash never leaves half a run.
+
+    ``outputs`` maps file names to content: a dict (JSON) or a list of row dicts (CSV)."""
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    for name, content in outputs.items():
+        if name.endswith(".json"):
+            (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        elif content:
+            _write_csv(tmp / name, content)
     (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True) + "\n")
-    with open(tmp / "history.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    trainable = {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(trainable, str(tmp / "checkpoint.safetensors"), metadata={"config": json.dumps(asdict(cfg))})
+    save_file(tensors, str(tmp / "checkpoint.safetensors"), metadata={"config": json.dumps(asdict(cfg))})
     old = out_dir.with_name(f".{out_dir.name}.old")
     if out_dir.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -185,42 +196,54 @@ def train(cfg: TrainConfig) -> dict:
     train_split, eval_splits = (FINAL_SPLITS if cfg.protocol == "final" else TUNE_SPLITS)[spec.kind]
     train_data = load_split(spec, train_split, cfg.img_size, cfg.cache_dir, for_training=True).to(device)
     evals = {s: load_split(spec, s, cfg.img_size, cfg.cache_dir).to(device) for s in eval_splits}
+    selection_split = eval_splits[0]  # val200 under "tune", test under "final" (VTAB's protocol)
+    num_classes = len(train_data.classes)
     backbone = load_backbone(cfg.arch, cfg.weights, cfg.img_size)
-    options = vars(MethodOptions.from_config(cfg))
-    model = build_model(cfg.method, backbone, len(train_data.classes), **options).to(device)
-    model.method.fit_to_data(model.backbone, sample_batch(spec, train_data, cfg.fit_images, cfg.img_size, cfg.seed)[0])
+    model = build_model(cfg.method, backbone, num_classes, **asdict(cfg.options)).to(device)
+    method = model.method
+    method.fit_to_data(model.backbone, sample_batch(spec, train_data, cfg.options.fit_images, cfg.img_size, cfg.seed)[0])
+    pae = PAE(cfg.pae, method, backbone.embed_dim).to(device)
+    shortcuts = {}
+    if cfg.pae.init:
+        x, y = sample_batch(spec, train_data, cfg.pae.init_images, cfg.img_size, cfg.seed)
+        shortcuts = pae.initialize(method, model.backbone, x, y, num_classes, cfg.seed)
     forward = torch.compile(model) if cfg.compile else model
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, pae, cfg)
     n = len(train_data)
     steps = math.ceil(n / cfg.batch_size)
     unit_total, unit_warm = (cfg.epochs * steps, cfg.warmup_epochs * steps) if cfg.schedule_unit == "step" else (cfg.epochs, cfg.warmup_epochs)
     gen = torch.Generator().manual_seed(cfg.seed)
     n_trainable = sum(p.numel() for p in model.trainable_parameters())
-    n_prompt = sum(p.numel() for p in model.method.parameters() if p.requires_grad)
+    n_prompt = sum(p.numel() for p in method.parameters() if p.requires_grad)
+    n_layers = len(method.layer_grad_norms())
+    step_grad_norms = torch.full((cfg.epochs * steps, n_layers), float("nan"), device=device)
 
-    tags = {"method": cfg.method, "task": spec.label, **cfg.tags}
+    variant = pae_label(cfg.pae)
+    tags = {"method": cfg.method, "task": spec.label, "pae": variant, **cfg.tags}
     if cfg.weights:
         tags.update(describe(cfg.weights))
-    tracker = Tracker(cfg.experiment, f"{spec.label}/{cfg.method}/seed{cfg.seed}", enabled=cfg.mlflow)
+    tracker = Tracker(cfg.experiment, f"{spec.label}/{cfg.method}/{variant}/seed{cfg.seed}", enabled=cfg.mlflow)
     history: list[dict] = []
     ok = False
     start = time.perf_counter()
+
     def evaluate_all() -> dict[str, float]:
         return {f"{s}_top1": evaluate(forward, d, cfg.eval_batch_size, use_bf16) for s, d in evals.items()}
 
     try:
-        tracker.log_params({k: v for k, v in asdict(cfg).items() if k != "tags"}, tags)
-        # Epoch 0 is the untrained starting point: the reference every learning curve starts from.
-        start_row = {"epoch": 0, "lr": 0.0, "train_loss": float("nan"), "train_top1": float("nan"),
-                     **evaluate_all(), **{f"grad_norm_l{i}": float("nan") for i in range(len(model.method.layer_grad_norms()))}}
+        tracker.log_params({k: v for k, v in flatten(cfg).items() if not k.startswith("tags")}, tags)
+        # Epoch 0 is the untrained starting point (after PAE's init, if on): every learning curve starts here.
+        nan = float("nan")
+        start_row = {"epoch": 0, "lr": 0.0, "train_loss": nan, "train_top1": nan, "koopman_loss": nan,
+                     "lyapunov_loss": nan, **evaluate_all(), **{f"grad_norm_l{i}": nan for i in range(n_layers)},
+                     **pae.diagnostics(method)}
         history.append(start_row)
         tracker.log_metrics({k: v for k, v in start_row.items() if k != "epoch" and math.isfinite(v)}, step=0)
-        bar = tqdm(range(cfg.epochs), desc=f"{spec.label}/{cfg.method}", unit="epoch", leave=False)
+        bar = tqdm(range(cfg.epochs), desc=f"{spec.label}/{cfg.method}/{variant}", unit="epoch", leave=False)
         for epoch in bar:
             model.train()
-            loss_sum = torch.zeros((), device=device)
+            sums = torch.zeros(3, device=device)  # cross-entropy, L_kp, L_stab (weighted by batch size)
             correct = torch.zeros((), dtype=torch.int64, device=device)
-            grad_sum = None
             perm = torch.randperm(n, generator=gen).to(device)
             for step in range(steps):
                 t = epoch * steps + step if cfg.schedule_unit == "step" else epoch
@@ -232,36 +255,61 @@ def train(cfg: TrainConfig) -> dict:
                 y = train_data.labels[idx]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     logits = forward(x)
-                loss = F.cross_entropy(logits.float(), y)
+                ce = F.cross_entropy(logits.float(), y)
+                loss, terms = ce, {}
+                if pae.regularizer is not None:
+                    reg, terms = pae.loss(method)
+                    loss = ce + reg
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                norms = model.method.layer_grad_norms()
-                grad_sum = norms if grad_sum is None else grad_sum + norms
+                pae.clip_gradients()
+                if n_layers:
+                    step_grad_norms[epoch * steps + step] = method.layer_grad_norms()
                 opt.step()
-                loss_sum += loss.detach() * y.numel()
+                sums += torch.stack([ce.detach(), terms.get("koopman", ce.new_zeros(())).detach(),
+                                     terms.get("lyapunov", ce.new_zeros(())).detach()]) * y.numel()
                 correct += (logits.argmax(1) == y).sum()
-            train_loss = loss_sum.item() / n
-            if not math.isfinite(train_loss):
-                raise PaeError(f"training diverged at epoch {epoch + 1}: the loss is {train_loss}.",
+            train_loss, koopman_loss, lyapunov_loss = (sums / n).tolist()
+            if not math.isfinite(train_loss + koopman_loss + lyapunov_loss):
+                raise PaeError(f"training diverged at epoch {epoch + 1}: the loss is {train_loss} "
+                               f"(L_kp {koopman_loss}, L_stab {lyapunov_loss}).",
                                "lower the learning rate (or use precision fp32); no results were written.")
             row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss,
-                   "train_top1": 100.0 * correct.item() / n}
+                   "train_top1": 100.0 * correct.item() / n,
+                   "koopman_loss": koopman_loss if pae.regularizer is not None else nan,
+                   "lyapunov_loss": lyapunov_loss if cfg.pae.lyapunov else nan}
             row.update(evaluate_all())
-            row.update({f"grad_norm_l{i}": v / steps for i, v in enumerate(grad_sum.tolist())})
+            epoch_norms = step_grad_norms[epoch * steps:(epoch + 1) * steps].mean(0).tolist()
+            row.update({f"grad_norm_l{i}": v for i, v in enumerate(epoch_norms)})
+            row.update(pae.diagnostics(method))
             history.append(row)
-            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}, step=epoch + 1)
             bar.set_postfix(loss=f"{train_loss:.3f}", **{s: f"{row[f'{s}_top1']:.1f}" for s in evals})
         wall = time.perf_counter() - start
+        grad_rows = [{"step": i + 1, **{f"grad_norm_l{l}": v for l, v in enumerate(r)}}
+                     for i, r in enumerate(step_grad_norms.tolist())] if n_layers else []
+        selection = [r[f"{selection_split}_top1"] for r in history]
         metrics = {
-            "task": spec.label, "method": cfg.method, "seed": cfg.seed, "epochs": cfg.epochs,
-            "trainable_params": n_trainable, "prompt_params": n_prompt, "wall_time_s": wall,
+            "task": spec.label, "method": cfg.method, "pae": variant, "seed": cfg.seed, "epochs": cfg.epochs,
+            "trainable_params": n_trainable, "prompt_params": n_prompt,
+            "pae_params": sum(p.numel() for p in pae.parameters()), "wall_time_s": wall,
+            "pae_init_s": shortcuts.get("seconds", 0.0),
             **{f"final_{s}_top1": history[-1][f"{s}_top1"] for s in evals},
             **{f"best_{s}_top1": max(r[f"{s}_top1"] for r in history[1:]) for s in evals},
             **{f"initial_{s}_top1": start_row[f"{s}_top1"] for s in evals},
+            "selection_split": selection_split, "convergence_epoch": convergence_epoch(selection),
             "final_train_loss": history[-1]["train_loss"], "mlflow_run_id": tracker.run_id,
+            **(oscillation_summary(step_grad_norms.cpu().numpy()) if n_layers else {}),
+            **pae.diagnostics(method),
         }
-        _write_outputs(out_dir, cfg, metrics, history, model)
-        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=cfg.epochs)
+        tensors = {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        tensors.update({f"pae.{n}": p.detach().float().cpu().contiguous() for n, p in pae.named_parameters()})
+        outputs = {"metrics.json": metrics, "history.csv": history, "grad_norms.csv": grad_rows}
+        if shortcuts:
+            outputs["shortcuts.json"] = shortcuts
+        _write_outputs(out_dir, cfg, outputs, tensors)
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+                            step=cfg.epochs)
         tracker.log_artifacts(out_dir)
         ok = True
         return metrics

@@ -1,8 +1,7 @@
 rule accuracy_table:
     input:
         CODE,
-        runs=expand(f"results/{EXPERIMENT}/runs/{{task}}/{{method}}/seed{{seed}}/metrics.json",
-                    task=config["tasks"], method=config["methods"], seed=config["seeds"]),
+        runs=run_metrics(),
     output:
         md=f"reports/{EXPERIMENT}/accuracy.md",
         csv=f"reports/{EXPERIMENT}/accuracy.csv",
@@ -12,3 +11,18 @@ rule accuracy_table:
         ENV
     shell:
         "python -m pae.cli table --out-md {output.md} --out-csv {output.csv} {input.runs} > {log} 2>&1"
+
+
+rule ablation_table:
+    input:
+        CODE,
+        runs=run_metrics(variants=list(config["pae_variants"])),
+    output:
+        md=f"reports/{EXPERIMENT}/ablation.md",
+        csv=f"reports/{EXPERIMENT}/ablation.csv",
+    log:
+        f"logs/{EXPERIMENT}/ablation_table.log",
+    conda:
+        ENV
+    shell:
+        "python -m pae.cli table --kind ablation --out-md {output.md} --out-csv {output.csv} {input.runs} > {log} 2>&1"

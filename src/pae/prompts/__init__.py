@@ -1,10 +1,11 @@
 """Prompt methods behind one interface (``PromptMethod``) and the prompted ViT that runs them."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from torch import nn
 
+from ..config import option
 from ..errors import PaeError
 from .base import LayerPrompts, PromptedViT, PromptMethod
 from .bpt import BPT
@@ -35,27 +36,25 @@ METHODS = {
 class MethodOptions:
     """Every method's settings; a method reads the ones that concern it."""
 
-    num_tokens: int = 10
-    prompt_dropout: float = 0.0
-    fourier_fraction: float = 0.5  # VFPT's alpha
-    kv_tokens: int = 5  # E2VPT's key/value prompts per layer
-    bpt_rank: int = 32  # BPT-bilinear's r (the paper: 75 at d=768 with 100 prompts)
-    bpt_init: str = "xavier"  # BPT-bilinear's B: xavier | whitening (random columns of W)
-    whiten_eps: float = 1e-4  # BPT: ridge on Sigma's eigenvalues, relative to the largest
-    ivpt_cdc: bool = True
-    ivpt_dynamic: bool = True
-    ivpt_ar: bool = True
-    ivpt_top_k: int = 8
-
-    @classmethod
-    def from_config(cls, config: object) -> "MethodOptions":
-        """The options carried by any object with attributes of the same names (e.g. ``TrainConfig``)."""
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+    num_tokens: int = option(10, "prompt tokens per layer")
+    prompt_dropout: float = option(0.1, "dropout on the prompt tokens (VPT: 0.1)")
+    fourier_fraction: float = option(0.5, "VFPT: share of each layer's prompts made Fourier prompts (alpha)")
+    kv_tokens: int = option(5, "E2VPT: key/value prompts per layer")
+    bpt_rank: int = option(32, "BPT-bilinear: rank r of A B^T (the paper: 75 at d=768)")
+    bpt_init: str = option("xavier", "BPT-bilinear: init of B, xavier | whitening (random columns of W)")
+    whiten_eps: float = option(1e-4, "BPT: ridge on the whitening eigenvalues, relative to the largest")
+    fit_images: int = option(100, "BPT: training images the whitening is computed from")
+    ivpt_cdc: bool = option(True, "iVPT: cross-layer dynamic connection")
+    ivpt_dynamic: bool = option(True, "iVPT: input-dependent gates (dynamic aggregation)")
+    ivpt_ar: bool = option(True, "iVPT: attentive reinforcement")
+    ivpt_top_k: int = option(8, "iVPT: image tokens reinforced per block")
 
 
 def build_method(name: str, backbone: nn.Module, **options: object) -> PromptMethod:
     """The prompt method ``name`` sized for ``backbone``; ``options`` are ``MethodOptions`` fields."""
     o = MethodOptions(**options)
+    if o.fit_images < 1:
+        raise PaeError(f"fit_images must be >= 1, got {o.fit_images}.", "set fit_images to e.g. 100.")
     depth, dim, patch = len(backbone.blocks), backbone.embed_dim, backbone.patch_embed.patch_size[0]
     if name not in METHODS:
         raise PaeError(f"unknown method '{name}'.", f"use one of: {', '.join(METHODS)}.")

@@ -1,0 +1,42 @@
+"""Parameters and CPU/GPU step time of every prompt method; writes reports/methods/.
+
+    python benchmarks/method_cost.py                      # ViT-S/14 (DINOv2 shape) at 224 px, batch 16
+    python benchmarks/method_cost.py --device cuda --batch 128
+
+Step time is the median of 3 SGD steps after one warm-up, fp32, no compile: it compares methods with one
+another on one machine, it is not the fast path (benchmarks for that: issue 7). Weights are random: the
+cost of a step does not depend on their values.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+
+import torch
+
+from pae.backbones import create_vit, freeze
+from pae.reports.method_cost import cost_rows, paper_rows, write_cost_report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="vit_small_patch14_dinov2")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--num-tokens", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out-dir", default="reports/methods")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    paper = paper_rows(freeze(create_vit("vit_base_patch16_224", 224)))
+    backbone = freeze(create_vit(args.arch, args.img_size)).to(args.device)
+    cost = cost_rows(backbone, args.img_size, args.batch, num_tokens=args.num_tokens)
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    setting = (f"{args.arch}, {args.img_size} px, batch {args.batch}, {args.num_tokens} prompt tokens, fp32, "
+               f"{where}, torch {torch.__version__}")
+    print(write_cost_report(paper, cost, args.out_dir, setting).read_text())
+
+
+if __name__ == "__main__":
+    main()

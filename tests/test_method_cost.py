@@ -1,0 +1,28 @@
+"""The parameter table: our modules reproduce the papers' reported ViT-B/16 counts; the report is written."""
+from __future__ import annotations
+
+import pytest
+
+from pae.backbones import create_vit, freeze
+from pae.reports.method_cost import PAPER_COUNTS, cost_rows, paper_rows, write_cost_report
+
+from .conftest import random_vit
+
+
+def test_our_modules_reproduce_the_papers_vit_b_counts():
+    rows = paper_rows(freeze(create_vit("vit_base_patch16_224", 224)))
+    assert [r["method"] for r in rows] == [m for m, *_ in PAPER_COUNTS]
+    for r in rows:
+        assert r["relative_difference"] < 5e-4, r  # the papers print 4 significant digits
+
+
+def test_cost_report_lists_every_method_asked_for(tmp_path):
+    backbone = random_vit("vit_small_patch14_dinov2", 28)
+    cost = cost_rows(backbone, 28, batch=2, methods=["linear", "vpt_deep", "bpt_bilinear"], num_tokens=3, bpt_rank=4)
+    assert [r["method"] for r in cost] == ["linear", "vpt_deep", "bpt_bilinear"]
+    assert [r["prompt_params"] for r in cost] == [0, 12 * 3 * 384, 12 * (3 * 4 + 384 * 4)]
+    assert all(r["step_time_s"] > 0 for r in cost)
+    report = write_cost_report([{"method": "vpt_shallow", "settings": "num_tokens=100", "ours": 76_800, "paper": 76_800,
+                                 "relative_difference": 0.0, "source": "x"}], cost, tmp_path, "test setting").read_text()
+    assert "| vpt_deep | 13,824 |" in report and "test setting" in report
+    assert (tmp_path / "cost.csv").read_text().count("\n") == 4

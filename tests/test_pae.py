@@ -1,0 +1,114 @@
+"""PAE as a plug-in: it works on every prompt method through trajectory()/initialize() alone, and in training."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pae.errors import PaeError
+from pae.evolution import PAE, PAEOptions
+from pae.evolution.task_init import task_aware_prompts
+from pae.prompts import METHODS, build_model
+from pae.train import TrainConfig, train
+
+from .conftest import random_vit
+
+PROMPT_METHODS = [m for m in METHODS if m not in ("linear", "full")]
+DEEP = [m for m in PROMPT_METHODS if m not in ("vpt_shallow",) and not m.endswith("_shallow")]
+ALL_ON = PAEOptions(init=True, koopman=True, lyapunov=True, window=8, stride=4, koopman_dim=16)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return random_vit("vit_small_patch14_dinov2", 28)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    torch.manual_seed(0)
+    return torch.randn(24, 3, 28, 28), torch.arange(24) % 3
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_all_of_pae_runs_on_every_deep_method_without_knowing_it(backbone, batch, name):
+    model = build_model(name, backbone, 3, num_tokens=4, bpt_rank=8)
+    model.method.fit_to_data(backbone, batch[0])
+    pae = PAE(ALL_ON, model.method, backbone.embed_dim)
+    record = pae.initialize(model.method, backbone, *batch, num_classes=3, seed=0)
+    expected, _ = task_aware_prompts(backbone, *batch, 3, 4, 12, 8, 4, "linear_probe", 0)
+    got = model.method.trajectory().detach()
+    if name == "bpt_bilinear":  # rank 8 < d: the least-squares fit, whose residual is orthogonal to B
+        assert ((expected - got) @ model.method.b).abs().max() < 1e-2 * expected.abs().max()
+    else:
+        torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())
+    assert len(record["selected"]) == 4 and record["window"] == 8 and len(record["band_losses"]) == 36  # ((28 - 8) // 4 + 1) ** 2
+    total, terms = pae.loss(model.method)
+    assert set(terms) == {"koopman", "lyapunov"} and torch.isfinite(total)
+    (model(batch[0]).logsumexp(1).mean() + total).backward()
+    assert pae.regularizer.K.grad is not None and pae.regularizer.lift.weight.grad.abs().sum() > 0
+    assert sum(p.grad.abs().sum() for p in model.method.per_layer_parameters() if p.grad is not None) > 0
+
+
+@pytest.mark.parametrize("name", ["vpt_shallow", "bpt_bilinear_shallow"])
+def test_shallow_methods_take_the_init_and_refuse_the_chain(backbone, batch, name):
+    model = build_model(name, backbone, 3, num_tokens=4)
+    pae = PAE(PAEOptions(init=True, window=8, stride=4), model.method, backbone.embed_dim)
+    pae.initialize(model.method, backbone, *batch, num_classes=3, seed=0)
+    assert model.method.trajectory().shape == (1, 4, 384)
+    with pytest.raises(PaeError, match="needs at least 2 prompt layers"):
+        PAE(PAEOptions(koopman=True), model.method, backbone.embed_dim)
+
+
+def test_chain_start_drops_the_first_layer_as_the_official_code(backbone):
+    method = build_model("vpt_deep", backbone, 3, num_tokens=2).method
+    pae = PAE(PAEOptions(koopman=True, lyapunov=True, koopman_dim=8, chain_start=1), method, 384)
+    assert pae.regularizer.transitions == 10
+    _, terms = pae.loss(method)
+    torch.testing.assert_close(terms["koopman"], pae.regularizer(method.trajectory()[1:])["koopman"])
+
+
+@pytest.mark.parametrize("options, message", [
+    (PAEOptions(lyapunov=True), "acts on the Koopman step"),
+    (PAEOptions(init=True, scorer="svm"), "unknown pae_scorer 'svm'"),
+    (PAEOptions(koopman=True, koopman_mode="per_layer"), "unknown pae_koopman_mode"),
+    (PAEOptions(init=True, init_images=0), "pae_init_images must be positive"),
+])
+def test_bad_pae_settings_are_named(backbone, options, message):
+    with pytest.raises(PaeError, match=message):
+        PAE(options, build_model("vpt_deep", backbone, 3).method, 384)
+
+
+def test_pae_needs_prompts(backbone):
+    with pytest.raises(PaeError, match="has no prompts"):
+        PAE(PAEOptions(init=True), build_model("linear", backbone, 3).method, 384)
+
+
+def test_training_with_pae_records_everything(tiny_task, dinov2_weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    out = tmp_path / "run"
+    cfg = TrainConfig(data_kind="vtab1k", data_root=str(tiny_task), weights=str(dinov2_weights), img_size=28,
+                      method="vpt_deep", epochs=2, warmup_epochs=0, lr=0.005, batch_size=16, out_dir=str(out),
+                      cache_dir=str(tmp_path / "cache"), experiment="pae")
+    cfg.options.num_tokens = 3
+    cfg.pae = PAEOptions(init=True, koopman=True, lyapunov=True, window=8, stride=4, init_images=32, koopman_dim=32)
+    metrics = train(cfg)
+    assert metrics["pae"] == "init+koopman+lyapunov" and metrics["pae_params"] == 384 * 32 + 2 * 32 * 32
+    assert metrics["pae_init_s"] > 0 and 0 <= metrics["convergence_epoch"] <= 2
+    assert metrics["koopman_spectral_radius"] > 0 and metrics["koopman_lift_norm"] > 0
+    assert 0.0 <= metrics["grad_flip_rate_deep"] <= 1.0
+    shortcuts = json.loads((out / "shortcuts.json").read_text())
+    assert len(shortcuts["selected"]) == 3 and shortcuts["scorer"] == "linear_probe"
+    history = (out / "history.csv").read_text().splitlines()
+    assert "koopman_loss" in history[0] and len(history) == 1 + 3  # header, epochs 0..2
+    assert len((out / "grad_norms.csv").read_text().splitlines()) == 1 + 2 * 3  # 48 images / 16 per step, 2 epochs
+    ckpt = load_file(str(out / "checkpoint.safetensors"))
+    assert ckpt["pae.regularizer.K"].shape == (32, 32)
+    config = json.loads((out / "config.json").read_text())
+    assert config["pae"]["koopman_dim"] == 32 and config["options"]["num_tokens"] == 3
+
+    from mlflow import MlflowClient
+    run = MlflowClient().get_run(metrics["mlflow_run_id"])
+    assert run.data.tags["pae"] == "init+koopman+lyapunov" and run.data.params["pae.koopman_dim"] == "32"
+    assert len(MlflowClient().get_metric_history(run.info.run_id, "koopman_loss")) == 2
