@@ -31,6 +31,9 @@ def test_every_method_trains_from_the_cli_and_logs_to_mlflow(method, tiny_task, 
     assert metrics["method"] == method and metrics["epochs"] == 2
     assert 0.0 <= metrics["final_test_top1"] <= 100.0
     assert (metrics["prompt_params"] > 0) == (method != "linear")
+    if method == "bpt_fwhiten":  # the fitted, fixed whitening is a buffer: the checkpoint must carry it to rebuild the run
+        from safetensors.torch import load_file
+        assert load_file(str(out / "checkpoint.safetensors"))["method.b"].shape == (12, 384, 384)
 
     from mlflow import MlflowClient
     run = MlflowClient(uri).get_run(metrics["mlflow_run_id"])

@@ -39,10 +39,7 @@ def test_all_of_pae_runs_on_every_deep_method_without_knowing_it(backbone, batch
     record = pae.initialize(model.method, backbone, *batch, num_classes=3, seed=0)
     expected, _ = task_aware_prompts(backbone, *batch, 3, 4, 12, 8, 4, "linear_probe", 0)
     got = model.method.trajectory().detach()
-    if name == "bpt_bilinear":  # rank 8 < d: the least-squares fit, whose residual is orthogonal to B
-        assert ((expected - got) @ model.method.b).abs().max() < 1e-2 * expected.abs().max()
-    else:
-        torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())  # bilinear: p <= r
     assert len(record["selected"]) == 4 and record["window"] == 8 and len(record["band_losses"]) == 36  # ((28 - 8) // 4 + 1) ** 2
     total, terms = pae.loss(model.method)
     assert set(terms) == {"koopman", "lyapunov"} and torch.isfinite(total)
@@ -89,20 +86,20 @@ def test_training_with_pae_records_everything(tiny_task, dinov2_weights, tmp_pat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     out = tmp_path / "run"
     cfg = TrainConfig(data_kind="vtab1k", data_root=str(tiny_task), weights=str(dinov2_weights), img_size=28,
-                      method="vpt_deep", epochs=2, warmup_epochs=0, lr=0.005, batch_size=16, out_dir=str(out),
+                      method="vpt_deep", epochs=3, warmup_epochs=0, lr=0.005, batch_size=16, out_dir=str(out),
                       cache_dir=str(tmp_path / "cache"), experiment="pae")
     cfg.options.num_tokens = 3
     cfg.pae = PAEOptions(init=True, koopman=True, lyapunov=True, window=8, stride=4, init_images=32, koopman_dim=32)
     metrics = train(cfg)
     assert metrics["pae"] == "init+koopman+lyapunov" and metrics["pae_params"] == 384 * 32 + 2 * 32 * 32
-    assert metrics["pae_init_s"] > 0 and 0 <= metrics["convergence_epoch"] <= 2
+    assert metrics["pae_init_s"] > 0 and 0 <= metrics["convergence_epoch"] <= 3
     assert metrics["koopman_spectral_radius"] > 0 and metrics["koopman_lift_norm"] > 0
-    assert 0.0 <= metrics["grad_flip_rate_deep"] <= 1.0
+    assert 0.0 <= metrics["grad_flip_rate_deep"] <= 1.0  # over the 3 epoch means
     shortcuts = json.loads((out / "shortcuts.json").read_text())
     assert len(shortcuts["selected"]) == 3 and shortcuts["scorer"] == "linear_probe"
     history = (out / "history.csv").read_text().splitlines()
-    assert "koopman_loss" in history[0] and len(history) == 1 + 3  # header, epochs 0..2
-    assert len((out / "grad_norms.csv").read_text().splitlines()) == 1 + 2 * 3  # 48 images / 16 per step, 2 epochs
+    assert "koopman_loss" in history[0] and len(history) == 1 + 4  # header, epochs 0..3
+    assert len((out / "grad_norms.csv").read_text().splitlines()) == 1 + 3 * 3  # 48 images / 16 per step, 3 epochs
     ckpt = load_file(str(out / "checkpoint.safetensors"))
     assert ckpt["pae.regularizer.K"].shape == (32, 32)
     config = json.loads((out / "config.json").read_text())
@@ -111,4 +108,20 @@ def test_training_with_pae_records_everything(tiny_task, dinov2_weights, tmp_pat
     from mlflow import MlflowClient
     run = MlflowClient().get_run(metrics["mlflow_run_id"])
     assert run.data.tags["pae"] == "init+koopman+lyapunov" and run.data.params["pae.koopman_dim"] == "32"
-    assert len(MlflowClient().get_metric_history(run.info.run_id, "koopman_loss")) == 2
+    assert len(MlflowClient().get_metric_history(run.info.run_id, "koopman_loss")) == 3
+
+
+def test_ablation_table_rows_speedup_and_order(tmp_path):
+    from pae.reports.tables import write_ablation_table
+
+    def run(task, pae, top1, epochs, seed=1):
+        return {"task": task, "method": "vpt_deep", "pae": pae, "seed": seed, "final_test_top1": top1,
+                "convergence_epoch": epochs, "wall_time_s": 1.0, "pae_init_s": 0.0, "mlflow_run_id": f"{task}{pae}{seed}"}
+
+    runs = [run("a", "init+koopman+lyapunov", 60.0, 2), run("b", "init+koopman+lyapunov", 70.0, 4),
+            run("a", "none", 50.0, 6), run("b", "none", 40.0, 6), run("b", "none", 44.0, 6, seed=2)]
+    write_ablation_table(runs, tmp_path / "a.md", tmp_path / "a.csv")
+    lines = (tmp_path / "a.md").read_text().splitlines()
+    assert lines[2].startswith("| vpt_deep | none | 50.00 | 42.00 | 46.00 |")  # b: mean of two seeds
+    assert lines[3].startswith("| vpt_deep | init+koopman+lyapunov | 60.00 | 70.00 | 65.00 |")
+    assert lines[3].endswith("| 2.00 |")  # speed-up: 6 epochs / mean(2, 4)

@@ -6,7 +6,6 @@ metrics accumulate on the device, so the inner loop never waits for the host.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
@@ -20,11 +19,12 @@ from safetensors.torch import save_file
 
 from .backbones import DEFAULT_ARCH, describe, load_backbone
 from .data import FINAL_SPLITS, TUNE_SPLITS, DataSpec, ImageTensors, eval_input, load_split, train_input
-from .errors import PaeError
 from .config import flatten
 from .diagnostics import convergence_epoch, oscillation_summary
+from .errors import PaeError
 from .evolution import PAE, PAEOptions
 from .prompts import METHODS, MethodOptions, PromptedViT, build_model
+from .reports.tables import write_csv
 from .tracking import Tracker
 
 
@@ -154,13 +154,6 @@ def pae_label(options: PAEOptions) -> str:
     return "+".join(parts) or "none"
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _write_outputs(out_dir: Path, cfg: TrainConfig, outputs: dict, tensors: dict[str, torch.Tensor]) -> None:
     """Write everything into a sibling temp folder, then swap it in: a crash never leaves half a run.
 
@@ -172,7 +165,7 @@ def _write_outputs(out_dir: Path, cfg: TrainConfig, outputs: dict, tensors: dict
         if name.endswith(".json"):
             (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
         elif content:
-            _write_csv(tmp / name, content)
+            write_csv(content, tmp / name)
     (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True) + "\n")
     save_file(tensors, str(tmp / "checkpoint.safetensors"), metadata={"config": json.dumps(asdict(cfg))})
     old = out_dir.with_name(f".{out_dir.name}.old")
@@ -299,10 +292,12 @@ def train(cfg: TrainConfig) -> dict:
             **{f"initial_{s}_top1": start_row[f"{s}_top1"] for s in evals},
             "selection_split": selection_split, "convergence_epoch": convergence_epoch(selection),
             "final_train_loss": history[-1]["train_loss"], "mlflow_run_id": tracker.run_id,
-            **(oscillation_summary(step_grad_norms.cpu().numpy()) if n_layers else {}),
+            # oscillation over epochs (per-epoch mean norms): per-step norms mostly measure minibatch noise
+            **(oscillation_summary(history[1:]) if n_layers else {}),
             **pae.diagnostics(method),
         }
         tensors = {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        tensors.update({f"method.{n}": b.detach().float().cpu().contiguous() for n, b in method.named_buffers()})
         tensors.update({f"pae.{n}": p.detach().float().cpu().contiguous() for n, p in pae.named_parameters()})
         outputs = {"metrics.json": metrics, "history.csv": history, "grad_norms.csv": grad_rows}
         if shortcuts:

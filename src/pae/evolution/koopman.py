@@ -70,20 +70,21 @@ class KoopmanLyapunov(nn.Module):
         self.K = nn.Parameter(torch.eye(koopman_dim).expand(shape).clone())
         self.L = nn.Parameter(torch.eye(koopman_dim).expand(shape).clone())
 
-    def forward(self, trajectory: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Scalar ``koopman`` (L_kp) and ``lyapunov`` (L_stab) terms, each summed over the transitions."""
+    def forward(self, trajectory: torch.Tensor, lyapunov: bool = True) -> dict[str, torch.Tensor]:
+        """Scalar ``koopman`` (L_kp) and, if asked, ``lyapunov`` (L_stab) terms, each summed over the transitions."""
         self._check(trajectory)
         if trajectory.shape[0] < 2:
             zero = trajectory.sum() * 0.0  # a shallow method has no chain; a zero that backward() accepts
-            return {"koopman": zero, "lyapunov": zero}
+            return {"koopman": zero, "lyapunov": zero} if lyapunov else {"koopman": zero}
         # The regularizer is tiny next to the ViT: fp32 keeps the small differences z_l K - z_{l+1} out of bf16 rounding.
         with torch.autocast(trajectory.device.type, enabled=False):
             z = self.lift(trajectory.float())
             pred = z[:-1] @ self.K
-            koopman = (pred - z[1:]).pow(2).mean(dim=(1, 2)).sum()  # the code's MSE over p*k, summed over pairs
-            target = pred if self.lyapunov_target == "prediction" else z[1:]
-            lyapunov = self._lyapunov(z[:-1], target).sum()
-        return {"koopman": koopman, "lyapunov": lyapunov}
+            terms = {"koopman": (pred - z[1:]).pow(2).mean(dim=(1, 2)).sum()}  # the code's MSE over p*k, summed over pairs
+            if lyapunov:
+                target = pred if self.lyapunov_target == "prediction" else z[1:]
+                terms["lyapunov"] = self._lyapunov(z[:-1], target).sum()
+        return terms
 
     def _lyapunov(self, z: torch.Tensor, z_next: torch.Tensor) -> torch.Tensor:
         """Per-transition penalty (T,) on growth of the energy V from z_l to z_next."""

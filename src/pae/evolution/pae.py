@@ -22,8 +22,8 @@ from torch import nn
 from ..config import option
 from ..errors import PaeError
 from ..prompts import PromptMethod
-from .frequency import scaled_window
-from .koopman import KoopmanLyapunov
+from .frequency import SCORERS, scaled_window
+from .koopman import LYAPUNOV_FORMS, LYAPUNOV_TARGETS, MODES, KoopmanLyapunov
 from .task_init import task_aware_prompts
 
 
@@ -91,23 +91,26 @@ class PAE(nn.Module):
                 "selected": found.selected.tolist(), "band_losses": found.losses.tolist(), "seconds": seconds}
 
     def window(self, img_size: int) -> tuple[int, int]:
+        """(window, stride) of the frequency bands: the options', or the paper's 16/8 scaled to ``img_size``."""
         if self.options.window:
             return self.options.window, self.options.stride or max(1, self.options.window // 2)
         return scaled_window(img_size)
 
     def loss(self, method: PromptMethod) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted regularizer for this step and its unweighted terms (only when Koopman is on)."""
-        terms = self.regularizer(method.trajectory()[self.options.chain_start:])
+        terms = self.regularizer(method.trajectory()[self.options.chain_start:], lyapunov=self.options.lyapunov)
         total = self.options.koopman_weight * terms["koopman"]
         if self.options.lyapunov:
             total = total + self.options.lyapunov_weight * terms["lyapunov"]
         return total, terms
 
     def clip_gradients(self) -> None:
+        """Clip only the regularizer's gradient (the official code's clip_grad_norm_ on the Koopman parameters)."""
         if self.regularizer is not None:
             nn.utils.clip_grad_norm_(self.regularizer.parameters(), self.options.clip)
 
     def diagnostics(self, method: PromptMethod) -> dict[str, float]:
+        """rho(K), ||U|| and the lift gain, for every epoch's record (empty without Koopman)."""
         if self.regularizer is None:
             return {}
         return self.regularizer.diagnostics(method.trajectory()[self.options.chain_start:])
@@ -115,8 +118,8 @@ class PAE(nn.Module):
 
 def _validate(o: PAEOptions) -> None:
     """Every setting checked up front, whether or not its part is on: a typo never waits for a later run."""
-    choices = {"scorer": ("random_head", "linear_probe", "ncm"), "koopman_mode": ("global", "layerwise"),
-               "lyapunov_form": ("hinge", "official"), "lyapunov_target": ("prediction", "next")}
+    choices = {"scorer": SCORERS, "koopman_mode": MODES, "lyapunov_form": LYAPUNOV_FORMS,
+               "lyapunov_target": LYAPUNOV_TARGETS}
     for name, allowed in choices.items():
         if getattr(o, name) not in allowed:
             raise PaeError(f"unknown pae_{name} '{getattr(o, name)}'.", f"use one of: {', '.join(allowed)}.")

@@ -20,6 +20,19 @@ from ..errors import PaeError
 from .kv_attention import block_with_kv
 
 
+def embed_tokens(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """timm's token embedding (B, prefix + N, d): patches, position embedding, norm_pre; prompts are inserted after it."""
+    return backbone.norm_pre(backbone.patch_drop(backbone._pos_embed(backbone.patch_embed(images))))
+
+
+def fused_qkv(attn: nn.Module) -> nn.Linear:
+    """The block's fused qkv projection, which BPT's whitening and iVPT's [CLS] attention read."""
+    if not isinstance(getattr(attn, "qkv", None), nn.Linear):
+        raise PaeError(f"this method reads a fused qkv projection; {type(attn).__name__} has none.",
+                       "use a timm ViT with the standard Attention module (e.g. the DINOv2 or orig_in21k ViTs).")
+    return attn.qkv
+
+
 class PromptMethod(nn.Module):
     """A prompt-tuning method: owns its learnable prompts; PAE sees it only through this interface."""
 
@@ -87,9 +100,6 @@ class LayerPrompts(PromptMethod):
         # Expand first, then drop: every sample gets its own dropout mask, as in VPT.
         return self.dropout(self.prompt_set(layer).unsqueeze(0).expand(batch, -1, -1))
 
-    def trajectory(self) -> torch.Tensor:
-        return torch.stack([self.prompt_set(layer) for layer in range(self.num_layers)])
-
 
 class PromptedViT(nn.Module):
     """Frozen ViT + prompt method + linear head on [CLS] after the final norm."""
@@ -117,7 +127,7 @@ class PromptedViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         bb = self.backbone
-        x = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(x))))
+        x = embed_tokens(bb, x)
         start, n_prompt = bb.num_prefix_tokens, 0
         for layer, block in enumerate(bb.blocks):
             previous = x[:, start:start + n_prompt] if n_prompt else None

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import PaeError
-from .base import LayerPrompts
+from .base import LayerPrompts, embed_tokens, fused_qkv
 from .vpt import check_initial_prompts
 
 VARIANTS = ("bilinear", "fwhiten", "twhiten")
@@ -30,6 +30,8 @@ B_INITS = ("xavier", "whitening")
 
 
 class BPT(LayerPrompts):
+    """Prompts A_l B_l^T per layer; ``variant`` picks what B is (module docstring)."""
+
     def __init__(self, depth: int, embed_dim: int, num_tokens: int, deep: bool, variant: str = "bilinear",
                  rank: int = 32, b_init: str = "xavier", whiten_eps: float = 1e-4, dropout: float = 0.0) -> None:
         if variant not in VARIANTS:
@@ -74,11 +76,28 @@ class BPT(LayerPrompts):
 
     @torch.no_grad()
     def initialize(self, prompts: torch.Tensor) -> None:
-        """A = the least-squares solution of A B^T = P (exact for the full-rank whitening variants)."""
+        """Make A B^T = P as closely as the variant allows.
+
+        Whitening variants keep their full-rank W and solve for A (exact). Bilinear replaces both factors by
+        the best rank-r fit, the truncated SVD P = U S V^T -> A = U_r S_r, B = V_r (exact when p <= r): solving
+        for A alone against a random B would keep only about r/d of the initial prompts' energy.
+        """
         check_initial_prompts(prompts, torch.Size((self.num_layers, self.num_tokens, self.b.shape[1])))
         target = prompts[: self.num_layers].to(self.b.device, torch.float64)
-        solution = torch.linalg.lstsq(self.b.double(), target.transpose(1, 2)).solution
-        self.a.copy_(solution.transpose(1, 2).to(self.a.dtype))
+        if self.variant != "bilinear":
+            solution = torch.linalg.lstsq(self.b.double(), target.transpose(1, 2)).solution
+            self.a.copy_(solution.transpose(1, 2).to(self.a.dtype))
+            return
+        u, s, vh = torch.linalg.svd(target, full_matrices=False)  # (L, p, m), (L, m), (L, m, d) with m = min(p, d)
+        r, m = self.a.shape[2], s.shape[1]
+        a, b = torch.zeros_like(self.a, dtype=torch.float64), torch.zeros_like(self.b, dtype=torch.float64)
+        k = min(r, m)
+        a[:, :, :k] = u[:, :, :k] * s[:, None, :k]
+        b[:, :, :k] = vh[:, :k].transpose(1, 2)
+        if k < r:  # unused rank: B's spare columns stay small and random so they can still learn
+            b[:, :, k:] = self.b[:, :, k:].double()
+        self.a.copy_(a.to(self.a.dtype))
+        self.b.copy_(b.to(self.b.dtype))
 
     def per_layer_parameters(self) -> list[nn.Parameter]:
         return [self.a, self.b] if isinstance(self.b, nn.Parameter) else [self.a]
@@ -87,7 +106,7 @@ class BPT(LayerPrompts):
 @torch.no_grad()
 def block_inputs(backbone: nn.Module, images: torch.Tensor) -> Iterator[tuple[nn.Module, torch.Tensor]]:
     """Each block with its input patch tokens (N, d) (prefix dropped), from a prompt-free forward of ``backbone``."""
-    x = backbone.norm_pre(backbone._pos_embed(backbone.patch_embed(images)))
+    x = embed_tokens(backbone, images)
     for block in backbone.blocks:
         yield block, x[:, backbone.num_prefix_tokens:].flatten(0, 1)
         x = block(x)
@@ -99,12 +118,9 @@ def whitening_matrix(block: nn.Module, tokens: torch.Tensor, eps: float) -> torc
 
     ``eps`` is relative to Sigma's largest eigenvalue, bounding the gain of near-null directions.
     """
-    if not hasattr(block.attn, "qkv"):
-        raise PaeError(f"BPT whitening needs a fused qkv projection; {type(block.attn).__name__} has none.",
-                       "use a timm ViT with the standard Attention module, or bpt_init 'xavier'.")
     x = block.norm1(tokens).double()
     d = x.shape[1]
-    weight = block.attn.qkv.weight.double()  # (3d, d): q = x @ weight[:d].T
+    weight = fused_qkv(block.attn).weight.double()  # (3d, d): q = x @ weight[:d].T
     xt = weight[:d].T @ (weight[d:2 * d] @ x.T)  # W_q W_k^T x^T, (d, N)
     sigma = xt @ xt.T / xt.shape[1]
     s, u = torch.linalg.eigh(sigma)

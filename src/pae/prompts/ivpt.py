@@ -20,10 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import fused_qkv
 from .vpt import VPT
 
 
 class IVPT(VPT):
+    """VPT-deep + CDC gates + DA + AR (module docstring). The gate and AR parameters get the run's weight
+    decay like every other trainable tensor, which pulls the gate logits toward 0 (g = 0.5) over training."""
+
     def __init__(self, depth: int, embed_dim: int, patch_size: int, num_tokens: int, dropout: float = 0.0,
                  cdc: bool = True, dynamic: bool = True, ar: bool = True, ar_top_k: int = 8,
                  gate_init: float = -2.0) -> None:
@@ -73,7 +77,8 @@ def cls_attention(block: nn.Module, x: torch.Tensor, first_image: int) -> torch.
     """
     attn, h = block.attn, block.norm1(x)
     heads, hd = attn.num_heads, attn.head_dim
-    w, bias = attn.qkv.weight, attn.qkv.bias
+    qkv = fused_qkv(attn)
+    w, bias = qkv.weight, qkv.bias
     dim = heads * hd
     q = F.linear(h[:, :1], w[:dim], None if bias is None else bias[:dim])
     k = F.linear(h[:, first_image:], w[dim:2 * dim], None if bias is None else bias[dim:2 * dim])

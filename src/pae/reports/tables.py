@@ -1,4 +1,6 @@
-"""Accuracy table: one row per (task, method), mean and sample std over seeds, with the MLflow run ids."""
+"""Tables from runs' metrics.json: accuracy (one row per task, method, PAE variant; mean and sample std over
+seeds) and the PAE ablation (one row per method and variant: per-task top-1, diagnostics, speed-up); CSVs
+carry the MLflow run id of every cell."""
 from __future__ import annotations
 
 import csv
@@ -7,6 +9,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from ..diagnostics import speedup
 from ..errors import PaeError
 
 
@@ -98,17 +101,20 @@ def ablation_rows(runs: list[dict], metric: str = "final_test_top1") -> tuple[li
             row[key] = statistics.fmean(values) if values else float("nan")
         row["mlflow_run_ids"] = " ".join(str(r.get("mlflow_run_id")) for r in rs)
         rows.append(row)
+    base = {r["method"]: r["convergence_epoch"] for r in rows if r["pae"] == "none"}
+    for row in rows:  # PAE's headline metric: the base's mean epochs to converge over this variant's (NaN stays NaN)
+        row["speedup"] = speedup(base.get(row["method"], float("nan")), row["convergence_epoch"])
     return tasks, rows
 
 
 def write_ablation_table(runs: list[dict], out_md: str | Path, out_csv: str | Path) -> None:
     tasks, rows = ablation_rows(runs)
     write_csv(rows, out_csv)
-    head = ["method", "PAE", *tasks, "mean", *ABLATION_COLUMNS.values()]
+    head = ["method", "PAE", *tasks, "mean", *ABLATION_COLUMNS.values(), "speed-up vs none"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], r["pae"], *(f"{r[t]:.2f}" for t in tasks), f"{r['mean']:.2f}",
-                 *(f"{r[k]:.3g}" for k in ABLATION_COLUMNS)]
+                 *(f"{r[k]:.3g}" for k in ABLATION_COLUMNS), f"{r['speedup']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Final-epoch test top-1 (%) per task, mean over seeds; diagnostics are means over tasks and seeds "
               "(definitions: src/pae/diagnostics.py). Run ids are in the CSV."]
