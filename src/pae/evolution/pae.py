@@ -38,6 +38,8 @@ class PAEOptions:
     window: int = option(0, "band size on the centred spectrum; 0: 16 at 224 px, scaled with the resolution")
     stride: int = option(0, "band stride; 0: window // 2")
     init_images: int = option(128, "training images for MPA (the official code: one batch of 128)")
+    folds: int = option(2, "cross-fitting folds of the fitted scorers (1: fit and score on the same images)")
+    conjugate_pairs: bool = option(False, "keep each band with its point-mirrored partner (Wang et al.); official: off")
     koopman_dim: int = option(256, "Koopman lift dimension k")
     koopman_weight: float = option(0.5, "alpha, the weight of L_kp")
     lyapunov_weight: float = option(0.2, "beta, the weight of L_stab")
@@ -84,10 +86,12 @@ class PAE(nn.Module):
         start = time.perf_counter()
         window, stride = self.window(images.shape[-1])
         prompts, found = task_aware_prompts(backbone, images, labels, num_classes, method.num_tokens, self.layers,
-                                            window, stride, self.options.scorer, seed)
+                                            window, stride, self.options.scorer, seed, folds=self.options.folds,
+                                            conjugate_pairs=self.options.conjugate_pairs)
         method.initialize(prompts)
         seconds = time.perf_counter() - start
         return {"window": window, "stride": stride, "scorer": self.options.scorer, "images": len(images),
+                "folds": found.folds, "conjugate_pairs": found.conjugate_pairs,
                 "selected": found.selected.tolist(), "band_losses": found.losses.tolist(), "seconds": seconds}
 
     def window(self, img_size: int) -> tuple[int, int]:
@@ -126,6 +130,6 @@ def _validate(o: PAEOptions) -> None:
     for name in ("window", "stride", "chain_start", "koopman_weight", "lyapunov_weight"):
         if getattr(o, name) < 0:
             raise PaeError(f"pae_{name} must be >= 0, got {getattr(o, name)}.", f"set pae_{name} >= 0.")
-    for name in ("init_images", "koopman_dim", "clip"):
+    for name in ("init_images", "folds", "koopman_dim", "clip"):
         if getattr(o, name) <= 0:
             raise PaeError(f"pae_{name} must be positive, got {getattr(o, name)}.", f"set pae_{name} > 0.")
