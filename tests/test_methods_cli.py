@@ -39,3 +39,41 @@ def test_every_method_trains_from_the_cli_and_logs_to_mlflow(method, tiny_task, 
     run = MlflowClient(uri).get_run(metrics["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.params["method"] == method
     assert [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "test_top1")] == [0, 1, 2]
+
+
+PAE_FLAGS = ["--pae-window", "8", "--pae-stride", "4", "--pae-init-images", "32", "--pae-koopman-dim", "16"]
+
+
+def _train_cli(method, task, weights, out, cache, extra):
+    return main(["train", "--kind", "vtab1k", "--root", str(task), "--weights", str(weights), "--img-size", "28",
+                 "--method", method, "--num-tokens", "4", "--epochs", "3", "--warmup-epochs", "0", "--lr", "0.005",
+                 "--batch-size", "16", "--fit-images", "40", "--out-dir", str(out), "--cache-dir", str(cache),
+                 "--experiment", "methods", *extra])
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("linear", "full") and not m.endswith("shallow")])
+def test_pae_on_every_deep_method_from_the_cli_logs_its_diagnostics(method, tiny_task, dinov2_weights, store, tmp_path,
+                                                                    monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    out = tmp_path / "run"
+    assert _train_cli(method, tiny_task, dinov2_weights, out, tmp_path / "cache", ["--pae", *PAE_FLAGS]) == 0, \
+        capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["pae"] == "init+koopman+lyapunov" and (out / "shortcuts.json").is_file()
+    for key in ("koopman_spectral_radius", "koopman_lift_norm", "convergence_epoch", "grad_flip_rate_deep", "grad_cv_deep"):
+        assert key in metrics, key
+
+    from mlflow import MlflowClient
+    history = MlflowClient(store).get_metric_history(metrics["mlflow_run_id"], "koopman_spectral_radius")
+    assert [m.step for m in history] == [0, 1, 2, 3]
+
+
+def test_pae_switches_on_a_shallow_method(tiny_task, dinov2_weights, store, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    out = tmp_path / "run"
+    code = _train_cli("vpt_shallow", tiny_task, dinov2_weights, out, tmp_path / "cache", ["--pae", *PAE_FLAGS])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs at least 2 prompt layers" in err and not out.exists()
+    flags = ["--pae", "--no-pae-koopman", "--no-pae-lyapunov", *PAE_FLAGS]  # the init alone works on one layer
+    assert _train_cli("vpt_shallow", tiny_task, dinov2_weights, out, tmp_path / "cache", flags) == 0
+    assert json.loads((out / "metrics.json").read_text())["pae"] == "init"

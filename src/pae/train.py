@@ -303,8 +303,8 @@ def train(cfg: TrainConfig) -> dict:
         if shortcuts:
             outputs["shortcuts.json"] = shortcuts
         _write_outputs(out_dir, cfg, outputs, tensors)
-        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
-                            step=cfg.epochs)
+        tracker.log_metrics({k: v for k, v in metrics.items()  # per-epoch series are logged already
+                             if isinstance(v, (int, float)) and math.isfinite(v) and k not in history[-1]}, step=cfg.epochs)
         tracker.log_artifacts(out_dir)
         ok = True
         return metrics
