@@ -296,6 +296,8 @@ def train(cfg: TrainConfig) -> dict:
             **(oscillation_summary(history[1:]) if n_layers else {}),
             **pae.diagnostics(method),
         }
+        # undefined statistics (e.g. oscillation of a run too short for the window) are null: JSON has no NaN
+        metrics = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
         tensors = {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         tensors.update({f"method.{n}": b.detach().float().cpu().contiguous() for n, b in method.named_buffers()})
         tensors.update({f"pae.{n}": p.detach().float().cpu().contiguous() for n, p in pae.named_parameters()})
