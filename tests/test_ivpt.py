@@ -17,11 +17,14 @@ def backbone():
     return random_vit("vit_small_patch14_dinov2", 42)  # 9 image tokens, so top-k selects a real subset
 
 
-def _copy_common(src, dst):
-    """Give ``dst`` the same prompts and head as ``src``."""
+def _assert_same_outputs(ivpt, reference_name, backbone):
+    """``reference_name`` given iVPT's prompts (as many layers as it has) and head computes exactly iVPT's logits."""
+    reference = build_model(reference_name, backbone, 5, num_tokens=4).eval()
     with torch.no_grad():
-        dst.method.embeddings.copy_(src.method.embeddings[: dst.method.embeddings.shape[0]])
-        dst.head.load_state_dict(src.head.state_dict())
+        reference.method.embeddings.copy_(ivpt.method.embeddings[: reference.method.embeddings.shape[0]])
+        reference.head.load_state_dict(ivpt.head.state_dict())
+        img = torch.randn(3, 3, 42, 42)
+        assert torch.equal(ivpt(img), reference(img))
 
 
 @pytest.mark.parametrize("switches", [dict(ivpt_cdc=False, ivpt_ar=False), dict()])
@@ -31,22 +34,14 @@ def test_closed_gates_or_switched_off_is_vpt_deep_exactly(backbone, switches):
         with torch.no_grad():
             ivpt.method.gate_bias.fill_(-float("inf"))  # closed gates; AR's lambda starts at 0
             ivpt.method.gate_from_previous.normal_()  # input-dependent terms cannot reopen a closed gate
-    vpt = build_model("vpt_deep", backbone, 5, num_tokens=4).eval()
-    _copy_common(ivpt, vpt)
-    img = torch.randn(3, 3, 42, 42)
-    with torch.no_grad():
-        assert torch.equal(ivpt(img), vpt(img))
+    _assert_same_outputs(ivpt, "vpt_deep", backbone)
 
 
 def test_open_gates_carry_the_first_prompts_like_vpt_shallow(backbone):
     ivpt = build_model("ivpt", backbone, 5, num_tokens=4, ivpt_ar=False).eval()
     with torch.no_grad():
         ivpt.method.gate_bias.fill_(float("inf"))
-    shallow = build_model("vpt_shallow", backbone, 5, num_tokens=4).eval()
-    _copy_common(ivpt, shallow)
-    img = torch.randn(3, 3, 42, 42)
-    with torch.no_grad():
-        assert torch.equal(ivpt(img), shallow(img))
+    _assert_same_outputs(ivpt, "vpt_shallow", backbone)
 
 
 def test_gate_matches_the_formula(backbone):

@@ -52,11 +52,11 @@ def _prepare_data(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .evolution import PAEOptions
+    from .evolution import PARTS, PAEOptions
     from .prompts import MethodOptions
     from .train import TrainConfig, train
 
-    for part in ("init", "koopman", "lyapunov"):  # --pae: every part not switched off explicitly
+    for part in PARTS:  # --pae: every part not switched off explicitly
         if args.pae and getattr(args, f"pae_{part}") is None:
             setattr(args, f"pae_{part}", True)
     top = {f.name for f in dataclasses.fields(TrainConfig)} - {"options", "pae"}

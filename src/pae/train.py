@@ -148,12 +148,6 @@ def check_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def pae_label(options: PAEOptions) -> str:
-    """The PAE variant of a run: 'none', or its parts joined by '+', e.g. 'init+koopman+lyapunov'."""
-    parts = [name for name in ("init", "koopman", "lyapunov") if getattr(options, name)]
-    return "+".join(parts) or "none"
-
-
 def _write_outputs(out_dir: Path, cfg: TrainConfig, outputs: dict, tensors: dict[str, torch.Tensor]) -> None:
     """Write everything into a sibling temp folder, then swap it in: a crash never leaves half a run.
 
@@ -211,7 +205,7 @@ def train(cfg: TrainConfig) -> dict:
     n_layers = len(method.layer_grad_norms())
     step_grad_norms = torch.full((cfg.epochs * steps, n_layers), float("nan"), device=device)
 
-    variant = pae_label(cfg.pae)
+    variant = cfg.pae.label
     tags = {"method": cfg.method, "task": spec.label, "pae": variant, **cfg.tags}
     if cfg.weights:
         tags.update(describe(cfg.weights))

@@ -27,6 +27,9 @@ from .koopman import LYAPUNOV_FORMS, LYAPUNOV_TARGETS, MODES, KoopmanLyapunov
 from .task_init import task_aware_prompts
 
 
+PARTS = ("init", "koopman", "lyapunov")  # the switchable parts, in the paper's order
+
+
 @dataclass
 class PAEOptions:
     """PAE's settings; on the command line each is ``--pae-<name>``."""
@@ -52,7 +55,12 @@ class PAEOptions:
 
     @property
     def enabled(self) -> bool:
-        return self.init or self.koopman or self.lyapunov
+        return any(getattr(self, part) for part in PARTS)
+
+    @property
+    def label(self) -> str:
+        """The variant's name in metrics and tables: 'none', or its parts joined by '+', e.g. 'init+koopman'."""
+        return "+".join(part for part in PARTS if getattr(self, part)) or "none"
 
 
 class PAE(nn.Module):
