@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from pae.errors import PaeError
 from pae.evolution import PAE, PAEOptions
+from pae.evolution.pae import discover, record_prompts
 from pae.evolution.task_init import task_aware_prompts
 from pae.prompts import METHODS, build_model
 from pae.train import TrainConfig, train
@@ -36,7 +37,8 @@ def test_all_of_pae_runs_on_every_deep_method_without_knowing_it(backbone, batch
     model = build_model(name, backbone, 3, num_tokens=4, bpt_rank=8)
     model.method.fit_to_data(backbone, batch[0])
     pae = PAE(ALL_ON, model.method, backbone.embed_dim)
-    record = pae.initialize(model.method, backbone, *batch, num_classes=3, seed=0)
+    record = discover(ALL_ON, backbone, *batch, num_classes=3, num_tokens=4, seed=0)
+    pae.initialize(model.method, record_prompts(backbone, batch[0], record, 12))
     expected, _ = task_aware_prompts(backbone, *batch, 3, 4, 12, 8, 4, "linear_probe", 0)
     got = model.method.trajectory().detach()
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())  # bilinear: p <= r
@@ -52,8 +54,13 @@ def test_all_of_pae_runs_on_every_deep_method_without_knowing_it(backbone, batch
 def test_shallow_methods_take_the_init_and_refuse_the_chain(backbone, batch, name):
     model = build_model(name, backbone, 3, num_tokens=4)
     pae = PAE(PAEOptions(init=True, window=8, stride=4), model.method, backbone.embed_dim)
-    pae.initialize(model.method, backbone, *batch, num_classes=3, seed=0)
-    assert model.method.trajectory().shape == (1, 4, 384)
+    options = PAEOptions(init=True, window=8, stride=4)
+    record = discover(options, backbone, *batch, num_classes=3, num_tokens=4, seed=0)
+    pae.initialize(model.method, record_prompts(backbone, batch[0], record, 12))  # the shallow method takes layer 0
+    expected, _ = task_aware_prompts(backbone, *batch, 3, 4, 1, 8, 4, "linear_probe", 0)
+    torch.testing.assert_close(model.method.trajectory().detach(), expected)
+    with pytest.raises(PaeError, match="initial prompts have shape"):
+        pae.initialize(model.method, torch.zeros(12, 5, 384))
     with pytest.raises(PaeError, match="needs at least 2 prompt layers"):
         PAE(PAEOptions(koopman=True), model.method, backbone.embed_dim)
 

@@ -45,3 +45,21 @@ def flatten(settings: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + f.name] = value
     return out
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Rebuild ``cls`` (nested dataclasses included) from ``asdict`` output, e.g. a run's config.json.
+
+    Unknown keys are an error rather than silently dropped: a config from another version must not pass as this one.
+    """
+    from .errors import PaeError
+
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise PaeError(f"'{unknown[0]}' is not a {cls.__name__} setting.", "the file comes from another version; rerun the job that wrote it.")
+    kwargs = {}
+    for name, value in values.items():
+        default = known[name].default_factory() if known[name].default_factory is not MISSING else None
+        kwargs[name] = from_dict(type(default), value) if is_dataclass(default) and isinstance(value, dict) else value
+    return cls(**kwargs)

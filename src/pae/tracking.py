@@ -20,6 +20,22 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlruns.db'}"
 
 
+def git_provenance() -> dict[str, str]:
+    """The code's commit and whether the working tree differed from it, for every run's tags."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    if not commit:
+        return {"git_commit": "unknown (not a git checkout)"}
+    return {"git_commit": commit, "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no")))}
+
+
 @contextlib.contextmanager
 def _setup_lock(db: Path | None) -> Iterator[None]:
     """Serialise store creation and experiment/run set-up across processes.
@@ -80,6 +96,21 @@ class Tracker:
         if self.enabled:
             self.client.log_artifacts(self.run_id, str(directory))
 
+    def log_file(self, path: str | Path) -> None:
+        if self.enabled:
+            self.client.log_artifact(self.run_id, str(path))
+
     def finish(self, ok: bool) -> None:
         if self.enabled:
             self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
+
+
+def log_to_run(run_id: str | None, metrics: dict[str, float]) -> None:
+    """Add final metrics (e.g. the evaluate stage's re-measurement) to an existing run; no-op without one."""
+    if not run_id:
+        return
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    MlflowClient(tracking_uri=tracking_uri()).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])

@@ -18,14 +18,16 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from .backbones import DEFAULT_ARCH, describe, load_backbone
-from .data import FINAL_SPLITS, TUNE_SPLITS, DataSpec, ImageTensors, eval_input, load_split, train_input
+from .data import FINAL_SPLITS, TUNE_SPLITS, DataSpec, ImageTensors, content_sha256, load_split, train_input
 from .config import flatten
 from .diagnostics import convergence_epoch, oscillation_summary
+from .evaluate import evaluate
 from .errors import PaeError
 from .evolution import PAE, PAEOptions
+from .evolution.pae import discover, record_prompts
 from .prompts import METHODS, MethodOptions, PromptedViT, build_model
 from .reports.tables import write_csv
-from .tracking import Tracker
+from .tracking import Tracker, git_provenance
 
 
 @dataclass
@@ -35,6 +37,7 @@ class TrainConfig:
     data_kind: str = "digits"
     data_root: str | None = None
     data_name: str | None = None
+    task_group: str = "other"  # VTAB group (natural | specialized | structured), fgvc or other: for group means
     protocol: str = "final"  # final: train800val200 -> test (VTAB); tune: train800 -> val200 (+test)
     arch: str = DEFAULT_ARCH
     weights: str | None = None
@@ -42,6 +45,7 @@ class TrainConfig:
     method: str = "vpt_deep"
     options: MethodOptions = field(default_factory=MethodOptions)  # the method's settings (prompt length, ...)
     pae: PAEOptions = field(default_factory=PAEOptions)  # PAE's parts and settings; all off: the base method
+    init_prompts: str | None = None  # MPA's prompts from `pae.cli init-prompts` (computed here when not given)
     epochs: int = 100
     warmup_epochs: int = 10
     lr: float = 0.25
@@ -53,6 +57,7 @@ class TrainConfig:
     eval_batch_size: int = 512
     seed: int = 42
     device: str = "auto"
+    threads: int = 0  # CPU threads for torch (0: torch's default); the pipeline sets its job's share
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False
     out_dir: str = "results/run"
@@ -113,24 +118,26 @@ def make_optimizer(model: PromptedViT, pae: PAE, cfg: TrainConfig) -> torch.opti
     return torch.optim.AdamW(groups, lr=cfg.lr, **fused)
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, data: ImageTensors, batch_size: int, autocast: bool) -> float:
-    """Top-1 accuracy (%); counts accumulate on the device, one host sync at the end."""
-    model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=data.labels.device)
-    for i in range(0, len(data), batch_size):
-        with torch.autocast(data.images.device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(eval_input(data.images[i:i + batch_size]))
-        correct += (logits.argmax(1) == data.labels[i:i + batch_size]).sum()
-    return 100.0 * correct.item() / len(data)
+def sample_batch(spec: DataSpec, data: ImageTensors, n: int, img_size: int, seed: int,
+                 offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random training images as model input (training augmentation) and their labels, fixed by ``seed``.
 
-
-def sample_batch(spec: DataSpec, data: ImageTensors, n: int, img_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` random training images as model input (training augmentation) and their labels, fixed by ``seed``."""
+    ``offset`` skips that many images of the same permutation: a batch disjoint from the one at offset 0."""
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data), generator=gen)[:n].to(data.labels.device)
+    idx = torch.randperm(len(data), generator=gen)[offset:offset + n].to(data.labels.device)
     sizes = None if data.sizes is None else data.sizes[idx]
     return train_input(spec, data.images[idx], sizes, img_size, gen), data.labels[idx]
+
+
+def load_init_prompts(path: str | Path) -> tuple[torch.Tensor, dict]:
+    """The (depth, p, d) prompts and the MPA record written by `pae.cli init-prompts`."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.get_tensor("prompts"), json.loads(f.metadata()["record"])
+    except (OSError, KeyError, ValueError, SafetensorError) as exc:
+        raise PaeError(f"initial prompts '{path}' cannot be read ({exc}).", "rerun `pae.cli init-prompts` for this task and seed.") from exc
 
 
 RUN_FILES = ("checkpoint.safetensors", "config.json", "grad_norms.csv", "history.csv", "metrics.json", "shortcuts.json")
@@ -178,6 +185,8 @@ def train(cfg: TrainConfig) -> dict:
     out_dir = check_out_dir(cfg.out_dir)
     device = resolve_device(cfg.device)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     spec = DataSpec(cfg.data_kind, cfg.data_root, cfg.data_name)
     train_split, eval_splits = (FINAL_SPLITS if cfg.protocol == "final" else TUNE_SPLITS)[spec.kind]
@@ -192,8 +201,16 @@ def train(cfg: TrainConfig) -> dict:
     pae = PAE(cfg.pae, method, backbone.embed_dim).to(device)
     shortcuts = {}
     if cfg.pae.init:
-        x, y = sample_batch(spec, train_data, cfg.pae.init_images, cfg.img_size, cfg.seed)
-        shortcuts = pae.initialize(method, model.backbone, x, y, num_classes, cfg.seed)
+        if cfg.init_prompts:
+            prompts, shortcuts = load_init_prompts(cfg.init_prompts)
+        else:
+            start = time.perf_counter()
+            x, y = sample_batch(spec, train_data, cfg.pae.init_images, cfg.img_size, cfg.seed)
+            shortcuts = discover(cfg.pae, model.backbone, x, y, num_classes, method.num_tokens, cfg.seed)
+            prompts = record_prompts(model.backbone, x, shortcuts, len(model.backbone.blocks))
+            shortcuts["seconds"] = time.perf_counter() - start
+        pae.initialize(method, prompts)
+    torch.manual_seed(cfg.seed + 1)  # training's randomness starts the same whether MPA ran here or in its own stage
     forward = torch.compile(model) if cfg.compile else model
     opt = make_optimizer(model, pae, cfg)
     n = len(train_data)
@@ -206,7 +223,8 @@ def train(cfg: TrainConfig) -> dict:
     step_grad_norms = torch.full((cfg.epochs * steps, n_layers), float("nan"), device=device)
 
     variant = cfg.pae.label
-    tags = {"method": cfg.method, "task": spec.label, "pae": variant, **cfg.tags}
+    tags = {"method": cfg.method, "task": spec.label, "task_group": cfg.task_group, "pae": variant,
+            "data_sha256": content_sha256(train_data), **git_provenance(), **cfg.tags}
     if cfg.weights:
         tags.update(describe(cfg.weights))
     tracker = Tracker(cfg.experiment, f"{spec.label}/{cfg.method}/{variant}/seed{cfg.seed}", enabled=cfg.mlflow)
@@ -277,7 +295,9 @@ def train(cfg: TrainConfig) -> dict:
                      for i, r in enumerate(step_grad_norms.tolist())] if n_layers else []
         selection = [r[f"{selection_split}_top1"] for r in history]
         metrics = {
-            "task": spec.label, "method": cfg.method, "pae": variant, "seed": cfg.seed, "epochs": cfg.epochs,
+            "task": spec.label, "task_group": cfg.task_group, "method": cfg.method, "pae": variant, "seed": cfg.seed,
+            "epochs": cfg.epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "protocol": cfg.protocol,
+            "backbone": cfg.arch, "backbone_source": tags.get("pae.source", "random weights"),
             "trainable_params": n_trainable, "prompt_params": n_prompt,
             "pae_params": sum(p.numel() for p in pae.parameters()), "wall_time_s": wall,
             "pae_init_s": shortcuts.get("seconds", 0.0),

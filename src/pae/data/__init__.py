@@ -14,7 +14,7 @@ import torch
 
 from ..errors import PaeError
 from . import digits, fgvc, vtab1k
-from .tensors import ImageTensors, decode_files, fingerprint, load_cache, normalize, random_crop_flip, resize_square, save_cache
+from .tensors import ImageTensors, content_sha256, decode_files, fingerprint, load_cache, normalize, random_crop_flip, resize_square, save_cache
 
 KINDS = ("vtab1k", "fgvc", "digits")
 SPLITS_OF = {"vtab1k": vtab1k.SPLITS, "fgvc": fgvc.SPLITS, "digits": digits.SPLITS}
@@ -93,4 +93,4 @@ def eval_input(images: torch.Tensor) -> torch.Tensor:
     return normalize(images)
 
 
-__all__ = ["DataSpec", "FINAL_SPLITS", "ImageTensors", "KINDS", "SPLITS_OF", "TUNE_SPLITS", "eval_input", "load_split", "train_input"]
+__all__ = ["DataSpec", "content_sha256", "FINAL_SPLITS", "ImageTensors", "KINDS", "SPLITS_OF", "TUNE_SPLITS", "eval_input", "load_split", "train_input"]

@@ -113,6 +113,16 @@ def fingerprint(parts: list[str], files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def content_sha256(data: ImageTensors) -> str:
+    """Hash of what the model sees (decoded pixels, labels, class names): identical data gives identical runs,
+    whatever the files' paths or timestamps."""
+    digest = hashlib.sha256()
+    for tensor in (data.images, data.labels):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update("\0".join(data.classes).encode())
+    return digest.hexdigest()
+
+
 def save_cache(path: Path, data: ImageTensors, key: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"images": data.images.contiguous(), "labels": data.labels.contiguous()}

@@ -22,12 +22,18 @@ from torch import nn
 from ..config import option
 from ..errors import PaeError
 from ..prompts import PromptMethod
-from .frequency import SCORERS, scaled_window
+from .frequency import SCORERS, band_masks, conjugate_pair, scaled_window
 from .koopman import LYAPUNOV_FORMS, LYAPUNOV_TARGETS, MODES, KoopmanLyapunov
-from .task_init import task_aware_prompts
+from .task_init import band_prompts, find_shortcuts
 
 
 PARTS = ("init", "koopman", "lyapunov")  # the switchable parts, in the paper's order
+SETTINGS_OF = {  # which settings each part reads: a pipeline passes a run only its parts' settings, so changing
+                 # e.g. the Koopman weight reruns the Koopman runs and not the init-only ones
+    "init": ("scorer", "window", "stride", "init_images", "folds", "conjugate_pairs"),
+    "koopman": ("koopman_dim", "koopman_weight", "koopman_mode", "norm_preserving", "chain_start", "clip"),
+    "lyapunov": ("lyapunov_weight", "lyapunov_form", "lyapunov_target"),
+}
 
 
 @dataclass
@@ -88,25 +94,14 @@ class PAE(nn.Module):
                                                o.lyapunov_target, o.norm_preserving)
 
     @torch.no_grad()
-    def initialize(self, method: PromptMethod, backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                   num_classes: int, seed: int) -> dict:
-        """Task-aware prompts into ``method``; returns what was found (bands, losses, seconds) for the run's record."""
-        start = time.perf_counter()
-        window, stride = self.window(images.shape[-1])
-        prompts, found = task_aware_prompts(backbone, images, labels, num_classes, method.num_tokens, self.layers,
-                                            window, stride, self.options.scorer, seed, folds=self.options.folds,
-                                            conjugate_pairs=self.options.conjugate_pairs)
-        method.initialize(prompts)
-        seconds = time.perf_counter() - start
-        return {"window": window, "stride": stride, "scorer": self.options.scorer, "images": len(images),
-                "folds": found.folds, "conjugate_pairs": found.conjugate_pairs,
-                "selected": found.selected.tolist(), "band_losses": found.losses.tolist(), "seconds": seconds}
-
-    def window(self, img_size: int) -> tuple[int, int]:
-        """(window, stride) of the frequency bands: the options', or the paper's 16/8 scaled to ``img_size``."""
-        if self.options.window:
-            return self.options.window, self.options.stride or max(1, self.options.window // 2)
-        return scaled_window(img_size)
+    def initialize(self, method: PromptMethod, prompts: torch.Tensor) -> None:
+        """Write task-aware prompts (depth >= this method's prompt layers, p, d) through ``method.initialize``."""
+        want = tuple(method.trajectory().shape)
+        if prompts.ndim != 3 or prompts.shape[0] < want[0] or tuple(prompts.shape[1:]) != want[1:]:
+            raise PaeError(f"the initial prompts have shape {tuple(prompts.shape)}, but this method needs "
+                           f"({want[0]} or more layers, {want[1]} tokens, {want[2]} dims).",
+                           "rebuild them with the same num_tokens and backbone as the training run (pae.cli init-prompts).")
+        method.initialize(prompts[: want[0]].to(method.trajectory().device))
 
     def loss(self, method: PromptMethod) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted regularizer for this step and its unweighted terms (only when Koopman is on)."""
@@ -126,6 +121,42 @@ class PAE(nn.Module):
         if self.regularizer is None:
             return {}
         return self.regularizer.diagnostics(method.trajectory()[self.options.chain_start:])
+
+
+def band_window(options: PAEOptions, img_size: int) -> tuple[int, int]:
+    """(window, stride) of the frequency bands: the options', or the paper's 16/8 scaled to ``img_size``."""
+    if options.window:
+        return options.window, options.stride or max(1, options.window // 2)
+    return scaled_window(img_size)
+
+
+@torch.no_grad()
+def discover(options: PAEOptions, backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+             num_tokens: int, seed: int) -> dict:
+    """MPA phase I: the record of the shortcut bands (JSON-ready; ``record_prompts`` turns it into prompts).
+
+    It needs no prompt method, so the pipeline runs it once per task and seed for every method."""
+    start = time.perf_counter()
+    window, stride = band_window(options, images.shape[-1])
+    found = find_shortcuts(backbone, images, labels, num_classes, num_tokens, window, stride, options.scorer,
+                           seed, folds=options.folds, conjugate_pairs=options.conjugate_pairs)
+    return {"img_size": images.shape[-1], "window": window, "stride": stride,
+            "grid": (images.shape[-1] - window) // stride + 1, "scorer": options.scorer,
+            "images": len(images), "folds": found.folds, "conjugate_pairs": found.conjugate_pairs,
+            "selected": found.selected.tolist(), "band_losses": found.losses.tolist(),
+            "seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def record_prompts(backbone: nn.Module, images: torch.Tensor, record: dict, depth: int) -> torch.Tensor:
+    """MPA phase II from a discovery record: the selected bands of ``images``, pooled and propagated (depth, p, d)."""
+    if images.shape[-1] != record["img_size"]:
+        raise PaeError(f"the shortcut record is for {record['img_size']} px images, these are {images.shape[-1]} px.",
+                       "rerun the shortcut search at the training resolution (pae.cli shortcuts).")
+    masks = band_masks(record["img_size"], record["window"], record["stride"]).to(images.device)
+    if record["conjugate_pairs"]:
+        masks = conjugate_pair(masks)
+    return band_prompts(backbone, images, masks[record["selected"]], depth)
 
 
 def _validate(o: PAEOptions) -> None:

@@ -78,22 +78,35 @@ def propagate(backbone: nn.Module, first: torch.Tensor, depth: int) -> torch.Ten
     return torch.stack(states)
 
 
+def find_shortcuts(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, num_bands: int,
+                   window: int, stride: int, scorer: str = "linear_probe", seed: int = 0,
+                   features_fn: FeaturesFn | None = None, folds: int = 2, conjugate_pairs: bool = False,
+                   chunk_images: int = 2048) -> ShortcutResult:
+    """Phase I on the frozen backbone (its [CLS] unless ``features_fn`` is given), dropout and drop-path off."""
+    features_fn = features_fn or (lambda x: cls_features(backbone, x))
+    with _eval_mode(backbone):
+        return discover_shortcuts(features_fn, images, labels, num_classes, num_bands, window, stride, scorer=scorer,
+                                  seed=seed, folds=folds, conjugate_pairs=conjugate_pairs, chunk_images=chunk_images)
+
+
+def band_prompts(backbone: nn.Module, images: torch.Tensor, bands: torch.Tensor, depth: int) -> torch.Tensor:
+    """Phase II: one energy-pooled token per band (p, H, W), propagated to ``depth`` layers: (depth, p, d)."""
+    _check_depth(backbone, depth)
+    spectrum = centred_spectrum(images)
+    first = torch.cat([energy_pooled_tokens(backbone, band_pass_spectrum(spectrum, m[None])) for m in bands])
+    return propagate(backbone, first, depth)
+
+
 def task_aware_prompts(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                        num_tokens: int, depth: int, window: int, stride: int, scorer: str = "linear_probe",
                        seed: int = 0, features_fn: FeaturesFn | None = None, folds: int = 2,
                        conjugate_pairs: bool = False, chunk_images: int = 2048) -> tuple[torch.Tensor, ShortcutResult]:
     """PAE's MPA: discover ``num_tokens`` shortcut bands, pool one token per band, propagate to ``depth`` layers.
 
-    ``images`` are normalised model inputs at the backbone's resolution; ``features_fn`` defaults to the
-    backbone's [CLS]. Returns the initial prompts (depth, num_tokens, d) and the discovery result.
+    ``images`` are normalised model inputs at the backbone's resolution. Returns the initial prompts
+    (depth, num_tokens, d) and the discovery result.
     """
     _check_depth(backbone, depth)
-    features_fn = features_fn or (lambda x: cls_features(backbone, x))
-    with _eval_mode(backbone):
-        result = discover_shortcuts(features_fn, images, labels, num_classes, num_tokens, window, stride,
-                                    scorer=scorer, seed=seed, folds=folds, conjugate_pairs=conjugate_pairs,
-                                    chunk_images=chunk_images)
-        spectrum = centred_spectrum(images)
-        bands = result.masks[result.selected]
-        first = torch.cat([energy_pooled_tokens(backbone, band_pass_spectrum(spectrum, m[None])) for m in bands])
-        return propagate(backbone, first, depth), result
+    result = find_shortcuts(backbone, images, labels, num_classes, num_tokens, window, stride, scorer, seed,
+                            features_fn, folds, conjugate_pairs, chunk_images)
+    return band_prompts(backbone, images, result.masks[result.selected], depth), result
