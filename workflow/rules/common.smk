@@ -1,10 +1,31 @@
+# Shared definitions: the validated config, the job lists of the two grids, and the command-line pieces.
 import glob
+import sys
 
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the pae package, also before `pip install -e .`
+from pae.evolution import SETTINGS_OF
+from pae.params import validate_params
+
+config = validate_params(config, base_dir=".")
 EXPERIMENT = config["experiment"]
 RUN = config["run"]
-CODE = sorted(glob.glob("src/pae/**/*.py", recursive=True))  # code is an input: editing it reruns what uses it
+ABLATION = config["ablation"]
+SEARCH = config["search"]
+RESULTS = f"results/{EXPERIMENT}"
+REPORTS = f"reports/{EXPERIMENT}"
 ENV = "../envs/pae.yaml"
 NO_PROMPTS = {"linear", "full"}
+# Code is an input where it shapes the output, so editing it reruns exactly what it touches: everything but the
+# report code for the jobs, the report code for tables and figures.
+CODE = sorted(glob.glob("src/pae/**/*.py", recursive=True))
+REPORT_CODE = [f for f in CODE if "/reports/" in f or f.endswith("cli.py")]
+JOB_CODE = [f for f in CODE if "/reports/" not in f]
+TRAIN_RESOURCES = config["resources"]["train"]
+
+wildcard_constraints:
+    seed=r"\d+",
+    lr=r"[0-9.e+-]+",
+    wd=r"[0-9.e+-]+",
 
 
 def flags(settings, prefix=""):
@@ -21,30 +42,71 @@ def flags(settings, prefix=""):
 
 def task_args(task):
     t = config["tasks"][task]
-    return " ".join(f"--{k} {v}" for k, v in (("kind", t["kind"]), ("root", t.get("root")), ("name", task)) if v)
+    pairs = (("kind", t["kind"]), ("root", t.get("root")), ("name", t.get("name") or task), ("task-group", t["group"]))
+    return " ".join(f"--{k} {v}" for k, v in pairs if v)
+
+
+def train_flags(task):
+    """The params' train flags with the task's own overrides (e.g. VPT's per-task prompt length)."""
+    return flags({**config["train"], **config["tasks"][task].get("train", {})})
+
+
+def parts(variant):
+    return {part for part, on in config["pae_variants"][variant].items() if on}
 
 
 def pae_args(variant):
-    parts = config["pae_variants"][variant]
-    return flags({**config["pae"], **parts}, "pae-") if parts else ""
+    """The variant's parts and only the settings they read (SETTINGS_OF): a changed setting reruns just its users."""
+    on = parts(variant)
+    settings = {k: v for k, v in config["pae"].items() if any(k in SETTINGS_OF[p] for p in on)}
+    return flags({**settings, **config["pae_variants"][variant]}, "pae-") if on else ""
 
 
-def applicable(method, variant):
-    """PAE needs prompts; its Koopman chain needs more than one prompt layer (shallow methods: init only)."""
-    parts = config["pae_variants"][variant]
-    if method in NO_PROMPTS:
-        return not parts
-    if method.endswith("shallow"):
-        return not (parts.get("koopman") or parts.get("lyapunov"))
-    return True
+def init_args():
+    """The shortcut search's and prompt init's settings."""
+    return flags({k: v for k, v in config["pae"].items() if k in SETTINGS_OF["init"]}, "pae-")
+
+
+INIT_ONLY = next((v for v in config["pae_variants"] if parts(v) == {"init"}), None)
+
+
+def variants_for(method, variants):
+    """The variants a method can take. PAE needs prompts; a shallow method has one prompt layer, so no Koopman
+    chain: for it a variant with init means PAE's init alone (the catalogue's init-only variant)."""
+    out = []
+    for v in variants:
+        if method in NO_PROMPTS:
+            v = v if not parts(v) else None
+        elif method.endswith("shallow") and parts(v) - {"init"}:
+            v = INIT_ONLY if "init" in parts(v) else None
+        if v is not None and v not in out:
+            out.append(v)
+    return out
+
+
+def jobs(grid):
+    """(task, method, variant, seed) of a grid (run or ablation; the ablation's tasks/seeds default to run's)."""
+    tasks, seeds = grid.get("tasks") or RUN["tasks"], grid.get("seeds") or RUN["seeds"]
+    return [(t, m, v, s) for t in tasks for m in grid["methods"] for v in variants_for(m, grid["pae"]) for s in seeds]
+
+
+MAIN_JOBS = jobs(RUN)
+ABLATION_JOBS = jobs(ABLATION) if ABLATION["methods"] else MAIN_JOBS
+ALL_JOBS = list(dict.fromkeys(MAIN_JOBS + ABLATION_JOBS))
 
 
 def run_dir(task, method, pae, seed):
-    return f"results/{EXPERIMENT}/runs/{task}/{method}/{pae}/seed{seed}"
+    return f"{RESULTS}/runs/{task}/{method}/{pae}/seed{seed}"
 
 
-def run_metrics(tasks=None, methods=None, variants=None, seeds=None):
-    """metrics.json of every applicable (task, method, pae, seed) of the run selection."""
-    return [f"{run_dir(t, m, v, s)}/metrics.json"
-            for t in tasks or RUN["tasks"] for m in methods or RUN["methods"]
-            for v in variants or RUN["pae"] for s in seeds or RUN["seeds"] if applicable(m, v)]
+def run_files(job_list, name="metrics.json"):
+    return [f"{run_dir(*job)}/{name}" for job in job_list]
+
+
+def mpa_dir(protocol, task, seed):
+    return f"{RESULTS}/mpa/{protocol}/{task}/seed{seed}"
+
+
+def number(value):
+    """A search value as it appears in paths: repr of the float, e.g. 0.005, 1e-05."""
+    return repr(float(value))

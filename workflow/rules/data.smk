@@ -1,8 +1,8 @@
 rule prepare_data:
     output:
-        touch(f"results/{EXPERIMENT}/prepared/{{task}}.done"),
+        f"{RESULTS}/prepared/{{task}}.json",
     input:
-        CODE,
+        JOB_CODE,
     params:
         task=lambda w: task_args(w.task),
         size=config["img_size"],
@@ -14,4 +14,4 @@ rule prepare_data:
     resources:
         mem_mb=8000,
     shell:
-        "python -m pae.cli prepare-data {params.task} --img-size {params.size} > {log} 2>&1"
+        "python -m pae.cli prepare-data {params.task} --img-size {params.size} --summary {output} > {log} 2>&1"

@@ -1,28 +1,81 @@
-rule accuracy_table:
-    input:
-        CODE,
-        runs=run_metrics(),
+# Tables and figures from the runs' files (never from memory), then the report index, which also logs every
+# table and figure to an MLflow "report" run. Each table waits for the evaluate stage of its runs: a run whose
+# checkpoint does not reproduce its numbers never reaches a table.
+TABLE_JOBS = {"accuracy": MAIN_JOBS, "convergence": MAIN_JOBS, "ablation": ABLATION_JOBS, "cost": ALL_JOBS}
+FIGURE_JOBS = {"learning_curves": MAIN_JOBS, "gradient_oscillation": ALL_JOBS, "koopman_spectrum": ALL_JOBS}
+SHORTCUT_FILES = [f"{mpa_dir('final', t, RUN['seeds'][0])}/shortcuts.json" for t in RUN["tasks"]]
+
+
+def evaluations(job_list):
+    return [f"{RESULTS}/evaluations/{t}/{m}/{v}/seed{s}.json" for t, m, v, s in job_list]
+
+
+rule table:
     output:
-        md=f"reports/{EXPERIMENT}/accuracy.md",
-        csv=f"reports/{EXPERIMENT}/accuracy.csv",
+        md=f"{REPORTS}/{{table}}.md",
+        csv=f"{REPORTS}/{{table}}.csv",
+        json=f"{REPORTS}/{{table}}.json",
+    input:
+        REPORT_CODE,
+        runs=lambda w: run_files(TABLE_JOBS[w.table]),
+        checked=lambda w: evaluations(TABLE_JOBS[w.table]),
+    wildcard_constraints:
+        table="|".join(TABLE_JOBS),
     log:
-        f"logs/{EXPERIMENT}/accuracy_table.log",
+        f"logs/{EXPERIMENT}/table_{{table}}.log",
     conda:
         ENV
     shell:
-        "python -m pae.cli table --out-md {output.md} --out-csv {output.csv} {input.runs} > {log} 2>&1"
+        "python -m pae.cli table --kind {wildcards.table} --out-md {output.md} --out-csv {output.csv}"
+        " --out-json {output.json} {input.runs} > {log} 2>&1"
 
 
-rule ablation_table:
-    input:
-        CODE,
-        runs=run_metrics(variants=list(config["pae_variants"])),
+rule figure:
     output:
-        md=f"reports/{EXPERIMENT}/ablation.md",
-        csv=f"reports/{EXPERIMENT}/ablation.csv",
+        png=f"{REPORTS}/{{figure}}.png",
+        pdf=f"{REPORTS}/{{figure}}.pdf",
+    input:
+        REPORT_CODE,
+        runs=lambda w: run_files(FIGURE_JOBS[w.figure]),
+    wildcard_constraints:
+        figure="|".join(FIGURE_JOBS),
     log:
-        f"logs/{EXPERIMENT}/ablation_table.log",
+        f"logs/{EXPERIMENT}/figure_{{figure}}.log",
     conda:
         ENV
     shell:
-        "python -m pae.cli table --kind ablation --out-md {output.md} --out-csv {output.csv} {input.runs} > {log} 2>&1"
+        "python -m pae.cli figure --kind {wildcards.figure} --out {REPORTS}/{wildcards.figure} {input.runs} > {log} 2>&1"
+
+
+rule shortcut_maps:
+    output:
+        png=f"{REPORTS}/shortcut_maps.png",
+        pdf=f"{REPORTS}/shortcut_maps.pdf",
+    input:
+        REPORT_CODE,
+        maps=SHORTCUT_FILES,
+    log:
+        f"logs/{EXPERIMENT}/figure_shortcut_maps.log",
+    conda:
+        ENV
+    shell:
+        "python -m pae.cli figure --kind shortcut_maps --out {REPORTS}/shortcut_maps {input.maps} > {log} 2>&1"
+
+
+REPORT_FILES = ([f"{REPORTS}/{t}.md" for t in TABLE_JOBS] + [f"{REPORTS}/{f}.png" for f in FIGURE_JOBS]
+                + [f"{REPORTS}/shortcut_maps.png"])
+
+
+rule report:
+    output:
+        f"{REPORTS}/README.md",
+    input:
+        REPORT_CODE,
+        REPORT_FILES,
+        params=workflow.configfiles,
+    log:
+        f"logs/{EXPERIMENT}/report.log",
+    conda:
+        ENV
+    shell:
+        "python -m pae.cli report --dir {REPORTS} --experiment {EXPERIMENT} --params {input.params} > {log} 2>&1"

@@ -1,26 +1,105 @@
-rule train:
-    input:
-        CODE,
-        backbone=config["backbone"]["file"],
-        data=f"results/{EXPERIMENT}/prepared/{{task}}.done",
+# Training: the VPT protocol's lr/wd search (tune: train800 -> val200) when `search` is set, its selection,
+# the final runs (train800val200 -> test) and the evaluate stage that reloads each final checkpoint.
+
+
+def train_inputs(protocol):
+    def inputs(w):
+        out = {"backbone": config["backbone"]["file"], "data": f"{RESULTS}/prepared/{w.task}.json"}
+        seed = SEARCH["seed"] if protocol == "tune" else w.seed
+        if "init" in parts(w.pae):
+            out["init"] = f"{mpa_dir(protocol, w.task, seed)}/prompts.safetensors"
+        if protocol == "final" and SEARCH["lr"]:
+            out["hparams"] = f"{RESULTS}/tune/{w.task}/{w.method}/{w.pae}/selected.json"
+        return out
+    return inputs
+
+
+def train_args(w, protocol):
+    """Everything but the seed and output folder: task, backbone, method, the params' train and PAE flags.
+
+    A function of the wildcards alone, so Snakemake records it and a changed value reruns the job."""
+    input = train_inputs(protocol)(w)
+    extra = {"init": "--init-prompts", "hparams": "--hparams"}
+    given = " ".join(f"{flag} {input[key]}" for key, flag in extra.items() if key in input)
+    return (f"{task_args(w.task)} --protocol {protocol} --arch {config['backbone']['arch']} --weights {input['backbone']}"
+            f" --img-size {config['img_size']} --method {w.method} {train_flags(w.task)} {pae_args(w.pae)}"
+            f" --threads {TRAIN_RESOURCES['threads']} --experiment {EXPERIMENT} {given}")
+
+
+rule tune:
     output:
-        f"results/{EXPERIMENT}/runs/{{task}}/{{method}}/{{pae}}/seed{{seed}}/metrics.json",
+        f"{RESULTS}/tune/{{task}}/{{method}}/{{pae}}/lr{{lr}}_wd{{wd}}/metrics.json",
+    input:
+        JOB_CODE,
+        unpack(train_inputs("tune")),
     params:
-        task=lambda w: task_args(w.task),
-        pae=lambda w: pae_args(w.pae),
-        train=flags(config["train"]),
+        args=lambda w: train_args(w, "tune"),
+        seed=SEARCH["seed"],
+        out=lambda w: f"{RESULTS}/tune/{w.task}/{w.method}/{w.pae}/lr{w.lr}_wd{w.wd}",
+    log:
+        f"logs/{EXPERIMENT}/tune_{{task}}_{{method}}_{{pae}}_lr{{lr}}_wd{{wd}}.log",
+    conda:
+        ENV
+    threads: TRAIN_RESOURCES["threads"]
+    resources:
+        mem_mb=TRAIN_RESOURCES["mem_mb"],
+        gpu=TRAIN_RESOURCES["gpus"],
+    shell:
+        "python -m pae.cli train {params.args} --seed {params.seed} --lr {wildcards.lr} --weight-decay {wildcards.wd}"
+        " --out-dir {params.out} > {log} 2>&1"
+
+
+rule select_hparams:
+    output:
+        f"{RESULTS}/tune/{{task}}/{{method}}/{{pae}}/selected.json",
+    input:
+        JOB_CODE,
+        runs=lambda w: [f"{RESULTS}/tune/{w.task}/{w.method}/{w.pae}/lr{number(lr)}_wd{number(wd)}/metrics.json"
+                        for lr in SEARCH["lr"] for wd in SEARCH["weight_decay"]],
+    log:
+        f"logs/{EXPERIMENT}/select_{{task}}_{{method}}_{{pae}}.log",
+    conda:
+        ENV
+    shell:
+        "python -m pae.cli select {input.runs} --out {output} > {log} 2>&1"
+
+
+rule train:
+    output:
+        f"{RESULTS}/runs/{{task}}/{{method}}/{{pae}}/seed{{seed}}/metrics.json",
+    input:
+        JOB_CODE,
+        unpack(train_inputs("final")),
+    params:
+        args=lambda w: train_args(w, "final"),
         out=lambda w: run_dir(w.task, w.method, w.pae, w.seed),
-        arch=config["backbone"]["arch"],
-        size=config["img_size"],
     log:
         f"logs/{EXPERIMENT}/train_{{task}}_{{method}}_{{pae}}_seed{{seed}}.log",
     conda:
         ENV
-    threads: 2
+    threads: TRAIN_RESOURCES["threads"]
     resources:
-        mem_mb=8000,
-        gpu=0,
+        mem_mb=TRAIN_RESOURCES["mem_mb"],
+        gpu=TRAIN_RESOURCES["gpus"],
     shell:
-        "python -m pae.cli train {params.task} --arch {params.arch} --weights {input.backbone} --img-size {params.size}"
-        " --method {wildcards.method} --seed {wildcards.seed} {params.train} {params.pae}"
-        " --experiment {EXPERIMENT} --out-dir {params.out} > {log} 2>&1"
+        "python -m pae.cli train {params.args} --seed {wildcards.seed} --out-dir {params.out} > {log} 2>&1"
+
+
+rule evaluate:
+    output:
+        f"{RESULTS}/evaluations/{{task}}/{{method}}/{{pae}}/seed{{seed}}.json",
+    input:
+        JOB_CODE,
+        run=f"{RESULTS}/runs/{{task}}/{{method}}/{{pae}}/seed{{seed}}/metrics.json",
+    params:
+        run_dir=lambda w: run_dir(w.task, w.method, w.pae, w.seed),
+    log:
+        f"logs/{EXPERIMENT}/evaluate_{{task}}_{{method}}_{{pae}}_seed{{seed}}.log",
+    conda:
+        ENV
+    threads: TRAIN_RESOURCES["threads"]
+    resources:
+        mem_mb=TRAIN_RESOURCES["mem_mb"],
+        gpu=TRAIN_RESOURCES["gpus"],
+    shell:
+        "python -m pae.cli evaluate --run-dir {params.run_dir} --out {output} > {log} 2>&1"

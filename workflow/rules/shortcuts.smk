@@ -1,0 +1,53 @@
+# PAE's MPA as two jobs per (protocol, task, seed), shared by every method: the frequency-shortcut search
+# (with the per-class dominant-frequency maps for the figure), then the task-aware prompts for every block.
+
+
+def mpa_args(w):
+    """Only what MPA reads (one band per prompt token): a changed lr or epoch count does not redo the search."""
+    tokens = {**config["train"], **config["tasks"][w.task].get("train", {})}.get("num_tokens")
+    return (f"{task_args(w.task)} --protocol {w.protocol} --seed {w.seed} --arch {config['backbone']['arch']}"
+            f" --img-size {config['img_size']} {flags({'num_tokens': tokens} if tokens else {})} {init_args()}"
+            f" --threads {TRAIN_RESOURCES['threads']}")
+
+
+rule shortcuts:
+    output:
+        f"{RESULTS}/mpa/{{protocol}}/{{task}}/seed{{seed}}/shortcuts.json",
+    input:
+        JOB_CODE,
+        backbone=config["backbone"]["file"],
+        data=f"{RESULTS}/prepared/{{task}}.json",
+    params:
+        args=mpa_args,
+    log:
+        f"logs/{EXPERIMENT}/shortcuts_{{protocol}}_{{task}}_seed{{seed}}.log",
+    conda:
+        ENV
+    threads: TRAIN_RESOURCES["threads"]
+    resources:
+        mem_mb=TRAIN_RESOURCES["mem_mb"],
+        gpu=TRAIN_RESOURCES["gpus"],
+    shell:
+        "python -m pae.cli shortcuts {params.args} --weights {input.backbone} --out {output} > {log} 2>&1"
+
+
+rule init_prompts:
+    output:
+        f"{RESULTS}/mpa/{{protocol}}/{{task}}/seed{{seed}}/prompts.safetensors",
+    input:
+        JOB_CODE,
+        backbone=config["backbone"]["file"],
+        shortcuts=f"{RESULTS}/mpa/{{protocol}}/{{task}}/seed{{seed}}/shortcuts.json",
+    params:
+        args=mpa_args,
+    log:
+        f"logs/{EXPERIMENT}/init_prompts_{{protocol}}_{{task}}_seed{{seed}}.log",
+    conda:
+        ENV
+    threads: TRAIN_RESOURCES["threads"]
+    resources:
+        mem_mb=TRAIN_RESOURCES["mem_mb"],
+        gpu=TRAIN_RESOURCES["gpus"],
+    shell:
+        "python -m pae.cli init-prompts {params.args} --weights {input.backbone} --shortcuts {input.shortcuts}"
+        " --out {output} > {log} 2>&1"
