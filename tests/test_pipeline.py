@@ -182,3 +182,10 @@ def test_a_rerun_recomputes_nothing_and_a_changed_param_only_its_users(project):
     assert runs_changed == {f"results/{EXPERIMENT}/runs/tiny/vpt_deep/all/seed1"}  # accuracy's only Koopman run
     assert not any("/mpa/" in p or "/prepared/" in p for p in changed)
     assert "table@accuracy" not in run(["dvc", "status"], root, env).stdout
+
+
+def test_the_slurm_profile_plans_the_same_dag(project):
+    """The cluster profile is valid for Snakemake and the official plugin, and schedules every job but local ones."""
+    root, env = project
+    out = run(["snakemake", "-n", "--forceall", "--profile", "workflow/profiles/slurm", "reproduce_all"], root, env).stdout
+    assert re.search(r"^train\s+6$", out, re.M) and re.search(r"^tune\s+12$", out, re.M)
