@@ -246,3 +246,8 @@ def test_the_weak_backbone_warning_follows_the_runs_backbone(tmp_path):
               run(backbone_source="timm hub vit_base_patch16_224.orig_in21k")]
     write_accuracy_table(strong, tmp_path / "b.md", tmp_path / "b.csv")
     assert "saliency" not in (tmp_path / "b.md").read_text()
+
+
+def test_only_the_benchmarks_own_tasks_are_titled_vtab(tmp_path):
+    write_accuracy_table([run("cifar10", method="linear"), run("cifar10")], tmp_path / "m.md", tmp_path / "m.csv")
+    assert (tmp_path / "m.md").read_text().startswith("### Tasks")  # vtab-mini's cifar10 is 'natural', not VTAB-1k
