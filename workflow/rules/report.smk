@@ -15,6 +15,7 @@ rule table:
         md=f"{REPORTS}/{{table}}.md",
         csv=f"{REPORTS}/{{table}}.csv",
         json=f"{REPORTS}/{{table}}.json",
+        tex=f"{REPORTS}/{{table}}.tex",
     input:
         REPORT_CODE,
         runs=lambda w: run_files(TABLE_JOBS[w.table]),

@@ -288,14 +288,13 @@ def write_csv(rows: list[dict], path: str | Path, header: list[str] | None = Non
         writer.writerows(rows)
 
 
-def write_tables(tables: list[Table], out_md: str | Path, out_csv: str | Path, latex: bool = False) -> None:
-    """Markdown (+ LaTeX beside it as .tex) and one CSV for the tables of one report; a 'section' column tells
-    the tables apart in the CSV when there are several."""
+def write_tables(tables: list[Table], out_md: str | Path, out_csv: str | Path) -> None:
+    """Markdown, LaTeX beside it (.tex, for the paper) and one CSV for the tables of one report; a 'section'
+    column tells the tables apart in the CSV when there are several."""
     out_md = Path(out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text("\n".join(render_markdown(t) for t in tables))
-    if latex:
-        out_md.with_suffix(".tex").write_text("\n".join(render_latex(t) for t in tables))
+    out_md.with_suffix(".tex").write_text("\n".join(render_latex(t) for t in tables))
     section = ["section"] if len(tables) > 1 else []
     header = list(dict.fromkeys(section + [k for t in tables for k in csv_header(t)]))
     write_csv([dict.fromkeys(section, t.title) | row for t in tables for row in csv_rows(t)], out_csv, header)
@@ -461,7 +460,7 @@ def accuracy_tables(runs: list[dict], metric: str = "final_test_top1", note: str
 def write_accuracy_table(runs: list[dict], out_md: str | Path, out_csv: str | Path, metric: str = "final_test_top1",
                          note: str | None = None) -> None:
     """Markdown, LaTeX (``out_md`` with suffix .tex) and CSV of ``accuracy_tables``."""
-    write_tables(accuracy_tables(runs, metric, note), out_md, out_csv, latex=True)
+    write_tables(accuracy_tables(runs, metric, note), out_md, out_csv)
 
 
 # ---------------------------------------------------------------------------------------------------- convergence
