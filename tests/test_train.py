@@ -116,7 +116,7 @@ def test_out_dir_with_foreign_files_is_refused_before_any_work(capsys, tmp_path,
 
 def test_parallel_jobs_share_a_fresh_mlflow_store(tmp_path):
     """Parallel Snakemake jobs create the SQLite store at once; every one must get its run."""
-    code = "from pae.tracking import Tracker; t = Tracker('race', 'job'); t.finish(True); print(t.run_id)"
+    code = "from pae.tracking import Tracker; t = Tracker('race', 'job'); t.finish('FINISHED'); print(t.run_id)"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}"}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(4)]

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 
 from .config import add_arguments, from_arguments
@@ -280,11 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .resume import Preempted
+
     try:
         args.func(args)
     except PaeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Preempted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 128 + signal.SIGTERM  # 143, as if the signal had ended the process: schedulers read it so
     return 0
 
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+T = TypeVar("T")
+LOCK_RETRIES = 12
+RUN_KEY = "pae_run_key"
 
 
 def tracking_uri() -> str:
@@ -54,10 +58,30 @@ def _setup_lock(db: Path | None) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-class Tracker:
-    """A thin MLflow run; ``enabled=False`` makes every call a no-op so training code has one path."""
+def retry_when_locked(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call through SQLite's 'database is locked' with jittered exponential backoff (about a minute in all).
 
-    def __init__(self, experiment: str, run_name: str, enabled: bool = True) -> None:
+    Many Snakemake jobs write one store; SQLite lets one writer in at a time and the others time out."""
+    delay = 0.05
+    for attempt in range(LOCK_RETRIES):
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - MLflow wraps the sqlite3 error in several types
+            if "locked" not in str(exc).lower() or attempt == LOCK_RETRIES - 1:
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
+class Tracker:
+    """A thin MLflow run; ``enabled=False`` makes every call a no-op so training code has one path.
+
+    ``key`` names a job across restarts: an unfinished run with the same key is resumed, not duplicated. Metric
+    timestamps are the run's start time plus the step, so logging the same value again stores nothing new.
+    """
+
+    def __init__(self, experiment: str, run_name: str, enabled: bool = True, key: str | None = None) -> None:
         self.enabled = enabled
         self.run_id: str | None = None
         if not enabled:
@@ -68,41 +92,54 @@ class Tracker:
         db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
         with _setup_lock(db):
             self.client = MlflowClient(tracking_uri=uri)
-            exp = self.client.get_experiment_by_name(experiment)
+            exp = retry_when_locked(self.client.get_experiment_by_name, experiment)
             if exp is None:
                 artifacts = None if db is None else (db.parent / "mlartifacts" / experiment).resolve().as_uri()
-                exp_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+                exp_id = retry_when_locked(self.client.create_experiment, experiment, artifact_location=artifacts)
             else:
                 exp_id = exp.experiment_id
-            self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+            run = self._unfinished(exp_id, key) if key else None
+            if run is None:
+                run = retry_when_locked(self.client.create_run, exp_id, run_name=run_name,
+                                        tags={RUN_KEY: key} if key else None)
+            else:
+                retry_when_locked(self.client.update_run, run.info.run_id, status="RUNNING")
+        self.run_id, self.start_ms = run.info.run_id, run.info.start_time
+
+    def _unfinished(self, exp_id: str, key: str):
+        runs = retry_when_locked(self.client.search_runs, [exp_id], f"tags.{RUN_KEY} = '{key}'",
+                                 order_by=["attributes.start_time DESC"])
+        return next((r for r in runs if r.info.status != "FINISHED"), None)
 
     def log_params(self, params: dict[str, Any], tags: dict[str, str]) -> None:
         if not self.enabled:
             return
         from mlflow.entities import Param, RunTag
 
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        retry_when_locked(self.client.log_batch, self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+                          tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        stamp = self.start_ms + step
+        retry_when_locked(self.client.log_batch, self.run_id,
+                          metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()])
 
     def log_artifacts(self, directory: str | Path) -> None:
         if self.enabled:
-            self.client.log_artifacts(self.run_id, str(directory))
+            retry_when_locked(self.client.log_artifacts, self.run_id, str(directory))
 
     def log_file(self, path: str | Path) -> None:
         if self.enabled:
-            self.client.log_artifact(self.run_id, str(path))
+            retry_when_locked(self.client.log_artifact, self.run_id, str(path))
 
-    def finish(self, ok: bool) -> None:
+    def finish(self, status: str) -> None:
+        """FINISHED, FAILED, or KILLED (preempted: the next start resumes it)."""
         if self.enabled:
-            self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
+            retry_when_locked(self.client.set_terminated, self.run_id, status=status)
 
 
 def log_to_run(run_id: str | None, metrics: dict[str, float]) -> None:
@@ -113,4 +150,5 @@ def log_to_run(run_id: str | None, metrics: dict[str, float]) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    MlflowClient(tracking_uri=tracking_uri()).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    client = MlflowClient(tracking_uri=tracking_uri())
+    retry_when_locked(client.log_batch, run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])

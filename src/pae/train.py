@@ -6,9 +6,11 @@ metrics accumulate on the device, so the inner loop never waits for the host.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from .evolution import PAE, PAEOptions
 from .evolution.pae import discover, record_prompts
 from .prompts import METHODS, MethodOptions, PromptedViT, build_model
 from .reports.tables import write_csv
+from .resume import Preempted, Progress, discard, load_state, preemption, restore, save_state, state_dir
 from .tracking import Tracker, git_provenance
 
 
@@ -155,20 +158,25 @@ def check_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def _write_outputs(out_dir: Path, cfg: TrainConfig, outputs: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Write everything into a sibling temp folder, then swap it in: a crash never leaves half a run.
-
-    ``outputs`` maps file names to content: a dict (JSON) or a list of row dicts (CSV)."""
+def write_outputs(out_dir: Path, cfg: TrainConfig, job: "Job", progress: Progress, metrics: dict) -> None:
+    """Write everything into a sibling temp folder, then swap it in: a crash never leaves half a run."""
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name, content in outputs.items():
-        if name.endswith(".json"):
-            (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-        elif content:
-            write_csv(content, tmp / name)
-    (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True) + "\n")
-    save_file(tensors, str(tmp / "checkpoint.safetensors"), metadata={"config": json.dumps(asdict(cfg))})
+    files = {"metrics.json": metrics, "config.json": asdict(cfg)}
+    if progress.shortcuts:
+        files["shortcuts.json"] = progress.shortcuts
+    for name, content in files.items():
+        (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    write_csv(progress.history, tmp / "history.csv")
+    if job.layers:
+        write_csv([{"step": i + 1, **{f"grad_norm_l{l}": v for l, v in enumerate(r)}}
+                   for i, r in enumerate(progress.step_grad_norms.tolist())], tmp / "grad_norms.csv")
+    groups = job.state_tensors()
+    tensors = {**groups["trainable"], **{f"method.{n}": b for n, b in groups["buffers"].items()},
+               **{f"pae.{n}": t for n, t in groups["pae"].items()}}
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "checkpoint.safetensors"),
+              metadata={"config": json.dumps(asdict(cfg))})
     old = out_dir.with_name(f".{out_dir.name}.old")
     if out_dir.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -177,14 +185,37 @@ def _write_outputs(out_dir: Path, cfg: TrainConfig, outputs: dict, tensors: dict
     shutil.rmtree(old, ignore_errors=True)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run one training job end to end and return its final metrics."""
-    from tqdm import tqdm
+@dataclass
+class Job:
+    """What a run builds once from its config: data on the device, the prompted model, PAE, the optimizer."""
 
-    cfg.validate()
-    out_dir = check_out_dir(cfg.out_dir)
+    cfg: TrainConfig
+    device: torch.device
+    bf16: bool
+    spec: DataSpec
+    train_data: ImageTensors
+    evals: dict[str, ImageTensors]
+    model: PromptedViT
+    pae: PAE
+    forward: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    steps: int  # optimizer steps per epoch
+    shortcuts: dict  # PAE's init record (empty without init)
+
+    @property
+    def layers(self) -> int:
+        return len(self.model.method.layer_grad_norms())
+
+    def state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Everything training changes, by group: what a checkpoint must hold to resume exactly."""
+        method = self.model.method
+        return {"trainable": {n: p for n, p in self.model.named_parameters() if p.requires_grad},
+                "buffers": dict(method.named_buffers()), "pae": dict(self.pae.named_parameters())}
+
+
+def build_job(cfg: TrainConfig) -> Job:
+    """Data, backbone, method (with its data fit), PAE (with its init) and optimizer, all seeded by ``cfg.seed``."""
     device = resolve_device(cfg.device)
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -192,7 +223,6 @@ def train(cfg: TrainConfig) -> dict:
     train_split, eval_splits = (FINAL_SPLITS if cfg.protocol == "final" else TUNE_SPLITS)[spec.kind]
     train_data = load_split(spec, train_split, cfg.img_size, cfg.cache_dir, for_training=True).to(device)
     evals = {s: load_split(spec, s, cfg.img_size, cfg.cache_dir).to(device) for s in eval_splits}
-    selection_split = eval_splits[0]  # val200 under "tune", test under "final" (VTAB's protocol)
     num_classes = len(train_data.classes)
     backbone = load_backbone(cfg.arch, cfg.weights, cfg.img_size)
     model = build_model(cfg.method, backbone, num_classes, **asdict(cfg.options)).to(device)
@@ -211,118 +241,186 @@ def train(cfg: TrainConfig) -> dict:
             shortcuts["seconds"] = time.perf_counter() - start
         pae.initialize(method, prompts)
     torch.manual_seed(cfg.seed + 1)  # training's randomness starts the same whether MPA ran here or in its own stage
-    forward = torch.compile(model) if cfg.compile else model
-    opt = make_optimizer(model, pae, cfg)
-    n = len(train_data)
-    steps = math.ceil(n / cfg.batch_size)
-    unit_total, unit_warm = (cfg.epochs * steps, cfg.warmup_epochs * steps) if cfg.schedule_unit == "step" else (cfg.epochs, cfg.warmup_epochs)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    n_trainable = sum(p.numel() for p in model.trainable_parameters())
-    n_prompt = sum(p.numel() for p in method.parameters() if p.requires_grad)
-    n_layers = len(method.layer_grad_norms())
-    step_grad_norms = torch.full((cfg.epochs * steps, n_layers), float("nan"), device=device)
+    return Job(cfg, device, cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"), spec,
+               train_data, evals, model, pae, torch.compile(model) if cfg.compile else model,
+               make_optimizer(model, pae, cfg), math.ceil(len(train_data) / cfg.batch_size), shortcuts)
 
-    variant = cfg.pae.label
-    tags = {"method": cfg.method, "task": spec.label, "task_group": cfg.task_group, "pae": variant,
-            "data_sha256": content_sha256(train_data), **git_provenance(), **cfg.tags}
-    if cfg.weights:
-        tags.update(describe(cfg.weights))
-    tracker = Tracker(cfg.experiment, f"{spec.label}/{cfg.method}/{variant}/seed{cfg.seed}", enabled=cfg.mlflow)
-    history: list[dict] = []
-    ok = False
-    start = time.perf_counter()
 
-    def evaluate_all() -> dict[str, float]:
-        return {f"{s}_top1": evaluate(forward, d, cfg.eval_batch_size, use_bf16) for s, d in evals.items()}
+def fresh_progress(job: Job) -> Progress:
+    cfg = job.cfg
+    return Progress(0, 0, None, torch.zeros(3, device=job.device), torch.zeros((), dtype=torch.int64, device=job.device),
+                    [], torch.full((cfg.epochs * job.steps, job.layers), float("nan"), device=job.device),
+                    torch.Generator().manual_seed(cfg.seed), 0.0, job.shortcuts)
+
+
+def evaluate_all(job: Job) -> dict[str, float]:
+    return {f"{s}_top1": evaluate(job.forward, d, job.cfg.eval_batch_size, job.bf16) for s, d in job.evals.items()}
+
+
+def train_steps(job: Job, p: Progress, stop: threading.Event) -> bool:
+    """Finish the current epoch from ``p.step`` on, updating ``p`` in place after every step.
+
+    Returns False when ``stop`` was set (SIGTERM) before the epoch ended; ``p`` is then consistent for a save."""
+    cfg, method, n = job.cfg, job.model.method, len(job.train_data)
+    total, warm = ((cfg.epochs * job.steps, cfg.warmup_epochs * job.steps) if cfg.schedule_unit == "step"
+                   else (cfg.epochs, cfg.warmup_epochs))
+    job.model.train()
+    if p.perm is None:
+        p.perm = torch.randperm(n, generator=p.generator).to(job.device)
+    while p.step < job.steps:
+        if stop.is_set():
+            return False
+        t = p.epoch * job.steps + p.step if cfg.schedule_unit == "step" else p.epoch
+        for group in job.optimizer.param_groups:
+            group["lr"] = lr_at(t, total, warm, cfg.lr)
+        idx = p.perm[p.step * cfg.batch_size:(p.step + 1) * cfg.batch_size]
+        sizes = None if job.train_data.sizes is None else job.train_data.sizes[idx]
+        x = train_input(job.spec, job.train_data.images[idx], sizes, cfg.img_size, p.generator)
+        y = job.train_data.labels[idx]
+        with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=job.bf16):
+            logits = job.forward(x)
+        ce = F.cross_entropy(logits.float(), y)
+        loss, terms = ce, {}
+        if job.pae.regularizer is not None:
+            reg, terms = job.pae.loss(method)
+            loss = ce + reg
+        job.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        job.pae.clip_gradients()
+        if job.layers:
+            p.step_grad_norms[p.epoch * job.steps + p.step] = method.layer_grad_norms()
+        job.optimizer.step()
+        zero = ce.new_zeros(())
+        p.sums += torch.stack([ce.detach(), terms.get("koopman", zero).detach(), terms.get("lyapunov", zero).detach()]) * y.numel()
+        p.correct += (logits.argmax(1) == y).sum()
+        p.step += 1
+    return True
+
+
+def close_epoch(job: Job, p: Progress, state: Path) -> dict:
+    """The finished epoch's history row; resets the running sums. A non-finite loss stops the run here."""
+    cfg, n, nan = job.cfg, len(job.train_data), float("nan")
+    train_loss, koopman_loss, lyapunov_loss = (p.sums / n).tolist()
+    if not math.isfinite(train_loss + koopman_loss + lyapunov_loss):
+        raise PaeError(f"training diverged in epoch {p.epoch + 1}: the loss is {train_loss} (L_kp {koopman_loss}, "
+                       f"L_stab {lyapunov_loss}); the last finite state (epoch {p.epoch}) is kept in '{state}'.",
+                       "lower the learning rate (or use precision fp32); no results were written.")
+    epoch_norms = p.step_grad_norms[p.epoch * job.steps:(p.epoch + 1) * job.steps].mean(0).tolist()
+    row = {"epoch": p.epoch + 1, "lr": job.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+           "train_top1": 100.0 * p.correct.item() / n,
+           "koopman_loss": koopman_loss if job.pae.regularizer is not None else nan,
+           "lyapunov_loss": lyapunov_loss if cfg.pae.lyapunov else nan,
+           **evaluate_all(job), **{f"grad_norm_l{i}": v for i, v in enumerate(epoch_norms)},
+           **job.pae.diagnostics(job.model.method)}
+    p.epoch, p.step, p.perm = p.epoch + 1, 0, None
+    p.sums.zero_()
+    p.correct.zero_()
+    p.history.append(row)
+    return row
+
+
+def start_row(job: Job) -> dict:
+    """Epoch 0: the untrained starting point (after PAE's init, if on), where every learning curve starts."""
+    nan = float("nan")
+    return {"epoch": 0, "lr": 0.0, "train_loss": nan, "train_top1": nan, "koopman_loss": nan, "lyapunov_loss": nan,
+            **evaluate_all(job), **{f"grad_norm_l{i}": nan for i in range(job.layers)},
+            **job.pae.diagnostics(job.model.method)}
+
+
+def final_metrics(job: Job, p: Progress, tags: dict, run_id: str | None) -> dict:
+    cfg, method, history = job.cfg, job.model.method, p.history
+    selection_split = next(iter(job.evals))  # val200 under "tune", test under "final" (VTAB's protocol)
+    metrics = {
+        "task": job.spec.label, "task_group": cfg.task_group, "method": cfg.method, "pae": cfg.pae.label,
+        "seed": cfg.seed, "epochs": cfg.epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "protocol": cfg.protocol,
+        "backbone": cfg.arch, "backbone_source": tags.get("pae.source", "random weights"),
+        "trainable_params": sum(t.numel() for t in job.model.trainable_parameters()),
+        "prompt_params": sum(t.numel() for t in method.parameters() if t.requires_grad),
+        "pae_params": sum(t.numel() for t in job.pae.parameters()), "wall_time_s": p.elapsed,
+        "pae_init_s": p.shortcuts.get("seconds", 0.0),
+        **{f"final_{s}_top1": history[-1][f"{s}_top1"] for s in job.evals},
+        **{f"best_{s}_top1": max(r[f"{s}_top1"] for r in history[1:]) for s in job.evals},
+        **{f"initial_{s}_top1": history[0][f"{s}_top1"] for s in job.evals},
+        "selection_split": selection_split,
+        "convergence_epoch": convergence_epoch([r[f"{selection_split}_top1"] for r in history]),
+        "final_train_loss": history[-1]["train_loss"], "mlflow_run_id": run_id,
+        # oscillation over epochs (per-epoch mean norms): per-step norms mostly measure minibatch noise
+        **(oscillation_summary(history[1:]) if job.layers else {}),
+        **job.pae.diagnostics(method),
+    }
+    # undefined statistics (e.g. oscillation of a run too short for the window) are null: JSON has no NaN
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+
+
+def run_tags(job: Job) -> dict[str, str]:
+    cfg = job.cfg
+    tags = {"method": cfg.method, "task": job.spec.label, "task_group": cfg.task_group, "pae": cfg.pae.label,
+            "data_sha256": content_sha256(job.train_data), **git_provenance(), **cfg.tags}
+    return {**tags, **describe(cfg.weights)} if cfg.weights else tags
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run one training job end to end and return its final metrics.
+
+    After every epoch (and at the next step after SIGTERM) the run's state is saved beside its output folder; the
+    same command then resumes from the newest intact state and ends with exactly the numbers of an uninterrupted
+    run, logging into the same MLflow run.
+    """
+    from tqdm import tqdm
+
+    cfg.validate()
+    out_dir = check_out_dir(cfg.out_dir)
+    job = build_job(cfg)
+    config = json.dumps(asdict(cfg), sort_keys=True)
+    state = state_dir(out_dir)
+    saved = load_state(state, config)
+    progress = restore(saved, job.device, job.state_tensors(), job.optimizer) if saved else fresh_progress(job)
+    tags = run_tags(job)
+    label = f"{job.spec.label}/{cfg.method}/{cfg.pae.label}/seed{cfg.seed}"
+    tracker = Tracker(cfg.experiment, label, enabled=cfg.mlflow, key=run_key(out_dir, config))
+    status = "FAILED"
+
+    def save() -> None:
+        save_state(state, progress, config, job.state_tensors(), job.optimizer)
+
+    def log(row: dict) -> None:
+        tracker.log_metrics({k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}, step=row["epoch"])
 
     try:
         tracker.log_params({k: v for k, v in flatten(cfg).items() if not k.startswith("tags")}, tags)
-        # Epoch 0 is the untrained starting point (after PAE's init, if on): every learning curve starts here.
-        nan = float("nan")
-        start_row = {"epoch": 0, "lr": 0.0, "train_loss": nan, "train_top1": nan, "koopman_loss": nan,
-                     "lyapunov_loss": nan, **evaluate_all(), **{f"grad_norm_l{i}": nan for i in range(n_layers)},
-                     **pae.diagnostics(method)}
-        history.append(start_row)
-        tracker.log_metrics({k: v for k, v in start_row.items() if k != "epoch" and math.isfinite(v)}, step=0)
-        bar = tqdm(range(cfg.epochs), desc=f"{spec.label}/{cfg.method}/{variant}", unit="epoch", leave=False)
-        for epoch in bar:
-            model.train()
-            sums = torch.zeros(3, device=device)  # cross-entropy, L_kp, L_stab (weighted by batch size)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            perm = torch.randperm(n, generator=gen).to(device)
-            for step in range(steps):
-                t = epoch * steps + step if cfg.schedule_unit == "step" else epoch
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(t, unit_total, unit_warm, cfg.lr)
-                idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                sizes = None if train_data.sizes is None else train_data.sizes[idx]
-                x = train_input(spec, train_data.images[idx], sizes, cfg.img_size, gen)
-                y = train_data.labels[idx]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = forward(x)
-                ce = F.cross_entropy(logits.float(), y)
-                loss, terms = ce, {}
-                if pae.regularizer is not None:
-                    reg, terms = pae.loss(method)
-                    loss = ce + reg
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                pae.clip_gradients()
-                if n_layers:
-                    step_grad_norms[epoch * steps + step] = method.layer_grad_norms()
-                opt.step()
-                sums += torch.stack([ce.detach(), terms.get("koopman", ce.new_zeros(())).detach(),
-                                     terms.get("lyapunov", ce.new_zeros(())).detach()]) * y.numel()
-                correct += (logits.argmax(1) == y).sum()
-            train_loss, koopman_loss, lyapunov_loss = (sums / n).tolist()
-            if not math.isfinite(train_loss + koopman_loss + lyapunov_loss):
-                raise PaeError(f"training diverged at epoch {epoch + 1}: the loss is {train_loss} "
-                               f"(L_kp {koopman_loss}, L_stab {lyapunov_loss}).",
-                               "lower the learning rate (or use precision fp32); no results were written.")
-            row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss,
-                   "train_top1": 100.0 * correct.item() / n,
-                   "koopman_loss": koopman_loss if pae.regularizer is not None else nan,
-                   "lyapunov_loss": lyapunov_loss if cfg.pae.lyapunov else nan}
-            row.update(evaluate_all())
-            epoch_norms = step_grad_norms[epoch * steps:(epoch + 1) * steps].mean(0).tolist()
-            row.update({f"grad_norm_l{i}": v for i, v in enumerate(epoch_norms)})
-            row.update(pae.diagnostics(method))
-            history.append(row)
-            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}, step=epoch + 1)
-            bar.set_postfix(loss=f"{train_loss:.3f}", **{s: f"{row[f'{s}_top1']:.1f}" for s in evals})
-        wall = time.perf_counter() - start
-        grad_rows = [{"step": i + 1, **{f"grad_norm_l{l}": v for l, v in enumerate(r)}}
-                     for i, r in enumerate(step_grad_norms.tolist())] if n_layers else []
-        selection = [r[f"{selection_split}_top1"] for r in history]
-        metrics = {
-            "task": spec.label, "task_group": cfg.task_group, "method": cfg.method, "pae": variant, "seed": cfg.seed,
-            "epochs": cfg.epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "protocol": cfg.protocol,
-            "backbone": cfg.arch, "backbone_source": tags.get("pae.source", "random weights"),
-            "trainable_params": n_trainable, "prompt_params": n_prompt,
-            "pae_params": sum(p.numel() for p in pae.parameters()), "wall_time_s": wall,
-            "pae_init_s": shortcuts.get("seconds", 0.0),
-            **{f"final_{s}_top1": history[-1][f"{s}_top1"] for s in evals},
-            **{f"best_{s}_top1": max(r[f"{s}_top1"] for r in history[1:]) for s in evals},
-            **{f"initial_{s}_top1": start_row[f"{s}_top1"] for s in evals},
-            "selection_split": selection_split, "convergence_epoch": convergence_epoch(selection),
-            "final_train_loss": history[-1]["train_loss"], "mlflow_run_id": tracker.run_id,
-            # oscillation over epochs (per-epoch mean norms): per-step norms mostly measure minibatch noise
-            **(oscillation_summary(history[1:]) if n_layers else {}),
-            **pae.diagnostics(method),
-        }
-        # undefined statistics (e.g. oscillation of a run too short for the window) are null: JSON has no NaN
-        metrics = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
-        tensors = {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-        tensors.update({f"method.{n}": b.detach().float().cpu().contiguous() for n, b in method.named_buffers()})
-        tensors.update({f"pae.{n}": p.detach().float().cpu().contiguous() for n, p in pae.named_parameters()})
-        outputs = {"metrics.json": metrics, "history.csv": history, "grad_norms.csv": grad_rows}
-        if shortcuts:
-            outputs["shortcuts.json"] = shortcuts
-        _write_outputs(out_dir, cfg, outputs, tensors)
+        if not progress.history:
+            progress.history.append(start_row(job))
+            save()
+        for row in progress.history:  # a resumed run re-logs its history: identical entries are stored once
+            log(row)
+        bar = tqdm(total=cfg.epochs, initial=progress.epoch, desc=label, unit="epoch", leave=False)
+        with preemption() as stop:
+            while progress.epoch < cfg.epochs:
+                began = time.perf_counter()
+                finished = train_steps(job, progress, stop)
+                progress.elapsed += time.perf_counter() - began
+                if not finished:
+                    save()
+                    status = "KILLED"
+                    raise Preempted(f"stopped by SIGTERM in epoch {progress.epoch + 1} at step {progress.step}; the "
+                                    f"state is saved in '{state}': run the same command again to resume.")
+                row = close_epoch(job, progress, state)
+                save()
+                log(row)
+                bar.update()
+        metrics = final_metrics(job, progress, tags, tracker.run_id)
+        write_outputs(out_dir, cfg, job, progress, metrics)
         tracker.log_metrics({k: v for k, v in metrics.items()  # per-epoch series are logged already
-                             if isinstance(v, (int, float)) and math.isfinite(v) and k not in history[-1]}, step=cfg.epochs)
+                             if isinstance(v, (int, float)) and math.isfinite(v) and k not in progress.history[-1]},
+                            step=cfg.epochs)
         tracker.log_artifacts(out_dir)
-        ok = True
+        discard(state)
+        status = "FINISHED"
         return metrics
     finally:
-        tracker.finish(ok)
+        tracker.finish(status)
+
+
+def run_key(out_dir: Path, config: str) -> str:
+    """Names a job across restarts (its folder and exact config), so a resumed run finds its MLflow run again."""
+    return hashlib.sha256(f"{out_dir}\n{config}".encode()).hexdigest()[:32]

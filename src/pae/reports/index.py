@@ -73,8 +73,8 @@ def write_report(folder: str | Path, experiment: str, params_files: list[str], m
             merged.write_text(yaml.safe_dump(params, sort_keys=False))
             tracker.log_file(merged)
             merged.unlink()
-        tracker.finish(True)
+        tracker.finish("FINISHED")
     except Exception:
-        tracker.finish(False)
+        tracker.finish("FAILED")
         raise
     return {"index": str(folder / "README.md"), "mlflow_run_id": tracker.run_id}

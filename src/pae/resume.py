@@ -1,0 +1,138 @@
+"""Resumable training: the state of a run between optimizer steps, saved atomically, restored exactly.
+
+A long grid gets killed (SIGKILL, preemption, a full disk): a restarted job must end with the same numbers as an
+uninterrupted one, not start over and not silently differ. The state holds everything the rest of the run reads:
+trainable tensors, method buffers, PAE's parameters, the optimizer, every random generator, the epoch and step, the
+current epoch's permutation and running sums, and the history so far. It is written with ``torch.save`` to a
+temporary file and renamed into place, read back with ``weights_only=True``, and the two newest states are kept,
+so a truncated file falls back to the one before it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+KEEP = 2  # states kept on disk: the newest, and one to fall back on if the newest is damaged
+FORMAT = 1
+
+
+@dataclass
+class Progress:
+    """Where a run stands between two optimizer steps."""
+
+    epoch: int  # completed epochs
+    step: int  # completed steps of the current epoch (0: at an epoch boundary)
+    perm: torch.Tensor | None  # the current epoch's sample order (None at a boundary)
+    sums: torch.Tensor  # running CE, L_kp, L_stab (weighted by batch size) of the current epoch
+    correct: torch.Tensor  # running correct predictions of the current epoch
+    history: list[dict]  # one row per finished epoch, epoch 0 first
+    step_grad_norms: torch.Tensor  # (epochs * steps, layers)
+    generator: torch.Generator  # data order and augmentation
+    elapsed: float  # seconds of training so far, over all sessions
+    shortcuts: dict  # PAE's init record (empty without init)
+
+
+def state_dir(out_dir: Path) -> Path:
+    """Beside the run's output folder, never inside it: the outputs are swapped in whole at the end."""
+    return out_dir.with_name(f".{out_dir.name}.state")
+
+
+def _state_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("state-*.pt"))  # zero-padded names: newest last
+
+
+def save_state(folder: Path, progress: Progress, config: str, tensors: dict[str, dict[str, torch.Tensor]],
+               optimizer: torch.optim.Optimizer) -> Path:
+    """Write one state atomically (temp file, fsync, rename) and drop all but the newest ``KEEP``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731 - device-independent states
+    state = {
+        "format": FORMAT, "config": config, "epoch": progress.epoch, "step": progress.step,
+        "perm": cpu(progress.perm), "sums": cpu(progress.sums), "correct": cpu(progress.correct),
+        "history": json.dumps(progress.history), "step_grad_norms": cpu(progress.step_grad_norms),
+        "generator": progress.generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "elapsed": progress.elapsed, "shortcuts": json.dumps(progress.shortcuts),
+        "tensors": {group: {k: cpu(v) for k, v in named.items()} for group, named in tensors.items()},
+        "optimizer": optimizer.state_dict(),
+    }
+    path = folder / f"state-{progress.epoch:05d}-{progress.step:06d}.pt"
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    for old in _state_files(folder)[:-KEEP]:
+        old.unlink()
+    return path
+
+
+def load_state(folder: Path, config: str) -> dict | None:
+    """The newest readable state of this exact config, or None. A damaged file is reported and skipped; a state of
+    another config (the params changed) is discarded, since resuming it would mix two experiments."""
+    for path in reversed(_state_files(folder)):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a truncated zip fails in several ways
+            print(f"warning: training state '{path}' is damaged ({type(exc).__name__}); trying the one before it.",
+                  file=sys.stderr)
+            continue
+        if state.get("format") != FORMAT or state.get("config") != config:
+            print(f"note: training state in '{folder}' belongs to another configuration; starting afresh.", file=sys.stderr)
+            discard(folder)
+            return None
+        return state
+    return None
+
+
+def restore(state: dict, device: torch.device, tensors: dict[str, dict[str, torch.Tensor]],
+            optimizer: torch.optim.Optimizer) -> Progress:
+    """Copy a loaded state into the live tensors, optimizer and generators, and return the progress it records."""
+    for group, named in tensors.items():
+        for name, target in named.items():
+            target.data.copy_(state["tensors"][group][name].to(target.device, target.dtype))
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    generator = torch.Generator()
+    generator.set_state(state["generator"])
+    to = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return Progress(state["epoch"], state["step"], to(state["perm"]), to(state["sums"]), to(state["correct"]),
+                    json.loads(state["history"]), to(state["step_grad_norms"]), generator, state["elapsed"],
+                    json.loads(state["shortcuts"]))
+
+
+def discard(folder: Path) -> None:
+    for path in folder.glob("state-*"):
+        path.unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+class Preempted(Exception):
+    """SIGTERM arrived: the state was saved at the next step boundary and the run stopped; rerun to resume."""
+
+
+@contextlib.contextmanager
+def preemption() -> Iterator[threading.Event]:
+    """An event set by SIGTERM (SLURM's preemption and time-limit signal) while the block runs."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
