@@ -37,7 +37,7 @@ class Progress:
     history: list[dict]  # one row per finished epoch, epoch 0 first
     step_grad_norms: torch.Tensor  # (epochs * steps, layers)
     generator: torch.Generator  # data order and augmentation
-    elapsed: float  # seconds of training so far, over all sessions
+    elapsed: float  # seconds of training and per-epoch evaluation so far, over all sessions
     shortcuts: dict  # PAE's init record (empty without init)
 
 

@@ -396,15 +396,15 @@ def train(cfg: TrainConfig) -> dict:
         bar = tqdm(total=cfg.epochs, initial=progress.epoch, desc=label, unit="epoch", leave=False)
         with preemption() as stop:
             while progress.epoch < cfg.epochs:
-                began = time.perf_counter()
-                finished = train_steps(job, progress, stop)
-                progress.elapsed += time.perf_counter() - began
-                if not finished:
+                began = time.perf_counter()  # wall time counts training and the per-epoch evaluation
+                if not train_steps(job, progress, stop):
+                    progress.elapsed += time.perf_counter() - began
                     save()
                     status = "KILLED"
                     raise Preempted(f"stopped by SIGTERM in epoch {progress.epoch + 1} at step {progress.step}; the "
                                     f"state is saved in '{state}': run the same command again to resume.")
                 row = close_epoch(job, progress, state)
+                progress.elapsed += time.perf_counter() - began
                 save()
                 log(row)
                 bar.update()
