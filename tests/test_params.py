@@ -99,7 +99,9 @@ def test_repo_default_params_are_valid() -> None:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "params").glob("*.yaml")))
 def test_repo_params_files_load_over_the_default(name: str) -> None:
-    assert load_params(ROOT / "params" / "default.yaml", ROOT / "params" / name)["experiment"]
+    """Each file's own experiment name wins over the default's (the override is applied, not ignored)."""
+    own = yaml.safe_load((ROOT / "params" / name).read_text())["experiment"]
+    assert load_params(ROOT / "params" / "default.yaml", ROOT / "params" / name)["experiment"] == own
 
 
 def test_override_file_merges_like_snakemake(tmp_path: Path) -> None:

@@ -9,8 +9,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .backbones import load_backbone
-from .data import FINAL_SPLITS, TUNE_SPLITS, DataSpec, ImageTensors, eval_input, load_split
+from .data import DataSpec, ImageTensors, eval_input, load_split
 from .errors import PaeError
 from .prompts import PromptedViT, build_model
 
@@ -26,9 +25,14 @@ def predictions(model: torch.nn.Module, data: ImageTensors, batch_size: int, aut
     return torch.cat(out)
 
 
+def top1(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """Accuracy (%) of predictions; the one host sync of an evaluation."""
+    return 100.0 * (pred == labels).sum().item() / len(labels)
+
+
 def evaluate(model: torch.nn.Module, data: ImageTensors, batch_size: int, autocast: bool) -> float:
-    """Top-1 accuracy (%), one host sync at the end."""
-    return 100.0 * (predictions(model, data, batch_size, autocast) == data.labels).sum().item() / len(data)
+    """Top-1 accuracy (%) on a split."""
+    return top1(predictions(model, data, batch_size, autocast), data.labels)
 
 
 def per_class_top1(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
@@ -73,30 +77,27 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", tolerance: float = 0
     checkpoint does not reproduce the run: that is an error, never a table entry.
     """
     from .config import from_dict
-    from .train import TrainConfig, resolve_device
+    from .train import TrainConfig, resolve_device, run_backbone, run_splits, uses_bf16
 
     run_dir = Path(run_dir)
     config, tensors, metrics = _read_run(run_dir)
     cfg = from_dict(TrainConfig, config)
     dev = resolve_device(device)
     spec = DataSpec(cfg.data_kind, cfg.data_root, cfg.data_name)
-    _, eval_splits = (FINAL_SPLITS if cfg.protocol == "final" else TUNE_SPLITS)[spec.kind]
-    splits = {s: load_split(spec, s, cfg.img_size, cfg.cache_dir).to(dev) for s in eval_splits}
+    splits = {s: load_split(spec, s, cfg.img_size, cfg.cache_dir).to(dev) for s in run_splits(cfg, spec)[1]}
     num_classes = len(next(iter(splits.values())).classes)
-    torch.manual_seed(cfg.seed)  # as train does: without weights the random backbone is the run's own
-    model = build_model(cfg.method, load_backbone(cfg.arch, cfg.weights, cfg.img_size), num_classes,
-                        **config["options"]).to(dev)
+    model = build_model(cfg.method, run_backbone(cfg), num_classes, **config["options"]).to(dev)
     load_trained(model, tensors, run_dir / "checkpoint.safetensors")
-    autocast = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
+    autocast = uses_bf16(cfg.precision, dev)
     out: dict = {"run_dir": str(run_dir), "mlflow_run_id": metrics.get("mlflow_run_id")}
     for split, data in splits.items():
         pred = predictions(model, data, cfg.eval_batch_size, autocast)
-        top1 = 100.0 * (pred == data.labels).sum().item() / len(data)
+        measured = top1(pred, data.labels)
         recorded = metrics[f"final_{split}_top1"]
-        if abs(top1 - recorded) > tolerance:
-            raise PaeError(f"the checkpoint in '{run_dir}' gives {split} top-1 {top1:.2f}, but the run recorded "
+        if abs(measured - recorded) > tolerance:
+            raise PaeError(f"the checkpoint in '{run_dir}' gives {split} top-1 {measured:.2f}, but the run recorded "
                            f"{recorded:.2f}.", "the checkpoint does not belong to this run or is damaged; rerun the training job.")
-        out[f"{split}_top1"] = top1
+        out[f"{split}_top1"] = measured
         out[f"recorded_{split}_top1"] = recorded
         out[f"{split}_per_class_top1"] = dict(zip(data.classes, per_class_top1(pred, data.labels, num_classes)))
     return out

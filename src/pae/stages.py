@@ -14,13 +14,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .backbones import load_backbone
-from .data import FINAL_SPLITS, TUNE_SPLITS, DataSpec, ImageTensors, load_split
+from .data import DataSpec, ImageTensors, load_split
 from .errors import PaeError
 from .evolution.frequency import dominant_frequency_maps, fit_scorer
 from .evolution.pae import discover, record_prompts
 from .evolution.task_init import cls_features
-from .train import TrainConfig, resolve_device, sample_batch
+from .train import TrainConfig, resolve_device, run_backbone, run_splits, sample_batch
 
 
 def _training_data(cfg: TrainConfig) -> tuple[DataSpec, ImageTensors, torch.nn.Module, torch.device]:
@@ -30,10 +29,8 @@ def _training_data(cfg: TrainConfig) -> tuple[DataSpec, ImageTensors, torch.nn.M
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     spec = DataSpec(cfg.data_kind, cfg.data_root, cfg.data_name)
-    split = (FINAL_SPLITS if cfg.protocol == "final" else TUNE_SPLITS)[spec.kind][0]
-    data = load_split(spec, split, cfg.img_size, cfg.cache_dir, for_training=True).to(device)
-    torch.manual_seed(cfg.seed)  # as train does: without weights the random backbone is the run's own
-    return spec, data, load_backbone(cfg.arch, cfg.weights, cfg.img_size).to(device), device
+    data = load_split(spec, run_splits(cfg, spec)[0], cfg.img_size, cfg.cache_dir, for_training=True).to(device)
+    return spec, data, run_backbone(cfg).to(device), device
 
 
 def write_json(record: dict, out: str | Path) -> None:

@@ -107,6 +107,22 @@ def lr_at(t: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """'auto' means bf16 autocast on CUDA and fp32 elsewhere."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def run_splits(cfg: TrainConfig, spec: DataSpec) -> tuple[str, tuple[str, ...]]:
+    """(training split, evaluation splits) of the run's protocol; the first evaluation split selects."""
+    return (FINAL_SPLITS if cfg.protocol == "final" else TUNE_SPLITS)[spec.kind]
+
+
+def run_backbone(cfg: TrainConfig) -> torch.nn.Module:
+    """The run's frozen backbone; without weights, the random one its seed makes, the same in every stage."""
+    torch.manual_seed(cfg.seed)
+    return load_backbone(cfg.arch, cfg.weights, cfg.img_size)
+
+
 def make_optimizer(model: PromptedViT, pae: PAE, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Weight decay on all trainable tensors except the head's bias (VPT). PAE's U, K, L decay under SGD and
     not under AdamW, as in the official code."""
@@ -158,8 +174,9 @@ def check_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def write_outputs(out_dir: Path, cfg: TrainConfig, job: "Job", progress: Progress, metrics: dict) -> None:
+def write_outputs(out_dir: Path, job: "Job", progress: Progress, metrics: dict) -> None:
     """Write everything into a sibling temp folder, then swap it in: a crash never leaves half a run."""
+    cfg = job.cfg
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -200,11 +217,8 @@ class Job:
     forward: torch.nn.Module
     optimizer: torch.optim.Optimizer
     steps: int  # optimizer steps per epoch
+    layers: int  # prompt layers with per-layer gradient norms (0 for linear/full)
     shortcuts: dict  # PAE's init record (empty without init)
-
-    @property
-    def layers(self) -> int:
-        return len(self.model.method.layer_grad_norms())
 
     def state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         """Everything training changes, by group: what a checkpoint must hold to resume exactly."""
@@ -218,13 +232,12 @@ def build_job(cfg: TrainConfig) -> Job:
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     spec = DataSpec(cfg.data_kind, cfg.data_root, cfg.data_name)
-    train_split, eval_splits = (FINAL_SPLITS if cfg.protocol == "final" else TUNE_SPLITS)[spec.kind]
+    train_split, eval_splits = run_splits(cfg, spec)
     train_data = load_split(spec, train_split, cfg.img_size, cfg.cache_dir, for_training=True).to(device)
     evals = {s: load_split(spec, s, cfg.img_size, cfg.cache_dir).to(device) for s in eval_splits}
     num_classes = len(train_data.classes)
-    backbone = load_backbone(cfg.arch, cfg.weights, cfg.img_size)
+    backbone = run_backbone(cfg)
     model = build_model(cfg.method, backbone, num_classes, **asdict(cfg.options)).to(device)
     method = model.method
     method.fit_to_data(model.backbone, sample_batch(spec, train_data, cfg.options.fit_images, cfg.img_size, cfg.seed)[0])
@@ -241,9 +254,9 @@ def build_job(cfg: TrainConfig) -> Job:
             shortcuts["seconds"] = time.perf_counter() - start
         pae.initialize(method, prompts)
     torch.manual_seed(cfg.seed + 1)  # training's randomness starts the same whether MPA ran here or in its own stage
-    return Job(cfg, device, cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"), spec,
-               train_data, evals, model, pae, torch.compile(model) if cfg.compile else model,
-               make_optimizer(model, pae, cfg), math.ceil(len(train_data) / cfg.batch_size), shortcuts)
+    return Job(cfg, device, uses_bf16(cfg.precision, device), spec, train_data, evals, model, pae,
+               torch.compile(model) if cfg.compile else model, make_optimizer(model, pae, cfg),
+               math.ceil(len(train_data) / cfg.batch_size), len(method.layer_grad_norms()), shortcuts)
 
 
 def fresh_progress(job: Job) -> Progress:
@@ -393,8 +406,8 @@ def train(cfg: TrainConfig) -> dict:
             save()
         for row in progress.history:  # a resumed run re-logs its history: identical entries are stored once
             log(row)
-        bar = tqdm(total=cfg.epochs, initial=progress.epoch, desc=label, unit="epoch", leave=False)
-        with preemption() as stop:
+        with preemption() as stop, tqdm(total=cfg.epochs, initial=progress.epoch, desc=label, unit="epoch",
+                                        leave=False) as bar:
             while progress.epoch < cfg.epochs:
                 began = time.perf_counter()  # wall time counts training and the per-epoch evaluation
                 if not train_steps(job, progress, stop):
@@ -409,7 +422,7 @@ def train(cfg: TrainConfig) -> dict:
                 log(row)
                 bar.update()
         metrics = final_metrics(job, progress, tags, tracker.run_id)
-        write_outputs(out_dir, cfg, job, progress, metrics)
+        write_outputs(out_dir, job, progress, metrics)
         tracker.log_metrics({k: v for k, v in metrics.items()  # per-epoch series are logged already
                              if isinstance(v, (int, float)) and math.isfinite(v) and k not in progress.history[-1]},
                             step=cfg.epochs)

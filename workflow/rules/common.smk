@@ -99,8 +99,8 @@ def run_dir(task, method, pae, seed):
     return f"{RESULTS}/runs/{task}/{method}/{pae}/seed{seed}"
 
 
-def run_files(job_list, name="metrics.json"):
-    return [f"{run_dir(*job)}/{name}" for job in job_list]
+def run_files(job_list):
+    return [f"{run_dir(*job)}/metrics.json" for job in job_list]
 
 
 def mpa_dir(protocol, task, seed):
