@@ -10,7 +10,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns.db
 # Rules call `python -m pae.cli`: the venv's python must come first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv reproduce test mlflow-ui clean
+.PHONY: venv reproduce test benchmark mlflow-ui clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ reproduce: venv
 
 test: venv
 	$(BIN)/python -m pytest
+
+# The speed table at CPU size (CI prints it, so a regression shows in its log); on a GPU run the script directly.
+benchmark: venv
+	$(BIN)/python benchmarks/throughput.py --device cpu --out benchmarks/results/throughput-cpu.json
 
 mlflow-ui: venv
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000

@@ -4,7 +4,7 @@
     python benchmarks/method_cost.py --device cuda --batch 128
 
 Step time is the median of 3 SGD steps after one warm-up, fp32, no compile: it compares methods with one
-another on one machine, it is not the fast path (benchmarks for that: issue 7). Weights are random: the
+another on one machine, it is not the fast path (that is benchmarks/throughput.py). Weights are random: the
 cost of a step does not depend on their values.
 """
 from __future__ import annotations

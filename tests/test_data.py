@@ -125,7 +125,7 @@ def test_fgvc_protocol_shapes_and_labels(tmp_path):
     assert train.sizes is not None and bool((train.sizes.min(dim=1).values == short).all())
     assert tuple(train.sizes[2].tolist()) == (short, 2 * short)  # 64x32 keeps its aspect
     assert test.images.shape == (1, 3, 28, 28)  # Resize + CenterCrop at decode time
-    batch = train_input(spec, train.images, train.sizes, 28, torch.Generator().manual_seed(0))
+    batch = train_input(spec, train.images, train.sizes, 28, torch.rand(4, 3))
     assert batch.shape == (4, 3, 28, 28) and batch.dtype == torch.float32
 
 
@@ -153,7 +153,7 @@ def test_random_crop_flip_takes_valid_windows():
     img = torch.stack([rows, cols, torch.zeros(h, w, dtype=torch.long)]).to(torch.uint8)
     images = img[None].repeat(64, 1, 1, 1)
     sizes = torch.tensor([[h, w]] * 32 + [[10, 9]] * 32)  # second half: only 10x9 is real image
-    out = random_crop_flip(images, sizes, crop, torch.Generator().manual_seed(0)).long()
+    out = random_crop_flip(images, sizes, crop, torch.rand(64, 3, generator=torch.Generator().manual_seed(0))).long()
     flips = 0
     for i in range(64):
         r, c = out[i, 0], out[i, 1]

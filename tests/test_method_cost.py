@@ -1,8 +1,6 @@
 """The parameter table: our modules reproduce the papers' reported ViT-B/16 counts; the report is written."""
 from __future__ import annotations
 
-import pytest
-
 from pae.backbones import create_vit, freeze
 from pae.reports.method_cost import PAPER_COUNTS, cost_rows, paper_rows, write_cost_report
 

@@ -68,8 +68,8 @@ def test_defaults_are_filled(params: dict, project: Path) -> None:
     for key in ("search", "resources"):
         del params[key]
     config = validate_params(params, base_dir=project)
-    assert config["search"] == {"lr": [], "weight_decay": [], "seed": 42}, "no search: the same keys, empty lists"
-    assert config["resources"] == {"train": {"threads": 1, "gpus": 0, "mem_mb": 8000}}
+    assert config["search"] == {"lr": [], "weight_decay": [], "seed": 42, "lrs_per_job": 0}, "no search: the same keys, empty lists"
+    assert config["resources"] == {"train": {"threads": 1, "gpus": 0, "mem_mb": 8000, "runtime": 240}}
     assert config["tasks"]["cub"]["group"] == "other"
     assert config["ablation"]["tasks"] == ["digits", "cifar10"] and config["ablation"]["seeds"] == [42]
 
@@ -79,7 +79,7 @@ def test_no_ablation_and_no_search_have_empty_lists(params: dict, project: Path)
     params["search"] = None
     config = validate_params(params, base_dir=project)
     assert config["ablation"] == {"methods": [], "pae": [], "tasks": ["digits", "cifar10"], "seeds": [42]}
-    assert config["search"] == {"lr": [], "weight_decay": [], "seed": 42}
+    assert config["search"] == {"lr": [], "weight_decay": [], "seed": 42, "lrs_per_job": 0}
 
 
 def test_validating_twice_changes_nothing(params: dict, project: Path) -> None:

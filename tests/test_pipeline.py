@@ -32,7 +32,7 @@ def tiny_params(task: Path, backbone: Path) -> dict:
                          "all": {"init": True, "koopman": True, "lyapunov": True}},
         "run": {"tasks": ["tiny"], "methods": ["linear", "vpt_shallow", "vpt_deep"], "pae": ["none", "all"], "seeds": [1]},
         "ablation": {"methods": ["vpt_deep"], "pae": ["none", "koopman", "all"]},
-        "search": {"lr": [0.01, 0.05], "weight_decay": [0.0], "seed": 1},
+        "search": {"lr": [0.01, 0.05], "weight_decay": [0.0], "seed": 1, "lrs_per_job": 2},
         "train": {"epochs": 2, "warmup_epochs": 0, "lr": 0.01, "batch_size": 16, "num_tokens": 2, "prompt_dropout": 0.0},
         "pae": {"scorer": "ncm", "window": 14, "stride": 7, "init_images": 16, "folds": 1, "koopman_dim": 8,
                 "koopman_weight": 0.5, "lyapunov_weight": 0.2},
@@ -170,8 +170,8 @@ def test_a_rerun_recomputes_nothing_and_a_changed_param_only_its_users(project):
     (root / "params/default.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     jobs = dry_run_jobs(root, env)
-    # vpt_deep 'all' and 'koopman': each a final run, its evaluation, two search runs and a selection
-    assert (jobs["train"], jobs["evaluate"], jobs["tune"], jobs["select_hparams"]) == (2, 2, 4, 2)
+    # vpt_deep 'all' and 'koopman': each a final run, its evaluation, its search (one job for both lrs), a selection
+    assert (jobs["train"], jobs["evaluate"], jobs["tune_group0"], jobs["select_hparams"]) == (2, 2, 2, 2)
     assert not {"import_backbone", "prepare_data", "shortcuts", "init_prompts", "shortcut_maps"} & set(jobs)
     status = run(["dvc", "status"], root, env).stdout
     assert "table@accuracy" in status and "shortcut_maps" not in status and "backbone" not in status
@@ -185,7 +185,14 @@ def test_a_rerun_recomputes_nothing_and_a_changed_param_only_its_users(project):
 
 
 def test_the_slurm_profile_plans_the_same_dag(project):
-    """The cluster profile is valid for Snakemake and the official plugin, and schedules every job but local ones."""
+    """The cluster profile is valid for Snakemake and the official plugin, and schedules every job but local ones;
+    without grouping, the search is one job per (lr, wd) point."""
     root, env = project
     out = run(["snakemake", "-n", "--forceall", "--profile", "workflow/profiles/slurm", "reproduce_all"], root, env).stdout
+    assert re.search(r"^train\s+6$", out, re.M) and re.search(r"^tune_group0\s+6$", out, re.M)
+    params = yaml.safe_load((root / "params/default.yaml").read_text())
+    params["search"]["lrs_per_job"] = 0
+    (root / "pointwise.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["snakemake", "-n", "--forceall", "--profile", "workflow/profiles/slurm", "reproduce_all",
+               "--configfile", "pointwise.yaml"], root, env).stdout
     assert re.search(r"^train\s+6$", out, re.M) and re.search(r"^tune\s+12$", out, re.M)

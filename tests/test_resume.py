@@ -127,6 +127,23 @@ def test_divergence_stops_with_the_last_finite_state_kept_and_no_results(tiny_ta
     assert not out.exists() and [p.name for p in states(out)] == ["state-00000-000000.pt"]
 
 
+def test_a_group_resumes_exactly_even_when_killed_between_its_runs_saves(tiny_task, tmp_path, env):
+    """A group saves its runs one after another: a kill in between leaves one run a save ahead. The restart aligns
+    them on the position both still hold and ends with the uninterrupted group's numbers (dropout masks included)."""
+    def group(folder: str) -> list[str]:
+        return command(tiny_task, tmp_path / folder / "lr{lr}", tmp_path / "cache", "--lr", "0.01", "0.02")
+
+    finish(group("reference"), env)
+    first, second = tmp_path / "stopped" / "lr0.01", tmp_path / "stopped" / "lr0.02"
+    stopped = interrupt(group("stopped"), env, first, signal.SIGTERM, after_epoch=2)
+    assert stopped.returncode == 143 and len(states(first)) == len(states(second)) == 2
+    states(second)[-1].unlink()  # as if killed after the first run's save and before the second's
+    finish(group("stopped"), env)
+    for lr in ("0.01", "0.02"):
+        same_run(tmp_path / "stopped" / f"lr{lr}", tmp_path / "reference" / f"lr{lr}")
+    assert json.loads((first / "metrics.json").read_text())["group_size"] == 2
+
+
 def test_eight_jobs_logging_to_one_sqlite_store_at_once_each_appear_once(tiny_task, tmp_path, env):
     """A fresh store and a fresh data cache: the jobs race to create both, then to write every epoch."""
     from mlflow import MlflowClient

@@ -15,9 +15,14 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .config import add_arguments, from_arguments
 from .errors import PaeError
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -60,8 +65,15 @@ def _prepare_data(args: argparse.Namespace) -> None:
         write_json(summary, args.summary)
 
 
-def _train_config(args: argparse.Namespace) -> "TrainConfig":
-    """TrainConfig from the train flags; ``--hparams`` (a search's selection) sets lr and weight decay."""
+GROUP_AXES = {"seed": ("seed", int), "lr": ("lr", float), "wd": ("weight_decay", float)}  # placeholder: field, type
+
+
+def _train_configs(args: argparse.Namespace) -> list["TrainConfig"]:
+    """One TrainConfig per (seed, lr, weight decay) combination of the flags; ``--hparams`` (a search's selection)
+    sets lr and weight decay. Several combinations are trained as one group, each in its ``--out-dir`` with the
+    placeholders {seed}, {lr}, {wd} filled in as typed (so a pipeline names the folders itself)."""
+    import itertools
+
     from .evolution import PARTS, PAEOptions
     from .prompts import MethodOptions
     from .train import TrainConfig
@@ -71,10 +83,42 @@ def _train_config(args: argparse.Namespace) -> "TrainConfig":
             setattr(args, f"pae_{part}", True)
     if args.hparams:
         chosen = _read_json(args.hparams, "rerun the search's select job")
-        args.lr, args.weight_decay = chosen["lr"], chosen["weight_decay"]
+        args.lr, args.weight_decay = [str(chosen["lr"])], [str(chosen["weight_decay"])]
+    values = {key: getattr(args, name) or [None] for key, (name, _) in GROUP_AXES.items()}
     top = {f.name for f in dataclasses.fields(TrainConfig)} - {"options", "pae"}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in top and v is not None},
-                       options=from_arguments(MethodOptions, args), pae=from_arguments(PAEOptions, args, "pae_"))
+    given = {k: v for k, v in vars(args).items() if k in top and v is not None}
+    combos = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+    configs = []
+    for combo in combos:
+        typed = {GROUP_AXES[k][0]: GROUP_AXES[k][1](v) for k, v in combo.items() if v is not None}
+        if "out_dir" in given:
+            typed["out_dir"] = _out_dir(given["out_dir"], combo, several=[k for k, v in values.items() if len(v) > 1])
+        configs.append(TrainConfig(**{**given, **typed}, options=from_arguments(MethodOptions, args),
+                                   pae=from_arguments(PAEOptions, args, "pae_")))
+    return configs
+
+
+def _out_dir(template: str, combo: dict[str, str | None], several: list[str]) -> str:
+    """``--out-dir`` for one combination: the template with {seed}, {lr}, {wd} filled in."""
+    missing = [k for k in several if "{" + k + "}" not in template]
+    if missing:
+        raise PaeError(f"several --{GROUP_AXES[missing[0]][0].replace('_', '-')} values are given, but --out-dir "
+                       f"'{template}' has no {{{missing[0]}}}: every run would write the same folder.",
+                       "put the placeholder in the folder name, e.g. --out-dir 'runs/lr{lr}_wd{wd}_seed{seed}'.")
+    try:
+        return template.format(**{k: v for k, v in combo.items() if v is not None})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise PaeError(f"--out-dir '{template}' has a placeholder that is not {{seed}}, {{lr}} or {{wd}} ({exc}).",
+                       "use only those three, or no braces.") from None
+
+
+def _train_config(args: argparse.Namespace) -> "TrainConfig":
+    """The one TrainConfig of a stage that takes a single run (shortcuts, init-prompts)."""
+    configs = _train_configs(args)
+    if len(configs) > 1:
+        raise PaeError(f"this stage takes one run, but the flags give {len(configs)} (seed, lr, wd) combinations.",
+                       "give one value each for --seed, --lr and --weight-decay.")
+    return configs[0]
 
 
 def _read_json(path: str, fix: str) -> dict:
@@ -85,9 +129,10 @@ def _read_json(path: str, fix: str) -> dict:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .train import train
+    from .train import train_runs
 
-    print(json.dumps(train(_train_config(args)), sort_keys=True))
+    for metrics in train_runs(_train_configs(args)):  # one JSON line per run
+        print(json.dumps(metrics, sort_keys=True))
 
 
 def _shortcuts(args: argparse.Namespace) -> None:
@@ -163,6 +208,15 @@ def _methods(args: argparse.Namespace) -> None:
         print(f"{name:21s} {text}")
 
 
+def _typed(kind: type) -> Callable[[str], str]:
+    """An argparse type that checks a number but keeps the text as typed (it names the run's --out-dir)."""
+    def check(text: str) -> str:
+        kind(text)  # argparse turns the ValueError into a usage error naming the flag
+        return text
+    check.__name__ = kind.__name__
+    return check
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     """The flags of one run; train, shortcuts and init-prompts share them, so a stage sees exactly the run's config."""
     from .evolution import PAEOptions
@@ -177,19 +231,20 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help="see `methods`")
     p.add_argument("--epochs", type=int)
     p.add_argument("--warmup-epochs", type=int)
-    p.add_argument("--lr", type=float, help="actual learning rate (no batch/256 scaling)")
-    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--lr", nargs="+", type=_typed(float), help="actual learning rate (no batch/256 scaling); several: a group of runs")
+    p.add_argument("--weight-decay", nargs="+", type=_typed(float), help="several: a group of runs (one per lr x wd x seed)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--schedule-unit", choices=["step", "epoch"])
     p.add_argument("--batch-size", type=int)
     p.add_argument("--eval-batch-size", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", nargs="+", type=_typed(int), help="several: a group of runs on one --weights backbone")
     p.add_argument("--init-prompts", help="MPA prompts from `init-prompts` (with --pae-init; else computed in the run)")
     p.add_argument("--hparams", help="selected.json from `select`: sets --lr and --weight-decay")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the prompted forward")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the prompted forward")
+    p.add_argument("--eval-every", type=int, help="evaluate every k epochs and the last (default 1)")
     p.add_argument("--out-dir")
     p.add_argument("--experiment", help="MLflow experiment name")
     p.add_argument("--no-mlflow", dest="mlflow", action="store_false", default=None)
@@ -220,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", help="JSON to write: images, classes and a content hash per split")
     p.set_defaults(func=_prepare_data)
 
-    p = sub.add_parser("train", help="train one (task, method, seed) and write metrics.json, history.csv, checkpoint")
+    p = sub.add_parser("train", help="train one (task, method, seed), or a group of lr/wd/seed runs of it at once; "
+                                     "writes metrics.json, history.csv, checkpoint per run")
     _add_train_args(p)
     p.set_defaults(func=_train)
 

@@ -3,6 +3,7 @@ saved checkpoint alone and re-measures it, so a table never rests on a model tha
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -14,25 +15,33 @@ from .errors import PaeError
 from .prompts import PromptedViT, build_model
 
 
-@torch.no_grad()
-def predictions(model: torch.nn.Module, data: ImageTensors, batch_size: int, autocast: bool) -> torch.Tensor:
-    """Predicted classes of a whole split, kept on its device (no host sync per batch)."""
+def classifier(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The predicted class (B,) of one model in eval mode: what ``predictions`` asks of a single run."""
     model.eval()
+    return lambda x: model(x).argmax(-1)
+
+
+@torch.no_grad()
+def predictions(classify: Callable[[torch.Tensor], torch.Tensor], data: ImageTensors, batch_size: int,
+                autocast: bool) -> torch.Tensor:
+    """Predicted classes (..., N) of a whole split, kept on its device (no host sync per batch).
+
+    ``classify`` maps a batch to classes (..., B): one run's (B,), or a group's (R, B) for R runs at once."""
     out = []
     for i in range(0, len(data), batch_size):
         with torch.autocast(data.images.device.type, dtype=torch.bfloat16, enabled=autocast):
-            out.append(model(eval_input(data.images[i:i + batch_size])).argmax(1))
-    return torch.cat(out)
+            out.append(classify(eval_input(data.images[i:i + batch_size])))
+    return torch.cat(out, dim=-1)
 
 
-def top1(pred: torch.Tensor, labels: torch.Tensor) -> float:
-    """Accuracy (%) of predictions; the one host sync of an evaluation."""
-    return 100.0 * (pred == labels).sum().item() / len(labels)
+def top1(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Accuracy (%) of predictions (..., N), on their device: reading it is the one host sync of an evaluation."""
+    return 100.0 * (pred == labels).sum(-1) / len(labels)
 
 
 def evaluate(model: torch.nn.Module, data: ImageTensors, batch_size: int, autocast: bool) -> float:
-    """Top-1 accuracy (%) on a split."""
-    return top1(predictions(model, data, batch_size, autocast), data.labels)
+    """Top-1 accuracy (%) of one model on a split."""
+    return top1(predictions(classifier(model), data, batch_size, autocast), data.labels).item()
 
 
 def per_class_top1(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
@@ -91,8 +100,8 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", tolerance: float = 0
     autocast = uses_bf16(cfg.precision, dev)
     out: dict = {"run_dir": str(run_dir), "mlflow_run_id": metrics.get("mlflow_run_id")}
     for split, data in splits.items():
-        pred = predictions(model, data, cfg.eval_batch_size, autocast)
-        measured = top1(pred, data.labels)
+        pred = predictions(classifier(model), data, cfg.eval_batch_size, autocast)
+        measured = top1(pred, data.labels).item()
         recorded = metrics[f"final_{split}_top1"]
         if abs(measured - recorded) > tolerance:
             raise PaeError(f"the checkpoint in '{run_dir}' gives {split} top-1 {measured:.2f}, but the run recorded "

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 KEEP = 2  # states kept on disk: the newest, and one to fall back on if the newest is damaged
-FORMAT = 1
+FORMAT = 2  # 2: the epoch's augmentation draws
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Progress:
     epoch: int  # completed epochs
     step: int  # completed steps of the current epoch (0: at an epoch boundary)
     perm: torch.Tensor | None  # the current epoch's sample order (None at a boundary)
+    draws: torch.Tensor | None  # the current epoch's augmentation draws (N, 3), on the device like perm
     sums: torch.Tensor  # running CE, L_kp, L_stab (weighted by batch size) of the current epoch
     correct: torch.Tensor  # running correct predictions of the current epoch
     history: list[dict]  # one row per finished epoch, epoch 0 first
@@ -57,7 +58,7 @@ def save_state(folder: Path, progress: Progress, config: str, tensors: dict[str,
     cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731 - device-independent states
     state = {
         "format": FORMAT, "config": config, "epoch": progress.epoch, "step": progress.step,
-        "perm": cpu(progress.perm), "sums": cpu(progress.sums), "correct": cpu(progress.correct),
+        "perm": cpu(progress.perm), "draws": cpu(progress.draws), "sums": cpu(progress.sums), "correct": cpu(progress.correct),
         "history": json.dumps(progress.history), "step_grad_norms": cpu(progress.step_grad_norms),
         "generator": progress.generator.get_state(), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -77,9 +78,11 @@ def save_state(folder: Path, progress: Progress, config: str, tensors: dict[str,
     return path
 
 
-def load_state(folder: Path, config: str) -> dict | None:
-    """The newest readable state of this exact config, or None. A damaged file is reported and skipped; a state of
-    another config (the params changed) is discarded, since resuming it would mix two experiments."""
+def load_state(folder: Path, config: str, at: tuple[int, int] | None = None) -> dict | None:
+    """The newest readable state of this exact config (or the one at position ``at``, newer ones dropped), or None.
+
+    A damaged file is reported and skipped; a state of another config (the params changed) is discarded, since
+    resuming it would mix two experiments."""
     for path in reversed(_state_files(folder)):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -91,8 +94,35 @@ def load_state(folder: Path, config: str) -> dict | None:
             print(f"note: training state in '{folder}' belongs to another configuration; starting afresh.", file=sys.stderr)
             discard(folder)
             return None
+        if at is not None and (state["epoch"], state["step"]) > at:
+            path.unlink()  # ahead of its group: resuming from it would leave the group out of step
+            continue
+        if at is not None and (state["epoch"], state["step"]) < at:
+            return None
         return state
     return None
+
+
+def load_states(folders: list[Path], configs: list[str]) -> list[dict | None]:
+    """The states of a group's runs, all at one position; None for every run where they cannot be aligned.
+
+    A group saves its runs one after another, so a kill during the saves leaves some runs one save ahead; each of
+    them still holds the state before (``KEEP``), the position the others are at. When even that is missing (a run
+    without any state) the whole group starts afresh."""
+    states = [load_state(folder, config) for folder, config in zip(folders, configs)]
+    if all(s is None for s in states):
+        return states
+    if any(s is None for s in states):
+        print("note: some runs of this group have no saved state; the whole group starts afresh.", file=sys.stderr)
+    else:
+        at = min((s["epoch"], s["step"]) for s in states)
+        states = [s if (s["epoch"], s["step"]) == at else load_state(f, c, at) for s, f, c in zip(states, folders, configs)]
+        if all(s is not None for s in states):
+            return states
+        print("note: the group's saved states do not share a position; the whole group starts afresh.", file=sys.stderr)
+    for folder in folders:
+        discard(folder)
+    return [None] * len(folders)
 
 
 def restore(state: dict, device: torch.device, tensors: dict[str, dict[str, torch.Tensor]],
@@ -108,7 +138,7 @@ def restore(state: dict, device: torch.device, tensors: dict[str, dict[str, torc
     generator = torch.Generator()
     generator.set_state(state["generator"])
     to = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return Progress(state["epoch"], state["step"], to(state["perm"]), to(state["sums"]), to(state["correct"]),
+    return Progress(state["epoch"], state["step"], to(state["perm"]), to(state["draws"]), to(state["sums"]), to(state["correct"]),
                     json.loads(state["history"]), to(state["step_grad_norms"]), generator, state["elapsed"],
                     json.loads(state["shortcuts"]))
 

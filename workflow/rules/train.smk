@@ -26,27 +26,73 @@ def train_args(w, protocol):
             f" --threads {TRAIN_RESOURCES['threads']} --experiment {EXPERIMENT} {given}")
 
 
-rule tune:
-    output:
-        f"{RESULTS}/tune/{{task}}/{{method}}/{{pae}}/lr{{lr}}_wd{{wd}}/metrics.json",
-    input:
-        JOB_CODE,
-        unpack(train_inputs("tune")),
-    params:
-        args=lambda w: train_args(w, "tune"),
-        seed=SEARCH["seed"],
-        out=lambda w: f"{RESULTS}/tune/{w.task}/{w.method}/{w.pae}/lr{w.lr}_wd{w.wd}",
-    log:
-        f"logs/{EXPERIMENT}/tune_{{task}}_{{method}}_{{pae}}_lr{{lr}}_wd{{wd}}.log",
-    conda:
-        ENV
-    threads: TRAIN_RESOURCES["threads"]
-    resources:
-        mem_mb=TRAIN_RESOURCES["mem_mb"],
-        gpu=TRAIN_RESOURCES["gpus"],
-    shell:
-        "python -m pae.cli train {params.args} --seed {params.seed} --lr {wildcards.lr} --weight-decay {wildcards.wd}"
-        " --out-dir {params.out} > {log} 2>&1"
+def grid_dirs(w):
+    """The search's run folders of one (task, method, variant)."""
+    return [f"{RESULTS}/tune/{w.task}/{w.method}/{w.pae}/lr{number(lr)}_wd{number(wd)}"
+            for lr in SEARCH["lr"] for wd in SEARCH["weight_decay"]]
+
+
+def tune_rule(name, lrs):
+    """A search job: ``lrs`` x every weight decay of one (task, method, variant); with several runs, one group
+    (pae.cli train with several --lr/--weight-decay values fills in each run's folder)."""
+    rule:
+        name:
+            name
+        output:
+            [f"{RESULTS}/tune/{{task}}/{{method}}/{{pae}}/lr{number(lr)}_wd{number(wd)}/metrics.json"
+             for lr in lrs for wd in SEARCH["weight_decay"]],
+        input:
+            JOB_CODE,
+            unpack(train_inputs("tune")),
+        params:
+            args=lambda w: train_args(w, "tune"),
+            seed=SEARCH["seed"],
+            lrs=" ".join(number(lr) for lr in lrs),
+            wds=" ".join(number(wd) for wd in SEARCH["weight_decay"]),
+            out=lambda w: f"{RESULTS}/tune/{w.task}/{w.method}/{w.pae}/lr{{lr}}_wd{{wd}}",  # the CLI fills these in
+        log:
+            f"logs/{EXPERIMENT}/{name}_{{task}}_{{method}}_{{pae}}.log",
+        conda:
+            ENV
+        threads: TRAIN_RESOURCES["threads"]
+        resources:
+            mem_mb=TRAIN_RESOURCES["mem_mb"],
+            gpu=TRAIN_RESOURCES["gpus"],
+            runtime=TRAIN_RESOURCES["runtime"] * len(lrs) * len(SEARCH["weight_decay"]),
+        shell:
+            "python -m pae.cli train {params.args} --seed {params.seed} --lr {params.lrs} --weight-decay {params.wds}"
+            " --out-dir '{params.out}' > {log} 2>&1"
+
+
+PER_JOB = SEARCH["lrs_per_job"]
+if PER_JOB:  # one rule per chunk of learning rates: a rule's outputs cannot depend on a wildcard's value
+    for index in range(0, len(SEARCH["lr"]), PER_JOB):
+        tune_rule(f"tune_group{index // PER_JOB}", SEARCH["lr"][index:index + PER_JOB])
+
+else:
+
+    rule tune:
+        output:
+            f"{RESULTS}/tune/{{task}}/{{method}}/{{pae}}/lr{{lr}}_wd{{wd}}/metrics.json",
+        input:
+            JOB_CODE,
+            unpack(train_inputs("tune")),
+        params:
+            args=lambda w: train_args(w, "tune"),
+            seed=SEARCH["seed"],
+            out=lambda w: f"{RESULTS}/tune/{w.task}/{w.method}/{w.pae}/lr{w.lr}_wd{w.wd}",
+        log:
+            f"logs/{EXPERIMENT}/tune_{{task}}_{{method}}_{{pae}}_lr{{lr}}_wd{{wd}}.log",
+        conda:
+            ENV
+        threads: TRAIN_RESOURCES["threads"]
+        resources:
+            mem_mb=TRAIN_RESOURCES["mem_mb"],
+            gpu=TRAIN_RESOURCES["gpus"],
+            runtime=TRAIN_RESOURCES["runtime"],
+        shell:
+            "python -m pae.cli train {params.args} --seed {params.seed} --lr {wildcards.lr} --weight-decay {wildcards.wd}"
+            " --out-dir {params.out} > {log} 2>&1"
 
 
 rule select_hparams:
@@ -54,8 +100,7 @@ rule select_hparams:
         f"{RESULTS}/tune/{{task}}/{{method}}/{{pae}}/selected.json",
     input:
         JOB_CODE,
-        runs=lambda w: [f"{RESULTS}/tune/{w.task}/{w.method}/{w.pae}/lr{number(lr)}_wd{number(wd)}/metrics.json"
-                        for lr in SEARCH["lr"] for wd in SEARCH["weight_decay"]],
+        runs=lambda w: [f"{d}/metrics.json" for d in grid_dirs(w)],
     log:
         f"logs/{EXPERIMENT}/select_{{task}}_{{method}}_{{pae}}.log",
     conda:
@@ -81,6 +126,7 @@ rule train:
     resources:
         mem_mb=TRAIN_RESOURCES["mem_mb"],
         gpu=TRAIN_RESOURCES["gpus"],
+        runtime=TRAIN_RESOURCES["runtime"],
     shell:
         "python -m pae.cli train {params.args} --seed {wildcards.seed} --out-dir {params.out} > {log} 2>&1"
 

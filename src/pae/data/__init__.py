@@ -82,10 +82,10 @@ def load_split(spec: DataSpec, split: str, img_size: int, cache_dir: str | Path,
 
 
 def train_input(spec: DataSpec, images: torch.Tensor, sizes: torch.Tensor | None, img_size: int,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """A training batch as model input: FGVC gets RandomCrop + flip (VPT); VTAB and digits none."""
+                draws: torch.Tensor) -> torch.Tensor:
+    """A training batch as model input: FGVC gets RandomCrop + flip (VPT) from ``draws`` (B, 3); VTAB and digits none."""
     if spec.kind == "fgvc":
-        images = random_crop_flip(images, sizes, img_size, generator)
+        images = random_crop_flip(images, sizes, img_size, draws)
     return normalize(images)
 
 

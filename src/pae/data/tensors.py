@@ -157,14 +157,16 @@ def normalize(images: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
     return (images.float() / 255.0 - m) / s
 
 
-def random_crop_flip(images: torch.Tensor, sizes: torch.Tensor | None, crop: int,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """RandomCrop(crop) + RandomHorizontalFlip on the device, per image, inside each image's valid area."""
+def random_crop_flip(images: torch.Tensor, sizes: torch.Tensor | None, crop: int, draws: torch.Tensor) -> torch.Tensor:
+    """RandomCrop(crop) + RandomHorizontalFlip on the device, per image, inside each image's valid area.
+
+    ``draws`` (B, 3) are uniform [0, 1) numbers already on the device (top, left, flip): training draws a whole
+    epoch's at once, so a step never copies random numbers from the host (a copy that would wait for the GPU)."""
     b = images.shape[0]
     dev = images.device
     if sizes is None:
         sizes = torch.tensor(images.shape[2:], device=dev).expand(b, 2)
-    rand = torch.rand(b, 3, generator=generator, device="cpu").to(dev)
+    rand = draws.to(dev)
     top = (rand[:, 0] * (sizes[:, 0] - crop + 1)).long()
     left = (rand[:, 1] * (sizes[:, 1] - crop + 1)).long()
     ar = torch.arange(crop, device=dev)

@@ -1,0 +1,111 @@
+"""How the prompted forward runs: one model, or several runs of one task as one vmapped model; compiled or eager.
+
+One VTAB-1k run (800-1,000 images, batch 64-128) leaves most of a large GPU idle between kernels, and a task's
+lr/wd search is 15 or more such runs. ``GroupForward`` stacks each run's trainable tensors (prompts, head, method
+buffers) along a new leading dimension and runs the frozen backbone once under ``torch.func.vmap``: the backbone's
+weights are shared, each run keeps its own tensors, and since the training loss is a sum of per-run losses over
+disjoint tensors, each run's gradients are exactly its own. Evaluation images are shared by every run of the group.
+
+Both forwards answer the same two calls, so the training loop does not know how many runs it drives:
+``train(xs)`` -> one logits tensor per run, ``classify(x)`` -> (R, B) predicted classes for a shared batch.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.func import functional_call, vmap
+
+from .prompts import PromptedViT
+
+
+class Compiled:
+    """``torch.compile(fn)`` that falls back to eager ``fn``, once and with a warning, when compilation fails.
+
+    A compile failure (no C compiler, an unsupported Python, a graph the backend cannot lower) must not cost a grid
+    its runs: the eager forward computes the same function. A real error in the model fails again in eager mode and
+    is raised from there, so it is never hidden."""
+
+    def __init__(self, fn: Callable[..., Any], backend: str | Callable = "inductor") -> None:
+        self.eager = fn
+        try:
+            self.fn = torch.compile(fn, backend=backend)
+        except Exception as exc:  # noqa: BLE001 - torch.compile raises several types where it cannot run at all
+            self._fall_back(exc)
+
+    def _fall_back(self, exc: Exception) -> None:
+        print(f"warning: torch.compile is unavailable here ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+              "running eagerly (same results, slower).", file=sys.stderr)
+        self.fn = self.eager
+
+    def __call__(self, *args: Any) -> Any:
+        if self.fn is not self.eager:
+            try:
+                return self.fn(*args)
+            except Exception as exc:  # noqa: BLE001 - any backend failure; eager below re-raises real errors
+                self._fall_back(exc)
+        return self.eager(*args)
+
+
+def maybe_compiled(fn: Callable[..., Any], compile: bool) -> Callable[..., Any]:
+    return Compiled(fn) if compile else fn
+
+
+class SingleForward:
+    """One run: its model called directly (compiled when asked)."""
+
+    def __init__(self, model: PromptedViT, compile: bool = False) -> None:
+        self.model = model
+        self.fn = maybe_compiled(model, compile)
+
+    def train(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        self.model.train()
+        return [self.fn(xs[0])]
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        return self.fn(x).argmax(-1)[None]
+
+
+class GroupForward:
+    """R runs of one method on one frozen backbone as one vmapped forward over their stacked trainable tensors.
+
+    The runs' models must share the backbone object (their frozen weights are taken from it unbatched); the first
+    model is the template whose code runs. Each call stacks the live per-run tensors, so autograd delivers every
+    run's gradient to that run's own parameters and optimizers, checkpoints and diagnostics work per run as usual.
+    """
+
+    def __init__(self, models: list[PromptedViT], compile: bool = False) -> None:
+        template = models[0]
+        if any(m.backbone is not template.backbone for m in models) or template.train_backbone:
+            raise ValueError("a group's runs must share one frozen backbone")
+        self.template = template
+        names = [n for n, p in template.named_parameters() if p.requires_grad]
+        self.per_run = {n: [dict(m.named_parameters())[n] for m in models] for n in names}
+        self.per_run.update({f"method.{n}": [dict(m.method.named_buffers())[n] for m in models]
+                             for n, _ in template.method.named_buffers()})
+
+        def forward(tensors: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return functional_call(template, tensors, (x,))
+
+        # prompt dropout draws an independent mask per run; evaluation is deterministic and shares its images
+        self.train_fn = maybe_compiled(vmap(forward, randomness="different"), compile)
+        self.eval_fn = maybe_compiled(vmap(forward, in_dims=(0, None)), compile)
+
+    def stacked(self) -> dict[str, torch.Tensor]:
+        return {n: torch.stack(ts) for n, ts in self.per_run.items()}
+
+    def train(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        self.template.train()
+        return list(self.train_fn(self.stacked(), torch.stack(xs)).unbind(0))
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        self.template.eval()
+        return self.eval_fn(self.stacked(), x).argmax(-1)
+
+
+def make_forward(models: list[PromptedViT], compile: bool = False) -> SingleForward | GroupForward:
+    """The forward of one run, or of a group of runs."""
+    return SingleForward(models[0], compile) if len(models) == 1 else GroupForward(models, compile)
