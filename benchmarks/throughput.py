@@ -14,6 +14,7 @@ What each number is, and why it is measured this way:
 - ``PAE overhead``: step time with the Koopman + Lyapunov regularizer over step time without (the target: <= 5%).
 - ``TFLOP/s`` and ``MFU``: FLOPs of one eager training step (forward + backward, torch's FlopCounterMode) per
   second of a fast step, over the device's dense bf16 peak (``--peak-tflops`` where the device is not known).
+- ``x plain VPT-deep``: every fast row over the plain loop's VPT-deep (the reference the issue's targets use).
 - ``group``: R runs of one task trained as one vmapped group (``pae.execution.GroupForward``) against one run:
   images/s over all runs (how a task's lr/wd search fills a GPU).
 - ``MPA search``: PAE's frequency-shortcut search of one task (one FFT, batched band masks) on ``--init-images``
@@ -53,7 +54,10 @@ PAE_ON = PAEOptions(koopman=True, lyapunov=True)
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+              if line.startswith("model name")]
+    return f"{models[0] if models else platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
@@ -81,19 +85,27 @@ def synthetic_shared(cfg: TrainConfig, images: int, test_images: int, classes: i
     return Shared(device, spec, split(images), {"test": split(test_images)}, run_backbone(cfg).to(device))
 
 
+def run_epoch(jobs: list, progress: list, forward) -> None:
+    """One more epoch of our training loop from the start of an epoch (no evaluation, no history)."""
+    for p in progress:
+        p.step, p.perm, p.draws = 0, None, None
+    train_steps(jobs, progress, forward, threading.Event())
+
+
 def fast_images_per_s(cfgs: list[TrainConfig], shared: Shared) -> float:
-    """Images/s over all runs of one timed epoch of our training loop, after one warm-up epoch (compilation)."""
+    """Images/s over all runs of one timed epoch of our training loop, after one warm-up epoch (compilation).
+
+    Dynamo's caches are reset first: every row compiles a new model, and past its recompile limit (8 per code
+    object) Dynamo would run later rows eagerly without a word."""
+    torch._dynamo.reset()
     jobs = [build_job(cfg, shared) for cfg in cfgs]
     forward = make_forward([j.model for j in jobs], cfgs[0].compile)
     progress = [fresh_progress(j) for j in jobs]
-    stop = threading.Event()
     for epoch in range(2):
         if epoch == 1:
             sync(shared.device)
             start = time.perf_counter()
-        for p in progress:
-            p.step, p.perm, p.draws = 0, None, None
-        train_steps(jobs, progress, forward, stop)
+        run_epoch(jobs, progress, forward)
     sync(shared.device)
     return len(cfgs) * len(shared.train_data) / (time.perf_counter() - start)
 
@@ -183,12 +195,12 @@ def pae_rows(args: argparse.Namespace, base: TrainConfig) -> list[dict]:
         rows.append({"arch": arch, "img_size": img_size, "what": f"MPA search: {record['grid'] ** 2} bands x "
                      f"{args.init_images} images", "seconds": time.perf_counter() - start})
         start = time.perf_counter()
+        torch._dynamo.reset()
         job = build_job(cfg, shared)
         forward = make_forward([job.model], cfg.compile)
         progress = [fresh_progress(job)]
         for _ in range(cfg.epochs):
-            train_steps([job], progress, forward, threading.Event())
-            progress[0].step, progress[0].perm, progress[0].draws = 0, None, None
+            run_epoch([job], progress, forward)
         evaluate_runs([job], forward)
         sync(shared.device)
         rows.append({"arch": arch, "img_size": img_size, "what": f"VTAB-1k task: {args.task_images} images x "
@@ -202,7 +214,7 @@ def markdown(result: dict) -> str:
     fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
     lines = [f"Device: {result['device']}; torch {result['torch']}; batch {result['batch']}; "
              f"precision {result['precision']}; compile {result['compile']}", "",
-             "| backbone | px | method | PAE | path | img/s | x plain | TFLOP/s | MFU | PAE overhead |",
+             "| backbone | px | method | PAE | path | img/s | x plain VPT-deep | TFLOP/s | MFU | PAE overhead |",
              "|---|---:|---|---|---|---:|---:|---:|---:|---:|"]
     for r in result["throughput"]:
         lines.append(f"| {r['arch']} | {r['img_size']} | {r['method']} | {r['pae']} | {r['path']} | "

@@ -4,6 +4,7 @@ folder. Also the compile fallback and evaluation every k epochs."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,8 @@ from pae.errors import PaeError
 from pae.evolution import PAEOptions
 from pae.execution import Compiled, GroupForward, SingleForward
 from pae.prompts import METHODS, MethodOptions, build_model
-from pae.train import TrainConfig, check_group, train, train_runs
+from pae.runs import check_group, train, train_runs
+from pae.train import TrainConfig
 
 from .conftest import random_vit
 
@@ -107,6 +109,31 @@ def test_a_diverging_run_stops_alone_and_the_others_finish(tiny_task, weights, t
     assert [p.name for p in (tmp_path / ".diverges.state").glob("state-*")] == ["state-00000-000000.pt"]
 
 
+def test_a_diverged_search_point_is_a_result_the_selection_skips(tiny_task, weights, tmp_path):
+    """Under the tune protocol a diverging lr is an outcome of the search, not a failed job."""
+    from pae.stages import select_hparams
+
+    outs = [tmp_path / "lr0.01", tmp_path / "lr1e30"]
+    metrics = train_runs([config(tiny_task, weights, outs[0], protocol="tune"),
+                          config(tiny_task, weights, outs[1], protocol="tune", lr=1e30)])
+    assert metrics[1]["diverged"] is True and metrics[1]["final_val200_top1"] is None
+    assert "training diverged in epoch 1" in metrics[1]["error"]
+    assert json.loads((outs[1] / "metrics.json").read_text()) == metrics[1]
+    assert not (tmp_path / ".lr1e30.state").exists()  # the job succeeded: nothing is left to resume
+    chosen = select_hparams([o / "metrics.json" for o in outs], tmp_path / "selected.json")
+    assert chosen["lr"] == 0.01 and chosen["val200_top1"] == metrics[0]["final_val200_top1"]
+
+
+def test_a_diverged_run_is_left_out_on_a_rerun_until_its_config_changes(tiny_task, weights, tmp_path):
+    out = tmp_path / "run"
+    for _ in range(2):  # the second attempt fails at once from the recorded divergence, without training
+        with pytest.raises(PaeError, match="training diverged in epoch 1"):
+            train(config(tiny_task, weights, out, lr=1e30))
+    assert (tmp_path / ".run.state" / "diverged.json").is_file()
+    assert train(config(tiny_task, weights, out, lr=0.01))["final_test_top1"] is not None  # a lower lr trains
+    assert not (tmp_path / ".run.state").exists()
+
+
 @pytest.mark.parametrize("change,message", [
     (dict(method="vpt_shallow"), "runs of one group differ in 'method'"),
     (dict(epochs=3), "runs of one group differ in 'epochs'"),
@@ -139,13 +166,18 @@ def test_the_cli_makes_one_run_per_combination_in_its_own_folder(tmp_path):
                                                               (1e-05, 0.001, 3)]
     assert [Path(c.out_dir).name for c in runs] == ["lr0.005_wd0_s3", "lr0.005_wd0.001_s3", "lr1e-05_wd0_s3",
                                                     "lr1e-05_wd0.001_s3"]  # the text as typed names the folder
-    single = _configs("--lr", "0.1", "--out-dir", str(tmp_path / "plain"))
-    assert len(single) == 1 and single[0].lr == 0.1 and single[0].out_dir == str(tmp_path / "plain")
+    single = _configs("--lr", "0.1", "--out-dir", str(tmp_path / "plain{x}"))  # other braces are just characters
+    assert len(single) == 1 and single[0].lr == 0.1 and single[0].out_dir == str(tmp_path / "plain{x}")
+    seeds = _configs("--seed", "1", "2", "--out-dir", "s{seed}", "--init-prompts", "mpa/seed{seed}/prompts.safetensors")
+    assert [(c.seed, c.out_dir, c.init_prompts) for c in seeds] == [(1, "s1", "mpa/seed1/prompts.safetensors"),
+                                                                   (2, "s2", "mpa/seed2/prompts.safetensors")]
 
 
 @pytest.mark.parametrize("args,message", [
     (["--seed", "1", "2", "--out-dir", "runs/x"], "several --seed values are given, but --out-dir 'runs/x' has no {seed}"),
-    (["--lr", "0.1", "--out-dir", "runs/{rate}"], "has a placeholder that is not {seed}, {lr} or {wd}"),
+    (["--lr", "0.1", "--out-dir", "runs/{wd}"], "--out-dir 'runs/{wd}' has {wd}, but no --weight-decay is given"),
+    (["--seed", "1", "2", "--out-dir", "r{seed}", "--init-prompts", "p.safetensors"],
+     "several --seed values are given, but --init-prompts 'p.safetensors' has no {seed}"),
 ])
 def test_the_cli_refuses_folder_templates_that_do_not_separate_the_runs(capsys, args, message):
     assert main(["train", *args]) == 2

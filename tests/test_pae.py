@@ -12,7 +12,8 @@ from pae.evolution import PAE, PAEOptions
 from pae.evolution.pae import discover, record_prompts
 from pae.evolution.task_init import task_aware_prompts
 from pae.prompts import METHODS, build_model
-from pae.train import TrainConfig, train
+from pae.runs import train
+from pae.train import TrainConfig
 
 from .conftest import random_vit
 

@@ -14,7 +14,8 @@ from pae.evaluate import evaluate_run
 from pae.evolution import PAEOptions
 from pae.prompts import MethodOptions
 from pae.stages import build_init_prompts, find_task_shortcuts, select_hparams
-from pae.train import TrainConfig, train
+from pae.runs import train
+from pae.train import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from pae.cli import main
-from pae.train import TrainConfig, lr_at, train
+from pae.runs import train
+from pae.train import TrainConfig, lr_at
 
 
 def test_lr_schedule_is_warmup_then_cosine():

@@ -70,8 +70,8 @@ GROUP_AXES = {"seed": ("seed", int), "lr": ("lr", float), "wd": ("weight_decay",
 
 def _train_configs(args: argparse.Namespace) -> list["TrainConfig"]:
     """One TrainConfig per (seed, lr, weight decay) combination of the flags; ``--hparams`` (a search's selection)
-    sets lr and weight decay. Several combinations are trained as one group, each in its ``--out-dir`` with the
-    placeholders {seed}, {lr}, {wd} filled in as typed (so a pipeline names the folders itself)."""
+    sets lr and weight decay. Several combinations are trained as one group, each in its ``--out-dir`` (and
+    ``--init-prompts``) with the placeholders {seed}, {lr}, {wd} filled in as typed (a pipeline names the folders)."""
     import itertools
 
     from .evolution import PARTS, PAEOptions
@@ -88,28 +88,33 @@ def _train_configs(args: argparse.Namespace) -> list["TrainConfig"]:
     top = {f.name for f in dataclasses.fields(TrainConfig)} - {"options", "pae"}
     given = {k: v for k, v in vars(args).items() if k in top and v is not None}
     combos = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+    several = [k for k, v in values.items() if len(v) > 1]
     configs = []
     for combo in combos:
         typed = {GROUP_AXES[k][0]: GROUP_AXES[k][1](v) for k, v in combo.items() if v is not None}
-        if "out_dir" in given:
-            typed["out_dir"] = _out_dir(given["out_dir"], combo, several=[k for k, v in values.items() if len(v) > 1])
+        for flag, field, needs in (("--out-dir", "out_dir", several), ("--init-prompts", "init_prompts", ["seed"])):
+            if field in given:  # MPA's prompts are per seed: with several seeds, each run needs its own file
+                typed[field] = _fill(flag, given[field], combo, [k for k in needs if k in several])
         configs.append(TrainConfig(**{**given, **typed}, options=from_arguments(MethodOptions, args),
                                    pae=from_arguments(PAEOptions, args, "pae_")))
     return configs
 
 
-def _out_dir(template: str, combo: dict[str, str | None], several: list[str]) -> str:
-    """``--out-dir`` for one combination: the template with {seed}, {lr}, {wd} filled in."""
-    missing = [k for k in several if "{" + k + "}" not in template]
+def _fill(flag: str, template: str, combo: dict[str, str | None], required: list[str]) -> str:
+    """A path for one combination: ``{seed}``, ``{lr}``, ``{wd}`` replaced by the values as typed."""
+    missing = [k for k in required if "{" + k + "}" not in template]
     if missing:
-        raise PaeError(f"several --{GROUP_AXES[missing[0]][0].replace('_', '-')} values are given, but --out-dir "
-                       f"'{template}' has no {{{missing[0]}}}: every run would write the same folder.",
-                       "put the placeholder in the folder name, e.g. --out-dir 'runs/lr{lr}_wd{wd}_seed{seed}'.")
-    try:
-        return template.format(**{k: v for k, v in combo.items() if v is not None})
-    except (KeyError, IndexError, ValueError) as exc:
-        raise PaeError(f"--out-dir '{template}' has a placeholder that is not {{seed}}, {{lr}} or {{wd}} ({exc}).",
-                       "use only those three, or no braces.") from None
+        name = GROUP_AXES[missing[0]][0].replace("_", "-")
+        raise PaeError(f"several --{name} values are given, but {flag} '{template}' has no {{{missing[0]}}}: every "
+                       "run would use the same path.", f"put the placeholder in it, e.g. {flag} "
+                       "'runs/lr{lr}_wd{wd}_seed{seed}'.")
+    for key, value in combo.items():
+        if "{" + key + "}" in template:
+            if value is None:
+                raise PaeError(f"{flag} '{template}' has {{{key}}}, but no --{GROUP_AXES[key][0].replace('_', '-')} "
+                               "is given.", "give the flag, or remove the placeholder.")
+            template = template.replace("{" + key + "}", value)
+    return template
 
 
 def _train_config(args: argparse.Namespace) -> "TrainConfig":
@@ -129,7 +134,7 @@ def _read_json(path: str, fix: str) -> dict:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .train import train_runs
+    from .runs import train_runs
 
     for metrics in train_runs(_train_configs(args)):  # one JSON line per run
         print(json.dumps(metrics, sort_keys=True))

@@ -15,12 +15,6 @@ from .errors import PaeError
 from .prompts import PromptedViT, build_model
 
 
-def classifier(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The predicted class (B,) of one model in eval mode: what ``predictions`` asks of a single run."""
-    model.eval()
-    return lambda x: model(x).argmax(-1)
-
-
 @torch.no_grad()
 def predictions(classify: Callable[[torch.Tensor], torch.Tensor], data: ImageTensors, batch_size: int,
                 autocast: bool) -> torch.Tensor:
@@ -37,11 +31,6 @@ def predictions(classify: Callable[[torch.Tensor], torch.Tensor], data: ImageTen
 def top1(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Accuracy (%) of predictions (..., N), on their device: reading it is the one host sync of an evaluation."""
     return 100.0 * (pred == labels).sum(-1) / len(labels)
-
-
-def evaluate(model: torch.nn.Module, data: ImageTensors, batch_size: int, autocast: bool) -> float:
-    """Top-1 accuracy (%) of one model on a split."""
-    return top1(predictions(classifier(model), data, batch_size, autocast), data.labels).item()
 
 
 def per_class_top1(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
@@ -86,6 +75,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", tolerance: float = 0
     checkpoint does not reproduce the run: that is an error, never a table entry.
     """
     from .config import from_dict
+    from .execution import SingleForward
     from .train import TrainConfig, resolve_device, run_backbone, run_splits, uses_bf16
 
     run_dir = Path(run_dir)
@@ -100,7 +90,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", tolerance: float = 0
     autocast = uses_bf16(cfg.precision, dev)
     out: dict = {"run_dir": str(run_dir), "mlflow_run_id": metrics.get("mlflow_run_id")}
     for split, data in splits.items():
-        pred = predictions(classifier(model), data, cfg.eval_batch_size, autocast)
+        pred = predictions(SingleForward(model).classify, data, cfg.eval_batch_size, autocast)[0]
         measured = top1(pred, data.labels).item()
         recorded = metrics[f"final_{split}_top1"]
         if abs(measured - recorded) > tolerance:

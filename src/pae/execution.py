@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch._dynamo.exc import TorchDynamoException
 from torch.func import functional_call, vmap
 
 from .prompts import PromptedViT
@@ -25,8 +26,8 @@ class Compiled:
     """``torch.compile(fn)`` that falls back to eager ``fn``, once and with a warning, when compilation fails.
 
     A compile failure (no C compiler, an unsupported Python, a graph the backend cannot lower) must not cost a grid
-    its runs: the eager forward computes the same function. A real error in the model fails again in eager mode and
-    is raised from there, so it is never hidden."""
+    its runs: the eager forward computes the same function (with prompt dropout, from other random draws). Only
+    Dynamo's and the backends' errors switch to eager; anything else (out of memory, a bug in a model) is raised."""
 
     def __init__(self, fn: Callable[..., Any], backend: str | Callable = "inductor") -> None:
         self.eager = fn
@@ -44,12 +45,13 @@ class Compiled:
         if self.fn is not self.eager:
             try:
                 return self.fn(*args)
-            except Exception as exc:  # noqa: BLE001 - any backend failure; eager below re-raises real errors
+            except TorchDynamoException as exc:  # compilation failed; out-of-memory and model errors are not caught
                 self._fall_back(exc)
         return self.eager(*args)
 
 
 def maybe_compiled(fn: Callable[..., Any], compile: bool) -> Callable[..., Any]:
+    """``fn`` compiled (with the eager fallback) when asked, else ``fn`` itself."""
     return Compiled(fn) if compile else fn
 
 
@@ -75,6 +77,11 @@ class GroupForward:
     The runs' models must share the backbone object (their frozen weights are taken from it unbatched); the first
     model is the template whose code runs. Each call stacks the live per-run tensors, so autograd delivers every
     run's gradient to that run's own parameters and optimizers, checkpoints and diagnostics work per run as usual.
+    Method buffers are fixed once training starts (restored states are copied in before the group is built).
+
+    With prompt dropout, ``vmap`` draws each run's masks from the one global generator: a run's draws then depend
+    on its group (reproducibly so, and resumed exactly), so a grouped run is an equally valid but different draw
+    from the same run trained alone. Without dropout the two are the same computation.
     """
 
     def __init__(self, models: list[PromptedViT], compile: bool = False) -> None:
@@ -82,10 +89,11 @@ class GroupForward:
         if any(m.backbone is not template.backbone for m in models) or template.train_backbone:
             raise ValueError("a group's runs must share one frozen backbone")
         self.template = template
-        names = [n for n, p in template.named_parameters() if p.requires_grad]
-        self.per_run = {n: [dict(m.named_parameters())[n] for m in models] for n in names}
-        self.per_run.update({f"method.{n}": [dict(m.method.named_buffers())[n] for m in models]
-                             for n, _ in template.method.named_buffers()})
+        params = [dict(m.named_parameters()) for m in models]
+        self.trainable = {n: [p[n] for p in params] for n, t in params[0].items() if t.requires_grad}
+        buffers = [dict(m.method.named_buffers()) for m in models]
+        # fixed after the method's data fit: stacked once, not every step (BPT's whitening is (L, d, d) per run)
+        self.buffers = {f"method.{n}": torch.stack([b[n] for b in buffers]) for n in buffers[0]}
 
         def forward(tensors: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             return functional_call(template, tensors, (x,))
@@ -95,7 +103,8 @@ class GroupForward:
         self.eval_fn = maybe_compiled(vmap(forward, in_dims=(0, None)), compile)
 
     def stacked(self) -> dict[str, torch.Tensor]:
-        return {n: torch.stack(ts) for n, ts in self.per_run.items()}
+        """The runs' live trainable tensors stacked (autograd reaches each run's own), and the fixed buffers."""
+        return {**{n: torch.stack(ts) for n, ts in self.trainable.items()}, **self.buffers}
 
     def train(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         self.template.train()

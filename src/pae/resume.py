@@ -32,7 +32,7 @@ class Progress:
     epoch: int  # completed epochs
     step: int  # completed steps of the current epoch (0: at an epoch boundary)
     perm: torch.Tensor | None  # the current epoch's sample order (None at a boundary)
-    draws: torch.Tensor | None  # the current epoch's augmentation draws (N, 3), on the device like perm
+    draws: torch.Tensor | None  # the current epoch's augmentation draws (N, 3) (FGVC only; None at a boundary)
     sums: torch.Tensor  # running CE, L_kp, L_stab (weighted by batch size) of the current epoch
     correct: torch.Tensor  # running correct predictions of the current epoch
     history: list[dict]  # one row per finished epoch, epoch 0 first
@@ -78,51 +78,80 @@ def save_state(folder: Path, progress: Progress, config: str, tensors: dict[str,
     return path
 
 
-def load_state(folder: Path, config: str, at: tuple[int, int] | None = None) -> dict | None:
-    """The newest readable state of this exact config (or the one at position ``at``, newer ones dropped), or None.
+def _read(path: Path) -> dict | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated zip fails in several ways
+        print(f"warning: training state '{path}' is damaged ({type(exc).__name__}); trying the one before it.",
+              file=sys.stderr)
+        return None
 
-    A damaged file is reported and skipped; a state of another config (the params changed) is discarded, since
-    resuming it would mix two experiments."""
+
+def _readable(folder: Path, config: str) -> list[tuple[tuple[int, int], Path, dict]]:
+    """(position, file, state) of every intact state of this config, newest first. States of another config or
+    version (the params or the code changed) are discarded: resuming them would mix two experiments."""
+    found = []
     for path in reversed(_state_files(folder)):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a truncated zip fails in several ways
-            print(f"warning: training state '{path}' is damaged ({type(exc).__name__}); trying the one before it.",
-                  file=sys.stderr)
+        state = _read(path)
+        if state is None:
             continue
         if state.get("format") != FORMAT or state.get("config") != config:
-            print(f"note: training state in '{folder}' belongs to another configuration; starting afresh.", file=sys.stderr)
+            why = "another configuration" if state.get("format") == FORMAT else "another version of this code"
+            print(f"note: training state in '{folder}' belongs to {why}; starting afresh.", file=sys.stderr)
             discard(folder)
-            return None
-        if at is not None and (state["epoch"], state["step"]) > at:
-            path.unlink()  # ahead of its group: resuming from it would leave the group out of step
-            continue
-        if at is not None and (state["epoch"], state["step"]) < at:
-            return None
-        return state
-    return None
+            return []
+        found.append(((state["epoch"], state["step"]), path, state))
+    return found
+
+
+def load_state(folder: Path, config: str) -> dict | None:
+    """The newest readable state of this exact config, or None (a damaged file is reported and skipped)."""
+    found = _readable(folder, config)
+    return found[0][2] if found else None
 
 
 def load_states(folders: list[Path], configs: list[str]) -> list[dict | None]:
-    """The states of a group's runs, all at one position; None for every run where they cannot be aligned.
+    """The states of a group's runs, all at one position: the newest position every run still holds.
 
     A group saves its runs one after another, so a kill during the saves leaves some runs one save ahead; each of
-    them still holds the state before (``KEEP``), the position the others are at. When even that is missing (a run
-    without any state) the whole group starts afresh."""
-    states = [load_state(folder, config) for folder, config in zip(folders, configs)]
-    if all(s is None for s in states):
-        return states
-    if any(s is None for s in states):
-        print("note: some runs of this group have no saved state; the whole group starts afresh.", file=sys.stderr)
-    else:
-        at = min((s["epoch"], s["step"]) for s in states)
-        states = [s if (s["epoch"], s["step"]) == at else load_state(f, c, at) for s, f, c in zip(states, folders, configs)]
-        if all(s is not None for s in states):
-            return states
-        print("note: the group's saved states do not share a position; the whole group starts afresh.", file=sys.stderr)
-    for folder in folders:
+    them still holds the state before (``KEEP``), the position the others are at. States ahead of that position
+    are dropped, so later saves sort after it. When no common position exists (e.g. a run without any state),
+    nothing is deleted and the group starts afresh."""
+    found = [_readable(folder, config) for folder, config in zip(folders, configs)]
+    common = set.intersection(*({position for position, _, _ in f} for f in found)) if found else set()
+    if not common:
+        if any(found):
+            print("note: the runs of this group hold no saved position in common; the group starts afresh.",
+                  file=sys.stderr)
+            for folder in folders:
+                discard(folder)
+        return [None] * len(folders)
+    at = max(common)
+    for f in found:
+        for position, path, _ in f:
+            if position > at:
+                path.unlink()
+    return [next(state for position, _, state in f if position == at) for f in found]
+
+
+DIVERGED = "diverged.json"  # in a run's state folder: this config diverged; a group's restart leaves the run out
+
+
+def mark_diverged(folder: Path, config: str, message: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / DIVERGED).write_text(json.dumps({"config": config, "message": message}))
+
+
+def diverged(folder: Path, config: str) -> str | None:
+    """The divergence message of this exact config from an earlier attempt, or None (another config: forgotten)."""
+    path = folder / DIVERGED
+    if not path.is_file():
+        return None
+    mark = json.loads(path.read_text())
+    if mark["config"] != config:
         discard(folder)
-    return [None] * len(folders)
+        return None
+    return mark["message"]
 
 
 def restore(state: dict, device: torch.device, tensors: dict[str, dict[str, torch.Tensor]],
@@ -144,8 +173,8 @@ def restore(state: dict, device: torch.device, tensors: dict[str, dict[str, torc
 
 
 def discard(folder: Path) -> None:
-    for path in folder.glob("state-*"):
-        path.unlink()
+    for path in [*folder.glob("state-*"), folder / DIVERGED]:
+        path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         folder.rmdir()
 

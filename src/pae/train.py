@@ -1,15 +1,13 @@
-"""One training run: a prompt method on a frozen ViT, VPT's optimisation recipe, outputs + MLflow.
+"""The parts of a training run: its config, what it builds, its steps, epochs and final metrics (``runs`` drives them).
 
 SGD (momentum 0.9) with linear warmup and cosine decay, weight decay on everything except biases of
-the head; bf16 autocast and ``torch.compile`` on GPUs; the data stays on the device as uint8 and
-metrics accumulate on the device, so the inner loop never waits for the host.
+the head; bf16 autocast and ``torch.compile`` on GPUs; the data stays on the device as uint8, augmentation draws
+move to it once per epoch and metrics accumulate on it, so the inner loop never waits for the host.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,21 +15,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from .backbones import DEFAULT_ARCH, describe, load_backbone
 from .data import FINAL_SPLITS, TUNE_SPLITS, DataSpec, ImageTensors, content_sha256, load_split, train_input
-from .config import flatten
 from .diagnostics import convergence_epoch, oscillation_summary
 from .evaluate import predictions, top1
-from .execution import GroupForward, SingleForward, make_forward
+from .execution import GroupForward, SingleForward
 from .errors import PaeError
 from .evolution import PAE, PAEOptions
 from .evolution.pae import discover, record_prompts
 from .prompts import METHODS, MethodOptions, PromptedViT, build_model
-from .reports.tables import write_csv
-from .resume import Preempted, Progress, discard, load_states, preemption, restore, save_state, state_dir
-from .tracking import Tracker, git_provenance
+from .resume import Progress
+from .tracking import git_provenance
 
 
 @dataclass
@@ -148,8 +143,14 @@ def sample_batch(spec: DataSpec, data: ImageTensors, n: int, img_size: int, seed
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data), generator=gen)[offset:offset + n].to(data.labels.device)
     sizes = None if data.sizes is None else data.sizes[idx]
-    draws = torch.rand(len(idx), 3, generator=gen).to(data.labels.device)
+    draws = augmentation_draws(spec, len(idx), gen)
     return train_input(spec, data.images[idx], sizes, img_size, draws), data.labels[idx]
+
+
+def augmentation_draws(spec: DataSpec, n: int, generator: torch.Generator) -> torch.Tensor | None:
+    """Uniform numbers (n, 3) for FGVC's random crop and flip (None for data without augmentation), drawn from the
+    run's CPU generator, so a run's augmentation is the same on any device and after a resume."""
+    return torch.rand(n, 3, generator=generator) if spec.kind == "fgvc" else None
 
 
 def load_init_prompts(path: str | Path) -> tuple[torch.Tensor, dict]:
@@ -161,49 +162,6 @@ def load_init_prompts(path: str | Path) -> tuple[torch.Tensor, dict]:
             return f.get_tensor("prompts"), json.loads(f.metadata()["record"])
     except (OSError, KeyError, ValueError, SafetensorError) as exc:
         raise PaeError(f"initial prompts '{path}' cannot be read ({exc}).", "rerun `pae.cli init-prompts` for this task and seed.") from exc
-
-
-RUN_FILES = ("checkpoint.safetensors", "config.json", "grad_norms.csv", "history.csv", "metrics.json", "shortcuts.json")
-
-
-def check_out_dir(out_dir: str | Path) -> Path:
-    """Refuse, before any work, a folder that holds anything but an earlier run's outputs: it gets replaced."""
-    out = Path(out_dir).resolve()
-    if out.exists() and not out.is_dir():
-        raise PaeError(f"output path '{out}' is a file, not a folder.", "choose a new --out-dir.")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES) if out.is_dir() else []
-    if foreign:
-        raise PaeError(f"output folder '{out}' holds files that are not a run's outputs (first: '{foreign[0]}'); "
-                       "a run replaces its whole folder.", "choose an empty or new --out-dir; nothing was touched.")
-    return out
-
-
-def write_outputs(out_dir: Path, job: "Job", progress: Progress, metrics: dict) -> None:
-    """Write everything into a sibling temp folder, then swap it in: a crash never leaves half a run."""
-    cfg = job.cfg
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    files = {"metrics.json": metrics, "config.json": asdict(cfg)}
-    if progress.shortcuts:
-        files["shortcuts.json"] = progress.shortcuts
-    for name, content in files.items():
-        (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-    write_csv(progress.history, tmp / "history.csv")
-    if job.layers:
-        write_csv([{"step": i + 1, **{f"grad_norm_l{l}": v for l, v in enumerate(r)}}
-                   for i, r in enumerate(progress.step_grad_norms.tolist())], tmp / "grad_norms.csv")
-    groups = job.state_tensors()
-    tensors = {**groups["trainable"], **{f"method.{n}": b for n, b in groups["buffers"].items()},
-               **{f"pae.{n}": t for n, t in groups["pae"].items()}}
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "checkpoint.safetensors"),
-              metadata={"config": json.dumps(asdict(cfg))})
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    if out_dir.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass
@@ -325,9 +283,10 @@ def next_batch(job: Job, p: Progress) -> tuple[torch.Tensor, torch.Tensor]:
     data, bs = job.shared.train_data, job.cfg.batch_size
     if p.perm is None:  # a new epoch: its order and augmentation draws, moved to the device once
         p.perm = torch.randperm(len(data), generator=p.generator).to(job.device)
-        p.draws = torch.rand(len(data), 3, generator=p.generator).to(job.device)
+        draws = augmentation_draws(job.shared.spec, len(data), p.generator)
+        p.draws = None if draws is None else draws.to(job.device)
     idx = p.perm[p.step * bs:(p.step + 1) * bs]
-    draws = p.draws[p.step * bs:(p.step + 1) * bs]
+    draws = None if p.draws is None else p.draws[p.step * bs:(p.step + 1) * bs]
     sizes = None if data.sizes is None else data.sizes[idx]
     return train_input(job.shared.spec, data.images[idx], sizes, job.cfg.img_size, draws), data.labels[idx]
 
@@ -437,159 +396,3 @@ def run_tags(job: Job) -> dict[str, str]:
     tags = {"method": cfg.method, "task": job.shared.spec.label, "task_group": cfg.task_group, "pae": cfg.pae.label,
             "data_sha256": content_sha256(job.shared.train_data), **git_provenance(), **cfg.tags}
     return {**tags, **describe(cfg.weights)} if cfg.weights else tags
-
-
-GROUP_FREE = ("lr", "weight_decay", "seed", "init_prompts", "out_dir", "experiment", "tags")  # may differ in a group
-
-
-def check_group(cfgs: list[TrainConfig]) -> None:
-    """Runs trained as one group share data, backbone, method and schedule; only GROUP_FREE settings may differ."""
-    first = asdict(cfgs[0])
-    for cfg in cfgs[1:]:
-        for key, value in asdict(cfg).items():
-            if key not in GROUP_FREE and value != first[key]:
-                raise PaeError(f"runs of one group differ in '{key}' ({first[key]!r} vs {value!r}); a group shares "
-                               "its data, backbone, method and schedule.", "give one value for it, or train the runs separately.")
-    if len(cfgs) > 1 and cfgs[0].method == "full":
-        raise PaeError("method 'full' fine-tunes the backbone, so its runs cannot share one.", "train them one by one.")
-    if len(cfgs) > 1 and cfgs[0].weights is None and len({c.seed for c in cfgs}) > 1:
-        raise PaeError("without --weights the backbone is random and differs per seed, so these runs cannot share one.",
-                       "give --weights (pae.cli import-backbone), or group runs of one seed only.")
-    outs = [Path(c.out_dir).resolve() for c in cfgs]
-    if len(set(outs)) < len(outs):
-        raise PaeError("two runs of the group write the same --out-dir.",
-                       "give each run its own folder, e.g. --out-dir 'runs/lr{lr}_wd{wd}_seed{seed}'.")
-
-
-@dataclass
-class Run:
-    """One run's bookkeeping in the loop: its job, outputs, saved state, progress and MLflow run."""
-
-    job: Job
-    out_dir: Path
-    config: str
-    state: Path
-    progress: Progress
-    tracker: Tracker
-    tags: dict[str, str]
-    label: str
-    status: str = "FAILED"
-    error: PaeError | None = None
-
-    def save(self) -> None:
-        save_state(self.state, self.progress, self.config, self.job.state_tensors(), self.job.optimizer)
-
-    def log(self, row: dict) -> None:
-        self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}, step=row["epoch"])
-
-
-def open_runs(jobs: list[Job], out_dirs: list[Path]) -> list[Run]:
-    """Each run with its progress: fresh, or resumed from states aligned to one position (see ``load_states``)."""
-    configs = [json.dumps(asdict(job.cfg), sort_keys=True) for job in jobs]
-    states = [state_dir(out) for out in out_dirs]
-    saved = load_states(states, configs)
-    runs = []
-    for job, out, config, state, loaded in zip(jobs, out_dirs, configs, states, saved):
-        progress = restore(loaded, job.device, job.state_tensors(), job.optimizer) if loaded else fresh_progress(job)
-        cfg = job.cfg
-        label = f"{job.shared.spec.label}/{cfg.method}/{cfg.pae.label}/seed{cfg.seed}"
-        tracker = Tracker(cfg.experiment, label, enabled=cfg.mlflow, key=run_key(out, config))
-        runs.append(Run(job, out, config, state, progress, tracker, run_tags(job), label))
-    return runs
-
-
-def train_runs(cfgs: list[TrainConfig]) -> list[dict]:
-    """Train one run, or several runs of one task as one group (``check_group``), and return their final metrics.
-
-    After every epoch (and at the next step after SIGTERM) each run's state is saved beside its output folder; the
-    same command then resumes from the newest intact states and ends with exactly the numbers of an uninterrupted
-    run, logging into the same MLflow runs. A run of a group that diverges stops alone; the others finish, and the
-    error names it at the end.
-    """
-    from tqdm import tqdm
-
-    for cfg in cfgs:
-        cfg.validate()
-    check_group(cfgs)
-    out_dirs = [check_out_dir(cfg.out_dir) for cfg in cfgs]
-    shared = load_shared(cfgs[0])
-    jobs = [build_job(cfg, shared) for cfg in cfgs]
-    runs = open_runs(jobs, out_dirs)
-    cfg = cfgs[0]
-    try:
-        for run in runs:
-            run.tracker.log_params({k: v for k, v in flatten(run.job.cfg).items() if not k.startswith("tags")}, run.tags)
-        active = runs
-        forward = make_forward([r.job.model for r in active], cfg.compile)
-        if not runs[0].progress.history:
-            for run, scores in zip(runs, evaluate_runs(jobs, forward)):
-                run.progress.history.append(start_row(run.job, scores))
-                run.save()
-        for run in runs:
-            for row in run.progress.history:  # a resumed run re-logs its history: identical entries are stored once
-                run.log(row)
-        label = runs[0].label if len(runs) == 1 else f"{len(runs)} runs of {shared.spec.label}/{cfg.method}/{cfg.pae.label}"
-        with preemption() as stop, tqdm(total=cfg.epochs, initial=runs[0].progress.epoch, desc=label, unit="epoch",
-                                        leave=False) as bar:
-            while active and active[0].progress.epoch < cfg.epochs:
-                began = time.perf_counter()  # wall time counts training and the per-epoch evaluation
-                progress = [r.progress for r in active]
-                if not train_steps([r.job for r in active], progress, forward, stop):
-                    for run in active:
-                        run.progress.elapsed += time.perf_counter() - began
-                        run.save()
-                        run.status = "KILLED"
-                    raise Preempted(f"stopped by SIGTERM in epoch {progress[0].epoch + 1} at step {progress[0].step}; "
-                                    f"the state is saved in '{active[0].state}': run the same command again to resume.")
-                due = evaluation_due(cfg, progress[0].epoch + 1)
-                scores = evaluate_runs([r.job for r in active], forward) if due else [unevaluated(r.job) for r in active]
-                elapsed = time.perf_counter() - began
-                for run, score in zip(active, scores):
-                    try:
-                        row = close_epoch(run.job, run.progress, run.state, score)
-                    except PaeError as exc:
-                        run.error = exc
-                        continue
-                    run.progress.elapsed += elapsed
-                    run.save()
-                    run.log(row)
-                if any(r.error for r in active):
-                    active = [r for r in active if r.error is None]
-                    forward = make_forward([r.job.model for r in active], cfg.compile) if active else forward
-                bar.update()
-        results = [finish(run, len(runs)) for run in active]
-        failed = [r for r in runs if r.error is not None]
-        if len(runs) == 1 and failed:
-            raise failed[0].error
-        if failed:
-            names = ", ".join(f"'{r.out_dir.name}'" for r in failed)
-            raise PaeError(f"{len(failed)} of {len(runs)} runs diverged ({names}); the other runs finished and wrote "
-                           f"their outputs. First: {failed[0].error.problem}", failed[0].error.fix)
-        return results
-    finally:
-        for run in runs:
-            run.tracker.finish(run.status)
-
-
-def finish(run: Run, group_size: int) -> dict:
-    """Write a finished run's outputs and final metrics, log them, drop its saved states."""
-    job, progress = run.job, run.progress
-    metrics = final_metrics(job, progress, run.tags, run.tracker.run_id, group_size)
-    write_outputs(run.out_dir, job, progress, metrics)
-    run.tracker.log_metrics({k: v for k, v in metrics.items()  # per-epoch series are logged already
-                             if isinstance(v, (int, float)) and math.isfinite(v) and k not in progress.history[-1]},
-                            step=job.cfg.epochs)
-    run.tracker.log_artifacts(run.out_dir)
-    discard(run.state)
-    run.status = "FINISHED"
-    return metrics
-
-
-def train(cfg: TrainConfig) -> dict:
-    """Run one training job end to end and return its final metrics (``train_runs`` for a group)."""
-    return train_runs([cfg])[0]
-
-
-def run_key(out_dir: Path, config: str) -> str:
-    """Names a job across restarts (its folder and exact config), so a resumed run finds its MLflow run again."""
-    return hashlib.sha256(f"{out_dir}\n{config}".encode()).hexdigest()[:32]

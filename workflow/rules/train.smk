@@ -32,33 +32,32 @@ def grid_dirs(w):
             for lr in SEARCH["lr"] for wd in SEARCH["weight_decay"]]
 
 
-def tune_rule(name, lrs):
-    """A search job: ``lrs`` x every weight decay of one (task, method, variant); with several runs, one group
-    (pae.cli train with several --lr/--weight-decay values fills in each run's folder)."""
+def tune_rule(name, lrs, wds):
+    """A search job of one (task, method, variant): ``lrs`` x ``wds``, numbers or the wildcards "{lr}" / "{wd}" (one
+    job per point). Several runs train as one group; the CLI fills each run's folder into --out-dir."""
     rule:
         name:
             name
         output:
-            [f"{RESULTS}/tune/{{task}}/{{method}}/{{pae}}/lr{number(lr)}_wd{number(wd)}/metrics.json"
-             for lr in lrs for wd in SEARCH["weight_decay"]],
+            [f"{RESULTS}/tune/{{task}}/{{method}}/{{pae}}/lr{lr}_wd{wd}/metrics.json" for lr in lrs for wd in wds],
         input:
             JOB_CODE,
             unpack(train_inputs("tune")),
         params:
             args=lambda w: train_args(w, "tune"),
             seed=SEARCH["seed"],
-            lrs=" ".join(number(lr) for lr in lrs),
-            wds=" ".join(number(wd) for wd in SEARCH["weight_decay"]),
+            lrs=lambda w: " ".join(lr.format(**w) for lr in lrs),
+            wds=lambda w: " ".join(wd.format(**w) for wd in wds),
             out=lambda w: f"{RESULTS}/tune/{w.task}/{w.method}/{w.pae}/lr{{lr}}_wd{{wd}}",  # the CLI fills these in
         log:
-            f"logs/{EXPERIMENT}/{name}_{{task}}_{{method}}_{{pae}}.log",
+            f"logs/{EXPERIMENT}/{name}_{{task}}_{{method}}_{{pae}}_lr{'+'.join(lrs)}_wd{'+'.join(wds)}.log",
         conda:
             ENV
         threads: TRAIN_RESOURCES["threads"]
         resources:
             mem_mb=TRAIN_RESOURCES["mem_mb"],
             gpu=TRAIN_RESOURCES["gpus"],
-            runtime=TRAIN_RESOURCES["runtime"] * len(lrs) * len(SEARCH["weight_decay"]),
+            runtime=TRAIN_RESOURCES["runtime"] * len(lrs) * len(wds),
         shell:
             "python -m pae.cli train {params.args} --seed {params.seed} --lr {params.lrs} --weight-decay {params.wds}"
             " --out-dir '{params.out}' > {log} 2>&1"
@@ -67,32 +66,10 @@ def tune_rule(name, lrs):
 PER_JOB = SEARCH["lrs_per_job"]
 if PER_JOB:  # one rule per chunk of learning rates: a rule's outputs cannot depend on a wildcard's value
     for index in range(0, len(SEARCH["lr"]), PER_JOB):
-        tune_rule(f"tune_group{index // PER_JOB}", SEARCH["lr"][index:index + PER_JOB])
-
+        tune_rule(f"tune_group{index // PER_JOB}", [number(lr) for lr in SEARCH["lr"][index:index + PER_JOB]],
+                  [number(wd) for wd in SEARCH["weight_decay"]])
 else:
-
-    rule tune:
-        output:
-            f"{RESULTS}/tune/{{task}}/{{method}}/{{pae}}/lr{{lr}}_wd{{wd}}/metrics.json",
-        input:
-            JOB_CODE,
-            unpack(train_inputs("tune")),
-        params:
-            args=lambda w: train_args(w, "tune"),
-            seed=SEARCH["seed"],
-            out=lambda w: f"{RESULTS}/tune/{w.task}/{w.method}/{w.pae}/lr{w.lr}_wd{w.wd}",
-        log:
-            f"logs/{EXPERIMENT}/tune_{{task}}_{{method}}_{{pae}}_lr{{lr}}_wd{{wd}}.log",
-        conda:
-            ENV
-        threads: TRAIN_RESOURCES["threads"]
-        resources:
-            mem_mb=TRAIN_RESOURCES["mem_mb"],
-            gpu=TRAIN_RESOURCES["gpus"],
-            runtime=TRAIN_RESOURCES["runtime"],
-        shell:
-            "python -m pae.cli train {params.args} --seed {params.seed} --lr {wildcards.lr} --weight-decay {wildcards.wd}"
-            " --out-dir {params.out} > {log} 2>&1"
+    tune_rule("tune", ["{lr}"], ["{wd}"])
 
 
 rule select_hparams:

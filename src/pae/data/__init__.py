@@ -82,9 +82,11 @@ def load_split(spec: DataSpec, split: str, img_size: int, cache_dir: str | Path,
 
 
 def train_input(spec: DataSpec, images: torch.Tensor, sizes: torch.Tensor | None, img_size: int,
-                draws: torch.Tensor) -> torch.Tensor:
+                draws: torch.Tensor | None = None) -> torch.Tensor:
     """A training batch as model input: FGVC gets RandomCrop + flip (VPT) from ``draws`` (B, 3); VTAB and digits none."""
     if spec.kind == "fgvc":
+        if draws is None:
+            raise ValueError("FGVC training input needs augmentation draws")
         images = random_crop_flip(images, sizes, img_size, draws)
     return normalize(images)
 

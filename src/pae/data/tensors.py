@@ -7,6 +7,7 @@ random crops taken on the device from a bottom/right zero-padded tensor with per
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -149,11 +150,17 @@ def load_cache(path: Path, key: str) -> ImageTensors | None:
         return None
 
 
+@functools.cache
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as (1, 3, 1, 1) tensors, made once per device: building them from Python numbers every batch
+    would be a host-to-device copy, which waits for the GPU."""
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
+
+
 def normalize(images: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
               std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float, scaled to [0, 1] and standardised per channel."""
-    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    m, s = _channel_stats(mean, std, images.device)
     return (images.float() / 255.0 - m) / s
 
 
@@ -164,8 +171,9 @@ def random_crop_flip(images: torch.Tensor, sizes: torch.Tensor | None, crop: int
     epoch's at once, so a step never copies random numbers from the host (a copy that would wait for the GPU)."""
     b = images.shape[0]
     dev = images.device
-    if sizes is None:
-        sizes = torch.tensor(images.shape[2:], device=dev).expand(b, 2)
+    if sizes is None:  # filled on the device: a tensor from Python numbers would be a copy that waits for the GPU
+        sizes = torch.empty(b, 2, dtype=torch.int64, device=dev)
+        sizes[:, 0], sizes[:, 1] = images.shape[2], images.shape[3]
     rand = draws.to(dev)
     top = (rand[:, 0] * (sizes[:, 0] - crop + 1)).long()
     left = (rand[:, 1] * (sizes[:, 1] - crop + 1)).long()
