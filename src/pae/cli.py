@@ -89,14 +89,14 @@ def _train_configs(args: argparse.Namespace) -> list["TrainConfig"]:
     given = {k: v for k, v in vars(args).items() if k in top and v is not None}
     combos = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
     several = [k for k, v in values.items() if len(v) > 1]
+    options, pae = from_arguments(MethodOptions, args), from_arguments(PAEOptions, args, "pae_")
     configs = []
     for combo in combos:
         typed = {GROUP_AXES[k][0]: GROUP_AXES[k][1](v) for k, v in combo.items() if v is not None}
         for flag, field, needs in (("--out-dir", "out_dir", several), ("--init-prompts", "init_prompts", ["seed"])):
             if field in given:  # MPA's prompts are per seed: with several seeds, each run needs its own file
                 typed[field] = _fill(flag, given[field], combo, [k for k in needs if k in several])
-        configs.append(TrainConfig(**{**given, **typed}, options=from_arguments(MethodOptions, args),
-                                   pae=from_arguments(PAEOptions, args, "pae_")))
+        configs.append(TrainConfig(**{**given, **typed}, options=options, pae=pae))
     return configs
 
 

@@ -37,7 +37,7 @@ class Compiled:
 
     def _fall_back(self, exc: Exception) -> None:
         print(f"warning: torch.compile is unavailable here ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
-              "running eagerly (same results, slower).", file=sys.stderr)
+              "running eagerly (the same function, slower).", file=sys.stderr)
         self.fn = self.eager
 
     def __call__(self, *args: Any) -> Any:

@@ -24,8 +24,9 @@ from .reports.tables import write_csv
 from .resume import (Preempted, Progress, diverged, discard, load_states, mark_diverged, preemption, restore,
                      save_state, state_dir)
 from .tracking import Tracker
-from .train import (Job, TrainConfig, build_job, close_epoch, evaluate_runs, evaluation_due, final_metrics,
-                    fresh_progress, load_shared, run_tags, start_row, train_steps, unevaluated)
+from .train import (DIVERGED_FIX, Job, TrainConfig, build_job, close_epoch, evaluate_runs, evaluation_due,
+                    final_metrics, fresh_progress, load_shared, provenance, run_tags, start_row, train_steps,
+                    unevaluated)
 
 
 RUN_FILES = ("checkpoint.safetensors", "config.json", "grad_norms.csv", "history.csv", "metrics.json", "shortcuts.json")
@@ -141,15 +142,15 @@ class Run:
 def open_runs(jobs: list[Job], out_dirs: list[Path]) -> list[Run]:
     """Each run with its progress: fresh, or resumed from states aligned to one position (see ``load_states``).
     A run that diverged in an earlier attempt keeps its error and stays out of the group."""
-    runs = []
+    runs, shared_tags = [], provenance(jobs[0].cfg, jobs[0].shared)  # the same for every run of a group
     for job, out in zip(jobs, out_dirs):
         cfg, config = job.cfg, json.dumps(asdict(job.cfg), sort_keys=True)
         label = f"{job.shared.spec.label}/{cfg.method}/{cfg.pae.label}/seed{cfg.seed}"
         tracker = Tracker(cfg.experiment, label, enabled=cfg.mlflow, key=run_key(out, config))
-        runs.append(Run(job, out, config, state_dir(out), fresh_progress(job), tracker, run_tags(job), label))
+        runs.append(Run(job, out, config, state_dir(out), fresh_progress(job), tracker, run_tags(job, shared_tags), label))
         message = diverged(runs[-1].state, config)
         if message:
-            runs[-1].error = PaeError(message, "lower the learning rate (or use precision fp32).")
+            runs[-1].error = PaeError(message, DIVERGED_FIX)
     live = [r for r in runs if r.error is None]
     for run, loaded in zip(live, load_states([r.state for r in live], [r.config for r in live])):
         if loaded:

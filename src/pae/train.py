@@ -177,6 +177,7 @@ class Shared:
 
 
 def load_shared(cfg: TrainConfig) -> Shared:
+    """Data (on the device) and the frozen backbone of a run's task, loaded once for all the runs of a group."""
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -265,6 +266,7 @@ def evaluate_runs(jobs: list[Job], forward: SingleForward | GroupForward) -> lis
 
 
 def unevaluated(job: Job) -> dict[str, float]:
+    """The accuracies of an epoch that ``eval_every`` skips: NaN, which curves and best-of statistics skip."""
     return {f"{s}_top1": float("nan") for s in job.shared.evals}
 
 
@@ -334,6 +336,9 @@ def evaluation_due(cfg: TrainConfig, epoch: int) -> bool:
     return epoch % cfg.eval_every == 0 or epoch == cfg.epochs
 
 
+DIVERGED_FIX = "lower the learning rate (or use precision fp32); no results were written."
+
+
 def close_epoch(job: Job, p: Progress, state: Path, scores: dict[str, float]) -> dict:
     """The finished epoch's history row; resets the running sums. A non-finite loss stops the run here."""
     cfg, n, nan = job.cfg, len(job.shared.train_data), float("nan")
@@ -341,7 +346,7 @@ def close_epoch(job: Job, p: Progress, state: Path, scores: dict[str, float]) ->
     if not math.isfinite(train_loss + koopman_loss + lyapunov_loss):
         raise PaeError(f"training diverged in epoch {p.epoch + 1}: the loss is {train_loss} (L_kp {koopman_loss}, "
                        f"L_stab {lyapunov_loss}); the last finite state (epoch {p.epoch}) is kept in '{state}'.",
-                       "lower the learning rate (or use precision fp32); no results were written.")
+                       DIVERGED_FIX)
     epoch_norms = p.step_grad_norms[p.epoch * job.steps:(p.epoch + 1) * job.steps].mean(0).tolist()
     row = {"epoch": p.epoch + 1, "lr": job.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
            "train_top1": 100.0 * p.correct.item() / n,
@@ -391,8 +396,15 @@ def final_metrics(job: Job, p: Progress, tags: dict, run_id: str | None, group_s
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
 
 
-def run_tags(job: Job) -> dict[str, str]:
-    cfg = job.cfg
-    tags = {"method": cfg.method, "task": job.shared.spec.label, "task_group": cfg.task_group, "pae": cfg.pae.label,
-            "data_sha256": content_sha256(job.shared.train_data), **git_provenance(), **cfg.tags}
-    return {**tags, **describe(cfg.weights)} if cfg.weights else tags
+def provenance(cfg: TrainConfig, shared: Shared) -> tuple[dict[str, str], dict[str, str]]:
+    """Tags every run of a task shares, computed once per process (hashing the data and the backbone file is not
+    free): the training data's content hash and the git state; the backbone file's provenance."""
+    return ({"data_sha256": content_sha256(shared.train_data), **git_provenance()},
+            describe(cfg.weights) if cfg.weights else {})
+
+
+def run_tags(job: Job, shared_tags: tuple[dict[str, str], dict[str, str]]) -> dict[str, str]:
+    """A run's MLflow tags; its own ``tags`` override the data and git tags, the backbone's provenance wins."""
+    cfg, (data, backbone) = job.cfg, shared_tags
+    return {"method": cfg.method, "task": job.shared.spec.label, "task_group": cfg.task_group, "pae": cfg.pae.label,
+            **data, **cfg.tags, **backbone}
