@@ -8,14 +8,15 @@
 Every number is wall-clock seconds (time.perf_counter), median and min over --repeats, so a user can set the
 orchestration's cost against a training job's minutes. Writes the table to stdout and JSON to --out.
 
-start-up   `python -c "import pae.cli"` and `python -m pae.cli --help`: what every Snakemake/DVC shell job pays
-           before it does any work (the parser builds the train flags from TrainConfig, which imports torch).
+start-up   `python -m pae.cli --help` and `check-params`: what every table, figure and report job pays before it
+           does any work (no torch: the parser reads the torch-free pae.config); `import pae.loop`: what a training,
+           MPA or evaluate job pays (torch, timm).
 snakemake  T(1): one trivial job, i.e. Snakemake's fixed start-up per invocation; per extra job = (T(N) - T(1)) /
            (N - 1), the scheduling cost of one more job (a difference of two timings: on a busy machine it can
            come out at or below zero); `snakemake -n reproduce_all` of this repository: DAG build and params
            validation that every invocation of the real workflow does first (dry run only).
 mlflow     `from mlflow import MlflowClient` in a fresh interpreter (each training job imports it once); one
-           pae.tracking.Tracker run as pae.train makes it (60 params, E epochs x 20 metrics, 3 small artifacts,
+           pae.tracking.Tracker run as pae.loop makes it (60 params, E epochs x 20 metrics, 3 small artifacts,
            finish) on a fresh SQLite store (first run: creates and migrates the DB) and again on the same store
            (the steady per-job cost).
 dvc        in a throwaway git + DVC project with one copy stage: `dvc repro` that runs the stage, `dvc repro`
@@ -83,8 +84,11 @@ def row(component: str, what: str, times: list[float], derived: bool = False) ->
 
 def startup_rows(repeats: int) -> list[dict[str, Any]]:
     """Interpreter + package start-up, paid by every pipeline job before it does anything."""
-    cases = {'python -c "import pae.cli"': [sys.executable, "-c", "import pae.cli"],
-             "python -m pae.cli --help (builds the parser: imports torch)": [sys.executable, "-m", "pae.cli", "--help"]}
+    cases = {"python -m pae.cli --help (the parser: no torch)": [sys.executable, "-m", "pae.cli", "--help"],
+             "python -m pae.cli check-params params/default.yaml (no torch)":
+                 [sys.executable, "-m", "pae.cli", "check-params", "params/default.yaml"],
+             'python -c "import pae.loop" (what a training job imports: torch, timm)':
+                 [sys.executable, "-c", "import pae.loop"]}
     return [row("start-up", what, [timed(run, cmd, ROOT) for _ in range(repeats)]) for what, cmd in cases.items()]
 
 
@@ -139,7 +143,7 @@ def tracking_store(folder: Path) -> Iterator[None]:
 
 
 def tracked_run(name: str, epochs: int, artifacts: Path) -> None:
-    """One training job's tracking as pae.train does it: params, one metrics batch per epoch, outputs, finish."""
+    """One training job's tracking as pae.loop does it: params, one metrics batch per epoch, outputs, finish."""
     from pae.tracking import Tracker
 
     tracker = Tracker("pipeline-overhead", name, key=name)

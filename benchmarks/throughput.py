@@ -8,14 +8,14 @@ What each number is, and why it is measured this way:
 
 - ``plain fp32``: the textbook loop (fp32, eager, a float batch already on the device, ``torch.optim.SGD`` with
   its defaults): the baseline every speed-up is stated against.
-- ``fast``: our training loop itself (``pae.train.train_steps``): uint8 data on the device, normalisation on the
+- ``fast``: our training loop itself (``pae.loop.train_epoch``): uint8 data on the device, normalisation on the
   device, bf16 autocast and ``torch.compile`` where the device has them, fused SGD, per-step gradient-norm
   diagnostics, and PAE's regularizer when the row says so. Images/s over whole timed epochs after a warm-up epoch.
 - ``PAE overhead``: step time with the Koopman + Lyapunov regularizer over step time without (the target: <= 5%).
 - ``TFLOP/s`` and ``MFU``: FLOPs of one eager training step (forward + backward, torch's FlopCounterMode) per
   second of a fast step, over the device's dense bf16 peak (``--peak-tflops`` where the device is not known).
 - ``x plain VPT-deep``: every fast row over the plain loop's VPT-deep (the reference the issue's targets use).
-- ``group``: R runs of one task trained as one vmapped group (``pae.execution.GroupForward``) against one run:
+- ``group``: R runs of one task trained as one vmapped group (``pae.forward.GroupForward``) against one run:
   images/s over all runs (how a task's lr/wd search fills a GPU).
 - ``MPA search``: PAE's frequency-shortcut search of one task (one FFT, batched band masks) on ``--init-images``
   images, and ``VTAB-1k task``: 1,000 images x ``--task-epochs`` epochs + a test evaluation, end to end.
@@ -38,13 +38,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from pae.build import LoadedTask, sample_batch, seeded_backbone
+from pae.config.pae import PAEOptions
+from pae.config.train import TrainConfig
 from pae.data import DataSpec, ImageTensors, normalize
 from pae.errors import PaeError
-from pae.evolution import PAEOptions
 from pae.evolution.pae import discover
-from pae.execution import make_forward
-from pae.prompts import METHODS, MethodOptions, build_model
-from pae.train import Shared, TrainConfig, build_job, evaluate_runs, fresh_progress, run_backbone, sample_batch, train_steps
+from pae.forward import make_forward
+from pae.loop import evaluate_runs, prepare_run, train_epoch
+from pae.methods import METHODS
+from pae.prompts import build_model
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 756.0,
                     "A100": 312.0, "L40S": 362.0, "A10G": 70.0}  # dense, from the vendors' data sheets
@@ -72,7 +75,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def synthetic_shared(cfg: TrainConfig, images: int, test_images: int, classes: int = 10) -> Shared:
+def synthetic_task(cfg: TrainConfig, images: int, test_images: int, classes: int = 10) -> LoadedTask:
     """Random uint8 images and labels on the device, as a prepared task would be, and the run's random backbone."""
     device = torch.device(cfg.device)
     gen = torch.Generator().manual_seed(0)
@@ -82,60 +85,59 @@ def synthetic_shared(cfg: TrainConfig, images: int, test_images: int, classes: i
         return ImageTensors(pixels, torch.randint(0, classes, (n,), generator=gen), [str(c) for c in range(classes)]).to(device)
 
     spec = DataSpec("vtab1k", root="synthetic", name="synthetic")
-    return Shared(device, spec, split(images), {"test": split(test_images)}, run_backbone(cfg).to(device))
+    return LoadedTask(device, spec, split(images), {"test": split(test_images)}, seeded_backbone(cfg).to(device))
 
 
-def run_epoch(jobs: list, progress: list, forward) -> None:
+def run_epoch(runs: list, forward) -> None:
     """One more epoch of our training loop from the start of an epoch (no evaluation, no history)."""
-    for p in progress:
-        p.step, p.perm, p.draws = 0, None, None
-    train_steps(jobs, progress, forward, threading.Event())
+    for run in runs:
+        run.progress.step, run.progress.perm, run.progress.draws = 0, None, None
+    train_epoch(runs, forward, threading.Event())
 
 
-def fast_images_per_s(cfgs: list[TrainConfig], shared: Shared) -> float:
+def fast_images_per_s(cfgs: list[TrainConfig], task: LoadedTask) -> float:
     """Images/s over all runs of one timed epoch of our training loop, after one warm-up epoch (compilation).
 
     Dynamo's caches are reset first: every row compiles a new model, and past its recompile limit (8 per code
     object) Dynamo would run later rows eagerly without a word."""
     torch._dynamo.reset()
-    jobs = [build_job(cfg, shared) for cfg in cfgs]
-    forward = make_forward([j.model for j in jobs], cfgs[0].compile)
-    progress = [fresh_progress(j) for j in jobs]
+    runs = [prepare_run(cfg, task) for cfg in cfgs]
+    forward = make_forward([r.model for r in runs], cfgs[0].compile)
     for epoch in range(2):
         if epoch == 1:
-            sync(shared.device)
+            sync(task.device)
             start = time.perf_counter()
-        run_epoch(jobs, progress, forward)
-    sync(shared.device)
-    return len(cfgs) * len(shared.train_data) / (time.perf_counter() - start)
+        run_epoch(runs, forward)
+    sync(task.device)
+    return len(cfgs) * len(task.train_data) / (time.perf_counter() - start)
 
 
-def plain_images_per_s(cfg: TrainConfig, shared: Shared, steps: int) -> float:
+def plain_images_per_s(cfg: TrainConfig, task: LoadedTask, steps: int) -> float:
     """The baseline: fp32, eager, float inputs prepared once, torch.optim.SGD with its defaults."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.method, shared.backbone, len(shared.train_data.classes), **vars(cfg.options)).to(shared.device)
+    model = build_model(cfg.method, task.backbone, task.num_classes, cfg.options).to(task.device)
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=cfg.lr, momentum=0.9)
-    x = normalize(shared.train_data.images[:cfg.batch_size])
-    y = shared.train_data.labels[:cfg.batch_size]
+    x = normalize(task.train_data.images[:cfg.batch_size])
+    y = task.train_data.labels[:cfg.batch_size]
     model.train()
     for step in range(steps + 1):
         if step == 1:
-            sync(shared.device)
+            sync(task.device)
             start = time.perf_counter()
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    sync(shared.device)
+    sync(task.device)
     return steps * cfg.batch_size / (time.perf_counter() - start)
 
 
-def step_flops(cfg: TrainConfig, shared: Shared) -> float:
+def step_flops(cfg: TrainConfig, task: LoadedTask) -> float:
     """FLOPs of one training step (forward + backward) of the method, counted by torch on an eager step."""
-    job = build_job(cfg, shared)
-    x = normalize(shared.train_data.images[:cfg.batch_size])
+    run = prepare_run(cfg, task)
+    x = normalize(task.train_data.images[:cfg.batch_size])
     with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(job.model(x), shared.train_data.labels[:cfg.batch_size]).backward()
+        F.cross_entropy(run.model(x), task.train_data.labels[:cfg.batch_size]).backward()
     return float(counter.get_total_flops())
 
 
@@ -144,8 +146,8 @@ def throughput_rows(args: argparse.Namespace, base: TrainConfig) -> list[dict]:
     peak = peak_tflops(torch.device(base.device), args.peak_tflops)
     for arch, img_size in zip(args.archs, args.img_sizes):
         cfg = replace(base, arch=arch, img_size=img_size)
-        shared = synthetic_shared(cfg, cfg.batch_size * args.steps, args.batch)
-        baseline = plain_images_per_s(replace(cfg, method="vpt_deep"), shared, args.steps)
+        task = synthetic_task(cfg, cfg.batch_size * args.steps, args.batch)
+        baseline = plain_images_per_s(replace(cfg, method="vpt_deep"), task, args.steps)
         rows.append({"arch": arch, "img_size": img_size, "method": "vpt_deep", "pae": "none", "path": "plain fp32",
                      "images_per_s": baseline})
         print(f"{arch} plain fp32 vpt_deep: {baseline:.1f} img/s", flush=True)
@@ -154,10 +156,10 @@ def throughput_rows(args: argparse.Namespace, base: TrainConfig) -> list[dict]:
             for pae in (PAEOptions(), PAE_ON):
                 run = replace(cfg, method=method, pae=replace(pae, koopman_dim=args.koopman_dim))
                 try:
-                    speed = fast_images_per_s([run], shared)
+                    speed = fast_images_per_s([run], task)
                 except PaeError:  # shallow methods: PAE is their init only, no per-step cost to measure
                     continue
-                flops = step_flops(run, shared)
+                flops = step_flops(run, task)
                 tflops = flops * speed / cfg.batch_size / 1e12
                 without = speed if without is None else without
                 rows.append({"arch": arch, "img_size": img_size, "method": method, "pae": run.pae.label, "path": "fast",
@@ -170,11 +172,11 @@ def throughput_rows(args: argparse.Namespace, base: TrainConfig) -> list[dict]:
 
 def group_rows(args: argparse.Namespace, base: TrainConfig) -> list[dict]:
     cfg = replace(base, arch=args.archs[0], img_size=args.img_sizes[0], method="vpt_deep")
-    shared = synthetic_shared(cfg, cfg.batch_size * args.steps, args.batch)
+    task = synthetic_task(cfg, cfg.batch_size * args.steps, args.batch)
     rows = []
     for size in [1, *args.group]:
         runs = [replace(cfg, lr=cfg.lr * (i + 1), out_dir=f"run{i}") for i in range(size)]
-        speed = fast_images_per_s(runs, shared)
+        speed = fast_images_per_s(runs, task)
         rows.append({"arch": cfg.arch, "img_size": cfg.img_size, "runs": size, "images_per_s": speed,
                      "speedup_vs_one_run": speed / rows[0]["images_per_s"] if rows else 1.0})
         print(f"group of {size}: {speed:.1f} img/s", flush=True)
@@ -186,23 +188,22 @@ def pae_rows(args: argparse.Namespace, base: TrainConfig) -> list[dict]:
     rows = []
     for arch, img_size in zip(args.archs, args.img_sizes):
         cfg = replace(base, arch=arch, img_size=img_size, method="vpt_deep", epochs=args.task_epochs, warmup_epochs=0)
-        shared = synthetic_shared(cfg, args.task_images, args.test_images)
-        x, y = sample_batch(shared.spec, shared.train_data, args.init_images, img_size, cfg.seed)
-        sync(shared.device)
+        task = synthetic_task(cfg, args.task_images, args.test_images)
+        x, y = sample_batch(task, args.init_images, img_size, cfg.seed)
+        sync(task.device)
         start = time.perf_counter()
-        record = discover(cfg.pae, shared.backbone, x, y, 10, cfg.options.num_tokens, cfg.seed)
-        sync(shared.device)
+        record = discover(cfg.pae, task.backbone, x, y, 10, cfg.options.num_tokens, cfg.seed)
+        sync(task.device)
         rows.append({"arch": arch, "img_size": img_size, "what": f"MPA search: {record['grid'] ** 2} bands x "
                      f"{args.init_images} images", "seconds": time.perf_counter() - start})
         start = time.perf_counter()
         torch._dynamo.reset()
-        job = build_job(cfg, shared)
-        forward = make_forward([job.model], cfg.compile)
-        progress = [fresh_progress(job)]
+        run = prepare_run(cfg, task)
+        forward = make_forward([run.model], cfg.compile)
         for _ in range(cfg.epochs):
-            run_epoch([job], progress, forward)
-        evaluate_runs([job], forward)
-        sync(shared.device)
+            run_epoch([run], forward)
+        evaluate_runs([run], forward)
+        sync(task.device)
         rows.append({"arch": arch, "img_size": img_size, "what": f"VTAB-1k task: {args.task_images} images x "
                      f"{cfg.epochs} epochs + {args.test_images} test images", "seconds": time.perf_counter() - start})
         print(f"{arch}: {rows[-2]['what']} {rows[-2]['seconds']:.1f} s; {rows[-1]['what']} {rows[-1]['seconds']:.1f} s",
@@ -241,7 +242,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--img-sizes", nargs="+", type=int, help="one per arch (default: 224 on a GPU, 2 patches on a CPU)")
     p.add_argument("--batch", type=int, help="default: 128 on a GPU, 16 on a CPU")
     p.add_argument("--steps", type=int, help="timed steps per epoch (default: 20 on a GPU, 2 on a CPU)")
-    p.add_argument("--methods", nargs="+", default=[m for m in METHODS if m not in ("linear", "full")])
+    p.add_argument("--methods", nargs="+", default=[m for m, spec in METHODS.items() if spec.has_prompts])
     p.add_argument("--num-tokens", type=int, default=10)
     p.add_argument("--koopman-dim", type=int, default=256)
     p.add_argument("--group", nargs="+", type=int, help="group sizes to time (default: 2 4 8 on a GPU, 2 on a CPU)")
@@ -269,7 +270,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     base = TrainConfig(device=args.device, batch_size=args.batch, eval_batch_size=max(512, args.batch), lr=0.01,
-                       compile=args.compile, mlflow=False, options=MethodOptions(num_tokens=args.num_tokens))
+                       compile=args.compile, mlflow=False, options={"num_tokens": args.num_tokens})
     device = torch.device(args.device)
     result = {"device": device_name(device), "torch": torch.__version__, "batch": args.batch, "compile": args.compile,
               "precision": "bf16 autocast" if device.type == "cuda" else "fp32", "settings": vars(args),

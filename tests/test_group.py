@@ -15,17 +15,19 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from pae.cli import build_parser, main
-from pae.cli import _train_configs as train_configs
+from pae.cli import run_configs as train_configs
 from pae.errors import PaeError
-from pae.evolution import PAEOptions
-from pae.execution import Compiled, GroupForward, SingleForward
-from pae.prompts import METHODS, MethodOptions, build_model
-from pae.runs import check_group, train, train_runs
-from pae.train import TrainConfig
+from pae.config.pae import PAEOptions
+from pae.forward import Compiled, GroupForward, SingleForward
+from pae.methods import METHODS
+from pae.prompts import build_model
+from pae.config.train import check_group
+from pae.loop import train, train_runs
+from pae.config.train import TrainConfig
 
 from .conftest import random_vit
 
-GROUPABLE = [m for m in METHODS if m != "full"]
+GROUPABLE = [m for m, spec in METHODS.items() if not spec.trains_backbone]
 
 
 @pytest.mark.parametrize("method", GROUPABLE)
@@ -77,7 +79,7 @@ def config(task: Path, weights: Path, out: Path, **changes) -> TrainConfig:
     base = TrainConfig(data_kind="vtab1k", data_root=str(task), weights=str(weights), img_size=28, method="vpt_deep",
                        epochs=2, warmup_epochs=1, lr=0.01, batch_size=16, threads=1, mlflow=False,
                        cache_dir=str(out.parent / "cache"), out_dir=str(out),
-                       options=MethodOptions(num_tokens=3, prompt_dropout=0.0),
+                       options={"num_tokens": 3, "prompt_dropout": 0.0},
                        pae=PAEOptions(koopman=True, lyapunov=True, koopman_dim=8))
     return replace(base, **changes)
 
@@ -111,7 +113,7 @@ def test_a_diverging_run_stops_alone_and_the_others_finish(tiny_task, weights, t
 
 def test_a_diverged_search_point_is_a_result_the_selection_skips(tiny_task, weights, tmp_path):
     """Under the tune protocol a diverging lr is an outcome of the search, not a failed job."""
-    from pae.stages import select_hparams
+    from pae.selection import select_hparams
 
     outs = [tmp_path / "lr0.01", tmp_path / "lr1e30"]
     metrics = train_runs([config(tiny_task, weights, outs[0], protocol="tune"),

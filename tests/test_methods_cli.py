@@ -6,7 +6,7 @@ import json
 import pytest
 
 from pae.cli import main
-from pae.prompts import METHODS
+from pae.methods import METHODS
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def store(tmp_path_factory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlruns.db'}"
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "full"])
+@pytest.mark.parametrize("method", [m for m, spec in METHODS.items() if not spec.trains_backbone])
 def test_every_method_trains_from_the_cli_and_logs_to_mlflow(method, tiny_task, dinov2_weights, store, tmp_path,
                                                              monkeypatch, capsys):
     uri = store
@@ -51,7 +51,7 @@ def _train_cli(method, task, weights, out, cache, extra):
                  "--experiment", "methods", *extra])
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("linear", "full") and not m.endswith("shallow")])
+@pytest.mark.parametrize("method", [m for m, spec in METHODS.items() if spec.deep])
 def test_pae_on_every_deep_method_from_the_cli_logs_its_diagnostics(method, tiny_task, dinov2_weights, store, tmp_path,
                                                                     monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)

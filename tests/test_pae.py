@@ -8,17 +8,19 @@ import torch
 from safetensors.torch import load_file
 
 from pae.errors import PaeError
-from pae.evolution import PAE, PAEOptions
+from pae.config.pae import PAEOptions
+from pae.evolution import PAE
 from pae.evolution.pae import discover, record_prompts
 from pae.evolution.task_init import task_aware_prompts
-from pae.prompts import METHODS, build_model
-from pae.runs import train
-from pae.train import TrainConfig
+from pae.methods import METHODS, options_for
+from pae.prompts import build_model
+from pae.loop import train
+from pae.config.train import TrainConfig
 
 from .conftest import random_vit
 
-PROMPT_METHODS = [m for m in METHODS if m not in ("linear", "full")]
-DEEP = [m for m in PROMPT_METHODS if m not in ("vpt_shallow",) and not m.endswith("_shallow")]
+PROMPT_METHODS = [m for m, spec in METHODS.items() if spec.has_prompts]
+DEEP = [m for m, spec in METHODS.items() if spec.deep]
 ALL_ON = PAEOptions(init=True, koopman=True, lyapunov=True, window=8, stride=4, koopman_dim=16)
 
 
@@ -35,7 +37,7 @@ def batch():
 
 @pytest.mark.parametrize("name", DEEP)
 def test_all_of_pae_runs_on_every_deep_method_without_knowing_it(backbone, batch, name):
-    model = build_model(name, backbone, 3, num_tokens=4, bpt_rank=8)
+    model = build_model(name, backbone, 3, **options_for(name, {"num_tokens": 4, "bpt_rank": 8}))
     model.method.fit_to_data(backbone, batch[0])
     pae = PAE(ALL_ON, model.method, backbone.embed_dim)
     record = discover(ALL_ON, backbone, *batch, num_classes=3, num_tokens=4, seed=0)
@@ -44,7 +46,8 @@ def test_all_of_pae_runs_on_every_deep_method_without_knowing_it(backbone, batch
     got = model.method.trajectory().detach()
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())  # bilinear: p <= r
     assert len(record["selected"]) == 4 and record["window"] == 8 and len(record["band_losses"]) == 36  # ((28 - 8) // 4 + 1) ** 2
-    total, terms = pae.loss(model.method)
+    terms = pae.loss_terms(model.method)
+    total = sum(weight * value for weight, value in terms.values())
     assert set(terms) == {"koopman", "lyapunov"} and torch.isfinite(total)
     (model(batch[0]).logsumexp(1).mean() + total).backward()
     assert pae.regularizer.K.grad is not None and pae.regularizer.lift.weight.grad.abs().sum() > 0
@@ -70,8 +73,8 @@ def test_chain_start_drops_the_first_layer_as_the_official_code(backbone):
     method = build_model("vpt_deep", backbone, 3, num_tokens=2).method
     pae = PAE(PAEOptions(koopman=True, lyapunov=True, koopman_dim=8, chain_start=1), method, 384)
     assert pae.regularizer.transitions == 10
-    _, terms = pae.loss(method)
-    torch.testing.assert_close(terms["koopman"], pae.regularizer(method.trajectory()[1:])["koopman"])
+    terms = pae.loss_terms(method)
+    torch.testing.assert_close(terms["koopman"][1], pae.regularizer(method.trajectory()[1:])["koopman"])
 
 
 @pytest.mark.parametrize("options, message", [

@@ -9,7 +9,7 @@ import yaml
 from snakemake.utils import update_config
 
 from pae.errors import PaeError
-from pae.evolution import PARTS
+from pae.config.pae import PARTS
 from pae.params import load_params, load_schema, main, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -48,14 +48,8 @@ def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.
     return done
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, tiny_task: Path) -> tuple[Path, dict]:
-    """A copy of the repository's files with its own default params, under git and DVC, after one full run."""
-    from pae.backbones.checkpoints import save_backbone
-
-    from .conftest import random_vit
-
-    root = tmp_path_factory.mktemp("pipeline") / "project"
+def make_project(root: Path, params: dict) -> tuple[Path, dict]:
+    """A copy of the repository's files at ``root`` with ``params`` as its default params, under git and DVC."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for name in files:
@@ -63,9 +57,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_task: Path) -> tuple[
             if (ROOT / name).is_file() and not name.startswith("reports/"):
                 (root / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / name, root / name)
-    weights = root.parent / "random_vit.safetensors"
-    save_backbone(random_vit("vit_small_patch14_dinov2", 518).state_dict(), weights, {})
-    (root / "params" / "default.yaml").write_text(yaml.safe_dump(tiny_params(tiny_task, weights), sort_keys=False))
+    (root / "params" / "default.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns.db",
            "PYTHONPATH": str(root / "src"), "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -74,6 +66,26 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_task: Path) -> tuple[
     run(["dvc", "config", "cache.type", "hardlink,symlink"], root, env)  # as the repository's .dvc/config
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "tiny project"], root, env)
+    return root, env
+
+
+def random_backbone_file(folder: Path) -> Path:
+    """A random ViT-S/14 in safetensors: the tiny projects' backbone source (nothing downloads)."""
+    from pae.backbones.checkpoints import save_backbone
+
+    from .conftest import random_vit
+
+    weights = folder / "random_vit.safetensors"
+    if not weights.is_file():
+        save_backbone(random_vit("vit_small_patch14_dinov2", 518).state_dict(), weights, {})
+    return weights
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, tiny_task: Path) -> tuple[Path, dict]:
+    """A copy of the repository's files with its own default params, under git and DVC, after one full run."""
+    root = tmp_path_factory.mktemp("pipeline") / "project"
+    root, env = make_project(root, tiny_params(tiny_task, random_backbone_file(root.parent)))
     run(["snakemake", "--cores", "2", "reproduce_all"], root, env)
     return root, env
 

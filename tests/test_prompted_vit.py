@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from pae.errors import PaeError
-from pae.prompts import VPT, PromptedViT, build_method, build_model
+from pae.methods import options_for
+from pae.prompts import PromptedViT, build_method, build_model
+from pae.prompts.vpt import VPT
 
 from .conftest import random_vit
 
@@ -89,7 +91,7 @@ def test_deep_prompts_differ_from_shallow(backbone):
 @pytest.mark.parametrize("name,prompt_params", [("linear", 0), ("vpt_shallow", 10 * 384), ("vpt_deep", 12 * 10 * 384)])
 def test_trainable_parameter_counts_match_closed_form(backbone, name, prompt_params):
     classes = 7
-    model = build_model(name, backbone, classes, num_tokens=10)
+    model = build_model(name, backbone, classes, **options_for(name, {"num_tokens": 10}))
     n = sum(p.numel() for p in model.trainable_parameters())
     assert n == prompt_params + 384 * classes + classes
 

@@ -11,11 +11,11 @@ from safetensors.torch import load_file, save_file
 
 from pae.errors import PaeError
 from pae.evaluate import evaluate_run
-from pae.evolution import PAEOptions
-from pae.prompts import MethodOptions
-from pae.stages import build_init_prompts, find_task_shortcuts, select_hparams
-from pae.runs import train
-from pae.train import TrainConfig
+from pae.config.pae import PAEOptions
+from pae.mpa import build_init_prompts, find_task_shortcuts
+from pae.selection import select_hparams
+from pae.loop import train
+from pae.config.train import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def config(tiny_task, tmp_path_factory) -> TrainConfig:
     cache = tmp_path_factory.mktemp("cache")
     return TrainConfig(data_kind="vtab1k", data_root=str(tiny_task), img_size=28, method="vpt_deep", epochs=2,
                        warmup_epochs=0, lr=0.01, batch_size=16, seed=3, device="cpu", mlflow=False, cache_dir=str(cache),
-                       options=MethodOptions(num_tokens=3, prompt_dropout=0.1),
+                       options={"num_tokens": 3, "prompt_dropout": 0.1},
                        pae=PAEOptions(init=True, koopman=True, scorer="ncm", window=14, stride=7, init_images=16,
                                       folds=1, koopman_dim=8))
 

@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from pae.cli import main
-from pae.runs import train
-from pae.train import TrainConfig, lr_at
+from pae.loop import train
+from pae.config.train import TrainConfig
+from pae.loop import lr_at
 
 
 def test_lr_schedule_is_warmup_then_cosine():

@@ -5,7 +5,7 @@
 - Gradient oscillation, the paper's motivation: how often and how strongly each layer's prompt-gradient
   norm zig-zags. Shallow layers are said to surge and stall, deep layers to oscillate.
 
-Series are arrays g[t, l] (t = epochs or steps, l = prompt layer) or train.py's history rows with
+Series are arrays g[t, l] (t = epochs or steps, l = prompt layer) or the training loop's history rows with
 ``grad_norm_l{i}`` columns.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ def convergence_epoch(accuracies: Sequence[float], fraction: float = 0.99) -> in
     """The first epoch whose accuracy reaches ``fraction`` of the run's best: PAE's "epochs to converge".
 
     ``accuracies[e]`` is the accuracy after ``e`` training epochs. Element 0 is the evaluation of the
-    untrained model, as in train.py's history, so the result counts training epochs. A result of 0 means
+    untrained model, as in the training loop's history (pae.loop), so the result counts training epochs. A result of 0 means
     the run was already there before training, e.g. after a task-aware init. NaN entries (epochs that were
     not evaluated) never count.
     """

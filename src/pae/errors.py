@@ -11,3 +11,7 @@ class PaeError(Exception):
         super().__init__(f"{problem} Fix: {fix}")
         self.problem = problem
         self.fix = fix
+
+
+class Preempted(Exception):
+    """SIGTERM arrived: the state was saved at the next step boundary and the run stopped; rerun to resume."""

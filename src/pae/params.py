@@ -23,9 +23,9 @@ import jsonschema
 import yaml
 
 from .errors import PaeError
-from .evolution.pae import PARTS, PAEOptions, _validate as validate_pae_options
-from .prompts import METHODS, MethodOptions
-from .train import TrainConfig
+from .config.pae import PARTS, PAEOptions
+from .config.train import TrainConfig
+from .methods import load_plugins, option_fields, options_for, ordered
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 # TrainConfig fields the pipeline sets for every job -> where a params file sets them instead.
@@ -92,11 +92,12 @@ def validate_params(config: dict, source: str = "params", base_dir: str | Path =
     try:
         check_schema(config)
         config = with_defaults(config)
+        load_plugins(":".join(config["plugins"]))
         check_variants(config["pae_variants"])
         for grid in ("run", "ablation"):
             check_grid(config, grid)
         check_options(config["train"], "train", train_fields())
-        check_train(config["train"], config["img_size"], "train")
+        check_train(config["train"], config["img_size"], "train", grid_methods(config))
         check_task_train(config)
         check_options(config["pae"], "pae", pae_fields())
         check_pae(config)
@@ -210,7 +211,7 @@ def check_variants(variants: dict) -> None:
 def check_grid(config: dict, grid: str) -> None:
     """Every name in the grid refers to something that exists."""
     selection = config[grid]
-    catalogues = {"tasks": config["tasks"], "methods": METHODS, "pae": config["pae_variants"]}
+    catalogues = {"tasks": config["tasks"], "methods": [s.name for s in ordered()], "pae": config["pae_variants"]}
     what = {"tasks": "a task of the tasks catalogue", "methods": "a method", "pae": "a variant of pae_variants"}
     for key, known in catalogues.items():
         for i, name in enumerate(selection[key]):
@@ -225,9 +226,10 @@ def option_type(f: Field) -> type | None:
 
 
 def train_fields() -> dict[str, Field]:
-    """The `python -m pae.cli train` flags a params file may set: TrainConfig minus the pipeline's, MethodOptions."""
+    """The `python -m pae.cli train` flags a params file may set: TrainConfig minus the pipeline's, and every
+    method's options (each job receives the ones its method reads)."""
     own = {f.name: f for f in fields(TrainConfig) if f.name not in PIPELINE_SET}
-    return {**own, **{f.name: f for f in fields(MethodOptions)}}
+    return {**own, **{name: f for name, (f, _) in option_fields().items()}}
 
 
 def pae_fields() -> dict[str, Field]:
@@ -263,13 +265,18 @@ def has_type(value: Any, expected: type) -> bool:
     return isinstance(value, expected)
 
 
-def check_train(train: dict, img_size: int, section: str) -> None:
-    """The train settings pass TrainConfig's own checks (the same the training job runs)."""
-    options = {f.name for f in fields(MethodOptions)}
-    method_options = MethodOptions(**{k: v for k, v in train.items() if k in options})
-    own = {k: v for k, v in train.items() if k not in options}
+def grid_methods(config: dict) -> list[str]:
+    """The methods the grids train, each once."""
+    return list(dict.fromkeys(config["run"]["methods"] + config["ablation"]["methods"]))
+
+
+def check_train(train: dict, img_size: int, section: str, methods: list[str]) -> None:
+    """The train settings pass TrainConfig's own checks (the same the training job runs), for every method of the
+    grids with the options it reads."""
+    shared = {k: v for k, v in train.items() if k not in option_fields()}
     try:
-        TrainConfig(**own, options=method_options, img_size=img_size).validate()
+        for method in methods:
+            TrainConfig(**shared, method=method, options=options_for(method, train), img_size=img_size).validate()
     except PaeError as exc:
         raise PaeError(f"{section}: {exc.problem}", exc.fix) from exc
 
@@ -280,14 +287,14 @@ def check_task_train(config: dict) -> None:
         if "train" in task:
             section = f"tasks.{name}.train"
             check_options(task["train"], section, train_fields())
-            check_train({**config["train"], **task["train"]}, config["img_size"], section)
+            check_train({**config["train"], **task["train"]}, config["img_size"], section, grid_methods(config))
 
 
 def check_pae(config: dict) -> None:
     """The shared PAE settings pass PAE's own checks, and its frequency window fits in the image."""
     settings = PAEOptions(**config["pae"])
     try:
-        validate_pae_options(settings)
+        settings.validate()
     except PaeError as exc:
         raise PaeError(f"pae: {exc.problem}", exc.fix) from exc
     if settings.window > config["img_size"]:

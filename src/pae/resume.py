@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import sys
 import threading
@@ -21,8 +20,10 @@ from pathlib import Path
 
 import torch
 
+from .files import atomic_write
+
 KEEP = 2  # states kept on disk: the newest, and one to fall back on if the newest is damaged
-FORMAT = 2  # 2: the epoch's augmentation draws
+FORMAT = 3  # 2: the epoch's augmentation draws; 3: running sums per named loss term, no MPA record
 
 
 @dataclass
@@ -33,13 +34,20 @@ class Progress:
     step: int  # completed steps of the current epoch (0: at an epoch boundary)
     perm: torch.Tensor | None  # the current epoch's sample order (None at a boundary)
     draws: torch.Tensor | None  # the current epoch's augmentation draws (N, 3) (FGVC only; None at a boundary)
-    sums: torch.Tensor  # running CE, L_kp, L_stab (weighted by batch size) of the current epoch
+    sums: torch.Tensor  # running CE and each loss term of the plug-ins (weighted by batch size) of the epoch
     correct: torch.Tensor  # running correct predictions of the current epoch
     history: list[dict]  # one row per finished epoch, epoch 0 first
     step_grad_norms: torch.Tensor  # (epochs * steps, layers)
     generator: torch.Generator  # data order and augmentation
-    elapsed: float  # seconds of training and per-epoch evaluation so far, over all sessions
-    shortcuts: dict  # PAE's init record (empty without init)
+    elapsed: float = 0.0  # seconds of training and per-epoch evaluation so far, over all sessions
+
+    @classmethod
+    def start(cls, seed: int, steps: int, layers: int, terms: int, device: torch.device) -> Progress:
+        """Before the first step: ``steps`` in all, ``layers`` with gradient norms, ``terms`` loss terms beside CE."""
+        return cls(epoch=0, step=0, perm=None, draws=None, sums=torch.zeros(1 + terms, device=device),
+                   correct=torch.zeros((), dtype=torch.int64, device=device), history=[],
+                   step_grad_norms=torch.full((steps, layers), float("nan"), device=device),
+                   generator=torch.Generator().manual_seed(seed))
 
 
 def state_dir(out_dir: Path) -> Path:
@@ -55,27 +63,26 @@ def save_state(folder: Path, progress: Progress, config: str, tensors: dict[str,
                optimizer: torch.optim.Optimizer) -> Path:
     """Write one state atomically (temp file, fsync, rename) and drop all but the newest ``KEEP``."""
     folder.mkdir(parents=True, exist_ok=True)
-    cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731 - device-independent states
     state = {
         "format": FORMAT, "config": config, "epoch": progress.epoch, "step": progress.step,
-        "perm": cpu(progress.perm), "draws": cpu(progress.draws), "sums": cpu(progress.sums), "correct": cpu(progress.correct),
-        "history": json.dumps(progress.history), "step_grad_norms": cpu(progress.step_grad_norms),
-        "generator": progress.generator.get_state(), "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "elapsed": progress.elapsed, "shortcuts": json.dumps(progress.shortcuts),
-        "tensors": {group: {k: cpu(v) for k, v in named.items()} for group, named in tensors.items()},
+        "perm": _cpu(progress.perm), "draws": _cpu(progress.draws), "sums": _cpu(progress.sums),
+        "correct": _cpu(progress.correct), "history": json.dumps(progress.history),
+        "step_grad_norms": _cpu(progress.step_grad_norms), "generator": progress.generator.get_state(),
+        "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "elapsed": progress.elapsed,
+        "tensors": {group: {k: _cpu(v) for k, v in named.items()} for group, named in tensors.items()},
         "optimizer": optimizer.state_dict(),
     }
-    path = folder / f"state-{progress.epoch:05d}-{progress.step:06d}.pt"
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    path = atomic_write(folder / f"state-{progress.epoch:05d}-{progress.step:06d}.pt",
+                        lambda tmp: torch.save(state, tmp), durable=True)
     for old in _state_files(folder)[:-KEEP]:
         old.unlink()
     return path
+
+
+def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+    """Device-independent states: a run saved on a GPU resumes anywhere."""
+    return None if t is None else t.detach().cpu()
 
 
 def _read(path: Path) -> dict | None:
@@ -166,21 +173,19 @@ def restore(state: dict, device: torch.device, tensors: dict[str, dict[str, torc
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     generator = torch.Generator()
     generator.set_state(state["generator"])
-    to = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return Progress(state["epoch"], state["step"], to(state["perm"]), to(state["draws"]), to(state["sums"]), to(state["correct"]),
-                    json.loads(state["history"]), to(state["step_grad_norms"]), generator, state["elapsed"],
-                    json.loads(state["shortcuts"]))
+    def to(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(device)
+
+    return Progress(epoch=state["epoch"], step=state["step"], perm=to(state["perm"]), draws=to(state["draws"]),
+                    sums=to(state["sums"]), correct=to(state["correct"]), history=json.loads(state["history"]),
+                    step_grad_norms=to(state["step_grad_norms"]), generator=generator, elapsed=state["elapsed"])
 
 
 def discard(folder: Path) -> None:
-    for path in [*folder.glob("state-*"), folder / DIVERGED]:
+    for path in [*folder.glob("state-*"), *folder.glob(".state-*"), folder / DIVERGED]:
         path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         folder.rmdir()
-
-
-class Preempted(Exception):
-    """SIGTERM arrived: the state was saved at the next step boundary and the run stopped; rerun to resume."""
 
 
 @contextlib.contextmanager

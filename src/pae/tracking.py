@@ -40,6 +40,16 @@ def git_provenance() -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no")))}
 
 
+def task_provenance(cfg: Any, task: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """Tags every run of a task shares, computed once per group (hashing the data and the backbone file is not
+    free): the training data's content hash and the git state; the backbone file's provenance."""
+    from .backbones import describe
+    from .data import content_sha256
+
+    return ({"data_sha256": content_sha256(task.train_data), **git_provenance()},
+            describe(cfg.weights) if cfg.weights else {})
+
+
 @contextlib.contextmanager
 def _setup_lock(db: Path | None) -> Iterator[None]:
     """Serialise store creation and experiment/run set-up across processes.

@@ -1,12 +1,17 @@
 # Shared definitions: the validated config, the job lists of the two grids, and the command-line pieces.
 import glob
+import os
 import sys
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the pae package, also before `pip install -e .`
-from pae.evolution import SETTINGS_OF
+from pae.config.pae import SETTINGS_OF
+from pae.methods import method_spec, option_fields, options_for
+from pae.methods.registry import PLUGINS_ENV
 from pae.params import validate_params
 
-config = validate_params(config, base_dir=".")
+config = validate_params(config, base_dir=".")  # also loads the params' method plugins
+if config["plugins"]:  # every job's `pae.cli` loads them too
+    os.environ[PLUGINS_ENV] = ":".join(str(Path(p).resolve()) if p.endswith(".py") else p for p in config["plugins"])
 EXPERIMENT = config["experiment"]
 RUN = config["run"]
 ABLATION = config["ablation"]
@@ -14,7 +19,6 @@ SEARCH = config["search"]
 RESULTS = f"results/{EXPERIMENT}"
 REPORTS = f"reports/{EXPERIMENT}"
 ENV = "../envs/pae.yaml"
-NO_PROMPTS = {"linear", "full"}
 # Code is an input where it shapes the output, so editing it reruns exactly what it touches: everything but the
 # report code for the jobs, the report code for tables and figures.
 CODE = sorted(glob.glob("src/pae/**/*.py", recursive=True))
@@ -46,9 +50,12 @@ def task_args(task):
     return " ".join(f"--{k} {v}" for k, v in pairs if v)
 
 
-def train_flags(task):
-    """The params' train flags with the task's own overrides (e.g. VPT's per-task prompt length)."""
-    return flags({**config["train"], **config["tasks"][task].get("train", {})})
+def train_flags(task, method):
+    """The params' train flags with the task's own overrides (e.g. VPT's per-task prompt length); of the method
+    settings only those the method reads, so a setting of another method never reruns its jobs."""
+    settings = {**config["train"], **config["tasks"][task].get("train", {})}
+    shared = {k: v for k, v in settings.items() if k not in option_fields()}
+    return flags({**shared, **options_for(method, settings)})
 
 
 def parts(variant):
@@ -71,13 +78,15 @@ INIT_ONLY = next((v for v in config["pae_variants"] if parts(v) == {"init"}), No
 
 
 def variants_for(method, variants):
-    """The variants a method can take. PAE needs prompts; a shallow method has one prompt layer, so no Koopman
-    chain: for it a variant with init means PAE's init alone (the catalogue's init-only variant)."""
+    """The variants a method can take (its registered ``prompts``). PAE needs prompts; a shallow method has one
+    prompt layer, so no Koopman chain: for it a variant with init means PAE's init alone (the catalogue's init-only
+    variant)."""
+    prompts = method_spec(method).prompts
     out = []
     for v in variants:
-        if method in NO_PROMPTS:
+        if prompts == "none":
             v = v if not parts(v) else None
-        elif method.endswith("shallow") and parts(v) - {"init"}:
+        elif prompts == "shallow" and parts(v) - {"init"}:
             v = INIT_ONLY if "init" in parts(v) else None
         if v is not None and v not in out:
             out.append(v)

@@ -22,7 +22,7 @@ def train_args(w, protocol):
     extra = {"init": "--init-prompts", "hparams": "--hparams"}
     given = " ".join(f"{flag} {input[key]}" for key, flag in extra.items() if key in input)
     return (f"{task_args(w.task)} --protocol {protocol} --arch {config['backbone']['arch']} --weights {input['backbone']}"
-            f" --img-size {config['img_size']} --method {w.method} {train_flags(w.task)} {pae_args(w.pae)}"
+            f" --img-size {config['img_size']} --method {w.method} {train_flags(w.task, w.method)} {pae_args(w.pae)}"
             f" --threads {TRAIN_RESOURCES['threads']} --experiment {EXPERIMENT} {given}")
 
 

@@ -1,5 +1,5 @@
 """Frozen timm ViT backbones and their weight importers."""
 from .checkpoints import describe, read_metadata, sha256_of
-from .factory import DEFAULT_ARCH, create_vit, freeze, import_backbone, load_backbone
+from .factory import create_vit, freeze, import_backbone, load_backbone
 
-__all__ = ["DEFAULT_ARCH", "create_vit", "describe", "freeze", "import_backbone", "load_backbone", "read_metadata", "sha256_of"]
+__all__ = ["create_vit", "describe", "freeze", "import_backbone", "load_backbone", "read_metadata", "sha256_of"]

@@ -6,7 +6,6 @@ Formats: safetensors (preferred), Google's ``.npz`` (ViT-B_16.npz), and torch pi
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import PaeError
+from ..files import atomic_write
 
 # Metadata keys we write into backbone safetensors files.
 META_ARCH = "pae.arch"
@@ -40,11 +40,8 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 def save_backbone(state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
     """Write a backbone state dict as safetensors, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    tensors = {k: v.contiguous() for k, v in state_dict.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

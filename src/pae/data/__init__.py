@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
+from ..config.train import DATA_KINDS, TrainConfig
 from ..errors import PaeError
 from . import digits, fgvc, vtab1k
 from .tensors import ImageTensors, content_sha256, decode_files, fingerprint, load_cache, normalize, random_crop_flip, resize_square, save_cache
-
-KINDS = ("vtab1k", "fgvc", "digits")
+KINDS = DATA_KINDS
 SPLITS_OF = {"vtab1k": vtab1k.SPLITS, "fgvc": fgvc.SPLITS, "digits": digits.SPLITS}
 # (training split, evaluation splits) of the final protocol: VTAB retrains on 1,000 images; FGVC trains on train.
 FINAL_SPLITS = {"vtab1k": ("train800val200", ("test",)), "digits": ("train800val200", ("test",)),
@@ -81,6 +81,24 @@ def load_split(spec: DataSpec, split: str, img_size: int, cache_dir: str | Path,
     return data
 
 
+def prepare(cfg: TrainConfig, splits: list[str] | None = None, summary_path: str | None = None) -> dict:
+    """Decode a task's splits (default: all) into the cache; a summary with a content hash per split, written to
+    ``summary_path`` when given (the pipeline's prepare_data output)."""
+    from ..files import write_json
+
+    spec = DataSpec(cfg.data_kind, cfg.data_root, cfg.data_name)
+    training = {FINAL_SPLITS[spec.kind][0], TUNE_SPLITS[spec.kind][0]}  # the splits `train` fits on
+    summary: dict = {"task": spec.label, "kind": spec.kind, "img_size": cfg.img_size, "splits": {}}
+    for split in splits or SPLITS_OF[spec.kind]:
+        data = load_split(spec, split, cfg.img_size, cfg.cache_dir, for_training=split in training)
+        summary["classes"] = data.classes
+        summary["splits"][split] = {"images": len(data), "shape": list(data.images.shape[1:]),
+                                    "sha256": content_sha256(data)}
+    if summary_path:
+        write_json(summary, summary_path)
+    return summary
+
+
 def train_input(spec: DataSpec, images: torch.Tensor, sizes: torch.Tensor | None, img_size: int,
                 draws: torch.Tensor | None = None) -> torch.Tensor:
     """A training batch as model input: FGVC gets RandomCrop + flip (VPT) from ``draws`` (B, 3); VTAB and digits none."""
@@ -95,4 +113,4 @@ def eval_input(images: torch.Tensor) -> torch.Tensor:
     return normalize(images)
 
 
-__all__ = ["DataSpec", "content_sha256", "FINAL_SPLITS", "ImageTensors", "KINDS", "SPLITS_OF", "TUNE_SPLITS", "eval_input", "load_split", "train_input"]
+__all__ = ["DataSpec", "content_sha256", "prepare", "FINAL_SPLITS", "ImageTensors", "KINDS", "SPLITS_OF", "TUNE_SPLITS", "eval_input", "load_split", "train_input"]

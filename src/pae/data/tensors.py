@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import PaeError
+from ..files import atomic_write
 
 CACHE_VERSION = "1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -125,13 +126,11 @@ def content_sha256(data: ImageTensors) -> str:
 
 
 def save_cache(path: Path, data: ImageTensors, key: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"images": data.images.contiguous(), "labels": data.labels.contiguous()}
     if data.sizes is not None:
         tensors["sizes"] = data.sizes.contiguous()
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"fingerprint": key, "classes": "\n".join(data.classes)})
-    tmp.replace(path)
+    metadata = {"fingerprint": key, "classes": "\n".join(data.classes)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_cache(path: Path, key: str) -> ImageTensors | None:

@@ -1,4 +1,7 @@
-"""PAE (Prompt-Agnostic Evolution): frequency-shortcut init, a shared Koopman operator, a Lyapunov regularizer."""
-from .pae import PAE, PARTS, SETTINGS_OF, PAEOptions
+"""PAE (Prompt-Agnostic Evolution): frequency-shortcut init, a shared Koopman operator, a Lyapunov regularizer.
 
-__all__ = ["PAE", "PARTS", "SETTINGS_OF", "PAEOptions"]
+Its settings (``PAEOptions``, ``PARTS``, ``SETTINGS_OF``) live in the torch-free ``pae.config.pae``."""
+
+from .pae import PAE
+
+__all__ = ["PAE"]

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config.pae import SCORERS
 from ..errors import PaeError
 
 FeaturesFn = Callable[[torch.Tensor], torch.Tensor]  # images (n, C, H, W) -> frozen features (n, d)
@@ -174,7 +175,7 @@ def _ncm(features: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: i
 
 
 _FITTERS = {"random_head": _random_head, "linear_probe": _linear_probe, "ncm": _ncm}
-SCORERS = tuple(_FITTERS)
+assert tuple(_FITTERS) == SCORERS, "pae.config.pae.SCORERS names the scorers the options accept"
 
 
 def _check_scorer(kind: str) -> None:

@@ -14,11 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 
+from ..config.pae import KOOPMAN_MODES as MODES
+from ..config.pae import LYAPUNOV_FORMS, LYAPUNOV_TARGETS
 from ..errors import PaeError
 
-MODES = ("global", "layerwise")
-LYAPUNOV_FORMS = ("hinge", "official")
-LYAPUNOV_TARGETS = ("prediction", "next")
 
 
 class KoopmanLyapunov(nn.Module):

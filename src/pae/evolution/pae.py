@@ -1,6 +1,7 @@
-"""PAE as a plug-in: it sees a prompt method only through ``trajectory()`` and ``initialize()``.
+"""PAE as a plug-in: it sees a prompt method only through ``trajectory()`` and ``initialize()``, and the training loop
+sees PAE only through named loss terms, parameter groups, a hook before each optimizer step and its diagnostics.
 
-Three parts, each switchable for the ablation:
+Three parts, each switchable for the ablation (settings: ``pae.config.pae.PAEOptions``):
 
 - ``init`` (MPA): frequency-shortcut discovery on a training batch, then task-aware prompts written
   through ``initialize()``;
@@ -14,59 +15,16 @@ they exist only in training, so inference costs exactly what the base method cos
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..config import option
+from ..config.pae import PAEOptions
 from ..errors import PaeError
 from ..prompts import PromptMethod
-from .frequency import SCORERS, band_masks, conjugate_pair, scaled_window
-from .koopman import LYAPUNOV_FORMS, LYAPUNOV_TARGETS, MODES, KoopmanLyapunov
+from .frequency import band_masks, conjugate_pair, scaled_window
+from .koopman import KoopmanLyapunov
 from .task_init import band_prompts, find_shortcuts
-
-
-PARTS = ("init", "koopman", "lyapunov")  # the switchable parts, in the paper's order
-SETTINGS_OF = {  # which settings each part reads: a pipeline passes a run only its parts' settings, so changing
-                 # e.g. the Koopman weight reruns the Koopman runs and not the init-only ones
-    "init": ("scorer", "window", "stride", "init_images", "folds", "conjugate_pairs"),
-    "koopman": ("koopman_dim", "koopman_weight", "koopman_mode", "norm_preserving", "chain_start", "clip"),
-    "lyapunov": ("lyapunov_weight", "lyapunov_form", "lyapunov_target"),
-}
-
-
-@dataclass
-class PAEOptions:
-    """PAE's settings; on the command line each is ``--pae-<name>``."""
-
-    init: bool = option(False, "MPA: frequency-shortcut discovery + task-aware prompt init")
-    koopman: bool = option(False, "Koopman consistency over the prompt trajectory")
-    lyapunov: bool = option(False, "Lyapunov stability regularizer (needs koopman)")
-    scorer: str = option("linear_probe", "band scorer: random_head (official code) | linear_probe | ncm")
-    window: int = option(0, "band size on the centred spectrum; 0: 16 at 224 px, scaled with the resolution")
-    stride: int = option(0, "band stride; 0: window // 2")
-    init_images: int = option(128, "training images for MPA (the official code: one batch of 128)")
-    folds: int = option(2, "cross-fitting folds of the fitted scorers (1: fit and score on the same images)")
-    conjugate_pairs: bool = option(False, "keep each band with its point-mirrored partner (Wang et al.); official: off")
-    koopman_dim: int = option(256, "Koopman lift dimension k")
-    koopman_weight: float = option(0.5, "alpha, the weight of L_kp")
-    lyapunov_weight: float = option(0.2, "beta, the weight of L_stab")
-    koopman_mode: str = option("global", "global (one K) | layerwise (one K per transition, ablation)")
-    lyapunov_form: str = option("hinge", "hinge (paper) | official (the Feb-2026 code's normalisations)")
-    lyapunov_target: str = option("prediction", "prediction: V(z_l K) as the code | next: V(z_{l+1}) as its README")
-    norm_preserving: bool = option(False, "keep U orthonormal against the collapse U -> 0 (a deviation)")
-    chain_start: int = option(0, "first prompt layer of the Koopman chain; 1 reproduces the official code")
-    clip: float = option(10.0, "gradient-norm clip of the regularizer's parameters (official: 10)")
-
-    @property
-    def enabled(self) -> bool:
-        return any(getattr(self, part) for part in PARTS)
-
-    @property
-    def label(self) -> str:
-        """The variant's name in metrics and tables: 'none', or its parts joined by '+', e.g. 'init+koopman'."""
-        return "+".join(part for part in PARTS if getattr(self, part)) or "none"
 
 
 class PAE(nn.Module):
@@ -74,12 +32,8 @@ class PAE(nn.Module):
 
     def __init__(self, options: PAEOptions, method: PromptMethod, embed_dim: int) -> None:
         super().__init__()
-        self.options = options
-        o = options
-        if o.lyapunov and not o.koopman:
-            raise PaeError("the Lyapunov regularizer acts on the Koopman step, but pae_koopman is off.",
-                           "turn pae_koopman on too, or pae_lyapunov off.")
-        _validate(o)
+        self.options = o = options
+        o.validate()
         if o.enabled and method.num_tokens == 0:
             raise PaeError(f"PAE needs a prompt method, but '{type(method).__name__}' has no prompts.",
                            "pick a prompt method (e.g. vpt_deep) or turn PAE off for linear/full.")
@@ -103,15 +57,29 @@ class PAE(nn.Module):
                            "rebuild them with the same num_tokens and backbone as the training run (pae.cli init-prompts).")
         method.initialize(prompts[: want[0]].to(method.trajectory().device))
 
-    def loss(self, method: PromptMethod) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The weighted regularizer for this step and its unweighted terms (only when Koopman is on)."""
-        terms = self.regularizer(method.trajectory()[self.options.chain_start:], lyapunov=self.options.lyapunov)
-        total = self.options.koopman_weight * terms["koopman"]
-        if self.options.lyapunov:
-            total = total + self.options.lyapunov_weight * terms["lyapunov"]
-        return total, terms
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The names of the loss terms this PAE adds (the loop records each one under its name)."""
+        if self.regularizer is None:
+            return ()
+        return ("koopman", "lyapunov") if self.options.lyapunov else ("koopman",)
 
-    def clip_gradients(self) -> None:
+    def loss_terms(self, method: PromptMethod) -> dict[str, tuple[float, torch.Tensor]]:
+        """This step's terms, each as (weight, unweighted value): the loss adds weight * value."""
+        if self.regularizer is None:
+            return {}
+        values = self.regularizer(method.trajectory()[self.options.chain_start:], lyapunov=self.options.lyapunov)
+        weights = {"koopman": self.options.koopman_weight, "lyapunov": self.options.lyapunov_weight}
+        return {name: (weights[name], values[name]) for name in self.terms}
+
+    def parameter_groups(self, weight_decay: float, optimizer: str) -> list[dict]:
+        """The optimizer groups of U, K and L: they decay under SGD and not under AdamW, as in the official code."""
+        if self.regularizer is None:
+            return []
+        return [{"params": list(self.regularizer.parameters()),
+                 "weight_decay": weight_decay if optimizer == "sgd" else 0.0}]
+
+    def before_step(self) -> None:
         """Clip only the regularizer's gradient (the official code's clip_grad_norm_ on the Koopman parameters)."""
         if self.regularizer is not None:
             nn.utils.clip_grad_norm_(self.regularizer.parameters(), self.options.clip)
@@ -157,18 +125,3 @@ def record_prompts(backbone: nn.Module, images: torch.Tensor, record: dict, dept
     if record["conjugate_pairs"]:
         masks = conjugate_pair(masks)
     return band_prompts(backbone, images, masks[record["selected"]], depth)
-
-
-def _validate(o: PAEOptions) -> None:
-    """Every setting checked up front, whether or not its part is on: a typo never waits for a later run."""
-    choices = {"scorer": SCORERS, "koopman_mode": MODES, "lyapunov_form": LYAPUNOV_FORMS,
-               "lyapunov_target": LYAPUNOV_TARGETS}
-    for name, allowed in choices.items():
-        if getattr(o, name) not in allowed:
-            raise PaeError(f"unknown pae_{name} '{getattr(o, name)}'.", f"use one of: {', '.join(allowed)}.")
-    for name in ("window", "stride", "chain_start", "koopman_weight", "lyapunov_weight"):
-        if getattr(o, name) < 0:
-            raise PaeError(f"pae_{name} must be >= 0, got {getattr(o, name)}.", f"set pae_{name} >= 0.")
-    for name in ("init_images", "folds", "koopman_dim", "clip"):
-        if getattr(o, name) <= 0:
-            raise PaeError(f"pae_{name} must be positive, got {getattr(o, name)}.", f"set pae_{name} > 0.")

@@ -33,10 +33,16 @@ def fused_qkv(attn: nn.Module) -> nn.Linear:
     return attn.qkv
 
 
+def dims(backbone: nn.Module) -> tuple[int, int, int]:
+    """(depth, embedding width, patch size) of a timm ViT: what a method sizes its prompts by."""
+    return len(backbone.blocks), backbone.embed_dim, backbone.patch_embed.patch_size[0]
+
+
 class PromptMethod(nn.Module):
     """A prompt-tuning method: owns its learnable prompts; PAE sees it only through this interface."""
 
     num_tokens: int = 0
+    fit_images: int = 0  # training images ``fit_to_data`` needs (0: it needs none)
 
     def prompts(self, layer: int, batch: int, previous: torch.Tensor | None = None) -> torch.Tensor | None:
         """Input prompt tokens (batch, p, d) for block ``layer``, or None to leave the sequence as it is.

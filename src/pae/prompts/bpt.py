@@ -22,18 +22,18 @@ import torch
 from torch import nn
 
 from ..errors import PaeError
+from ..methods.bpt import B_INITS, VARIANTS
 from .base import LayerPrompts, embed_tokens, fused_qkv
 from .vpt import check_initial_prompts
 
-VARIANTS = ("bilinear", "fwhiten", "twhiten")
-B_INITS = ("xavier", "whitening")
 
 
 class BPT(LayerPrompts):
     """Prompts A_l B_l^T per layer; ``variant`` picks what B is (module docstring)."""
 
     def __init__(self, depth: int, embed_dim: int, num_tokens: int, deep: bool, variant: str = "bilinear",
-                 rank: int = 32, b_init: str = "xavier", whiten_eps: float = 1e-4, dropout: float = 0.0) -> None:
+                 rank: int = 32, b_init: str = "xavier", whiten_eps: float = 1e-4, dropout: float = 0.0,
+                 fit_images: int = 100) -> None:
         if variant not in VARIANTS:
             raise PaeError(f"unknown BPT variant '{variant}'.", f"use one of: {', '.join(VARIANTS)}.")
         if b_init not in B_INITS:
@@ -43,6 +43,7 @@ class BPT(LayerPrompts):
         super().__init__(depth if deep else 1, num_tokens, dropout)
         self.variant, self.whiten_eps = variant, whiten_eps
         self.needs_whitening = variant != "bilinear" or b_init == "whitening"
+        self.fit_images = fit_images if self.needs_whitening else 0
         r = rank if variant == "bilinear" else embed_dim
         self.a = nn.Parameter(torch.empty(self.num_layers, num_tokens, r).normal_(0.0, 0.02))
         if variant == "bilinear":

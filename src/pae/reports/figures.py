@@ -9,7 +9,6 @@ through pyplot, so no global backend or open-figure state is touched.
 from __future__ import annotations
 
 import csv
-import json
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,11 +23,12 @@ from safetensors import SafetensorError, safe_open
 
 from ..diagnostics import GRAD_KEY, grad_norm_matrix
 from ..errors import PaeError
+from ..files import read_json
+from ..run_folder import CHECKPOINT, GRAD_NORMS, HISTORY, KOOPMAN_KEY, METRICS
 from .tables import ABLATION_ORDER, group_runs
 
 RERUN_TRAINING = "rerun the training job that writes this run folder."
 RERUN_DISCOVERY = "rerun the shortcut-discovery job that writes it."
-KOOPMAN_KEY = "pae.regularizer.K"
 CURVE_FIELDS = ("task", "method", "pae", "epoch", "top1_mean", "top1_std", "seeds")
 MAX_GRADIENT_PANELS = 8
 MAX_CLASS_PANELS = 10
@@ -44,10 +44,7 @@ def _require(path: Path, fix: str) -> Path:
 
 
 def _read_json(path: Path, fix: str) -> dict:
-    try:
-        return json.loads(_require(path, fix).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PaeError(f"'{path}' cannot be read ({exc}).", fix) from exc
+    return read_json(_require(path, fix), fix)
 
 
 def _read_csv(path: Path, fix: str) -> list[dict[str, str]]:
@@ -66,8 +63,8 @@ def _number(text: str | None) -> float:
 def load_run(run_dir: str | Path) -> dict:
     """A run's metrics.json with its folder and per-epoch history (floats) under 'run_dir' and 'history'."""
     run_dir = Path(run_dir)
-    metrics = _read_json(run_dir / "metrics.json", RERUN_TRAINING)
-    rows = _read_csv(run_dir / "history.csv", RERUN_TRAINING)
+    metrics = _read_json(run_dir / METRICS, RERUN_TRAINING)
+    rows = _read_csv(run_dir / HISTORY, RERUN_TRAINING)
     try:
         history = [{k: _number(v) for k, v in row.items()} for row in rows]
     except ValueError as exc:
@@ -205,7 +202,7 @@ def _has_prompt_layers(run: dict) -> bool:
 
 def step_gradient_norms(run_dir: str | Path) -> np.ndarray:
     """Per-step prompt-gradient norms as g[layer, step] from a run's grad_norms.csv."""
-    path = Path(run_dir) / "grad_norms.csv"
+    path = Path(run_dir) / GRAD_NORMS
     try:
         return grad_norm_matrix(_read_csv(path, RERUN_TRAINING)).T
     except ValueError as exc:
@@ -368,7 +365,7 @@ def koopman_spectrum(run_dirs: Sequence[str | Path], out_base: str | Path) -> di
     runs = [r for r in map(load_run, run_dirs) if "koopman" in str(r.get("pae", "none"))]
     chosen = _first_seeds(runs, "task", "method", "pae")
     keys = sorted(chosen, key=_variant_order)
-    spectra = {key: koopman_eigenvalues(chosen[key]["run_dir"] / "checkpoint.safetensors") for key in keys}
+    spectra = {key: koopman_eigenvalues(chosen[key]["run_dir"] / CHECKPOINT) for key in keys}
     if not spectra:
         _save_empty(out_base, "no run in this experiment has the Koopman regularizer on, so there is no K to show.")
         return spectra
@@ -377,3 +374,14 @@ def koopman_spectrum(run_dirs: Sequence[str | Path], out_base: str | Path) -> di
         _draw_spectrum(ax, spectra[task, method, pae], f"{task} / {method}\nPAE {pae}")
     _save(fig, out_base)
     return spectra
+
+
+FIGURE_MAKERS = {"learning_curves": learning_curves, "gradient_oscillation": gradient_oscillation,
+                 "koopman_spectrum": koopman_spectrum, "shortcut_maps": shortcut_maps}
+
+
+def write_figure(kind: str, inputs: list[str], out_base: str | Path) -> None:
+    """The pipeline's figure job: run folders are the parents of the given metrics.json files; shortcut maps take
+    shortcuts.json files."""
+    sources = inputs if kind == "shortcut_maps" else sorted({str(Path(f).parent) for f in inputs})
+    FIGURE_MAKERS[kind](sources, out_base)

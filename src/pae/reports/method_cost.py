@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..prompts import METHODS, PromptedViT, build_model
-from .tables import write_csv
+from ..files import write_csv
+from ..methods import ordered, options_for
+from ..prompts import PromptedViT, build_model
 
 # Counts the papers report for ViT-B/16 (d = 768, 12 blocks), prompt parameters only (no head), with the
 # settings that produce them. BPT's ablation lists VPT-shallow beside its own variants with 100 prompts.
@@ -57,8 +58,8 @@ def paper_rows(backbone: torch.nn.Module) -> list[dict]:
 def cost_rows(backbone: torch.nn.Module, img_size: int, batch: int, num_classes: int = 10,
               methods: list[str] | None = None, **options: object) -> list[dict]:
     rows = []
-    for method in methods or list(METHODS):
-        model = build_model(method, backbone, num_classes, **options)
+    for method in methods or [spec.name for spec in ordered()]:
+        model = build_model(method, backbone, num_classes, **options_for(method, options))
         rows.append({"method": method, "prompt_params": prompt_parameters(model),
                      "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
                      "step_time_s": step_time(model, batch, img_size)})

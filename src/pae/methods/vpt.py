@@ -1,0 +1,37 @@
+"""VPT (Jia et al., ECCV 2022): prompts inserted once before block 1 (shallow) or fresh before every block (deep)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..config.options import option
+from .registry import register_method
+
+
+@dataclass
+class VPTOptions:
+    """The settings every prompt method shares; the other methods' options extend these."""
+
+    num_tokens: int = option(10, "prompt tokens per layer")
+    prompt_dropout: float = option(0.1, "dropout on the prompt tokens (VPT: 0.1)")
+
+
+@register_method("vpt_shallow", summary="VPT-shallow: prompts inserted once before block 1", options=VPTOptions,
+                 prompts="shallow", order=2)
+def vpt_shallow(backbone: Any, o: VPTOptions) -> Any:
+    return _vpt(backbone, o, deep=False)
+
+
+@register_method("vpt_deep", summary="VPT-deep: fresh prompts replace the prompt positions before every block",
+                 options=VPTOptions, order=3)
+def vpt_deep(backbone: Any, o: VPTOptions) -> Any:
+    return _vpt(backbone, o, deep=True)
+
+
+def _vpt(backbone: Any, o: VPTOptions, deep: bool) -> Any:
+    from ..prompts.base import dims
+    from ..prompts.vpt import VPT
+
+    depth, dim, patch = dims(backbone)
+    return VPT(depth, dim, patch, o.num_tokens, deep=deep, dropout=o.prompt_dropout)

@@ -1,0 +1,146 @@
+"""A run's folder: which files it holds, the record its metrics.json is, the checkpoint's tensor names, and the one
+way it is written (whole, by ``files.atomic_write``) and read back.
+
+    metrics.json   what the run is and what it scored (``RunMetrics``); tables, the selection, evaluate read it
+    config.json    the TrainConfig it ran with; ``evaluate`` rebuilds the run from it and the checkpoint
+    history.csv    one row per epoch, epoch 0 (untrained) first; grad_norms.csv: per-step prompt-gradient norms
+    checkpoint.safetensors   trainable tensors, method buffers ("method.*") and PAE's ("pae.*")
+    shortcuts.json MPA's record, for runs with PAE's init
+
+Nothing here imports torch at module level: the figures read the checkpoint's names without it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import PaeError
+from .files import atomic_write, json_text, read_json, write_csv
+
+if TYPE_CHECKING:
+    import torch
+
+    from .config.train import TrainConfig
+
+METRICS, CONFIG, HISTORY, GRAD_NORMS = "metrics.json", "config.json", "history.csv", "grad_norms.csv"
+CHECKPOINT, SHORTCUTS = "checkpoint.safetensors", "shortcuts.json"
+RUN_FILES = (CHECKPOINT, CONFIG, GRAD_NORMS, HISTORY, METRICS, SHORTCUTS)
+METHOD_PREFIX, PAE_PREFIX = "method.", "pae."
+KOOPMAN_KEY = f"{PAE_PREFIX}regularizer.K"  # the Koopman operator K in a checkpoint (the spectrum figure reads it)
+RERUN = "rerun the training job that writes this run folder."
+
+
+def top1_key(split: str, kind: str = "final") -> str:
+    """The metrics.json name of a top-1: kind 'final' (last epoch), 'best' or 'initial' (epoch 0) on ``split``."""
+    return f"{kind}_{split}_top1"
+
+
+@dataclass
+class RunMetrics:
+    """metrics.json: who the run is (its identity, shared by finished and diverged runs) and what it measured."""
+
+    task: str
+    task_group: str
+    method: str
+    pae: str
+    seed: int
+    epochs: int
+    lr: float
+    weight_decay: float
+    protocol: str
+    mlflow_run_id: str | None
+    numbers: dict[str, Any] = field(default_factory=dict)  # top-1s, costs, diagnostics (flat, JSON-ready)
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, task: str, mlflow_run_id: str | None, **numbers: Any) -> RunMetrics:
+        return cls(task, cfg.task_group, cfg.method, cfg.pae.label, cfg.seed, cfg.epochs, cfg.lr, cfg.weight_decay,
+                   cfg.protocol, mlflow_run_id, numbers)
+
+    def to_json(self) -> dict[str, Any]:
+        """One flat mapping; undefined statistics (NaN, inf) are null, as JSON has no NaN."""
+        identity = {k: v for k, v in asdict(self).items() if k != "numbers"}
+        flat = {**identity, **self.numbers}
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in flat.items()}
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    return read_json(path, RERUN)
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """Refuse, before any work, a folder that holds anything but an earlier run's outputs: it gets replaced."""
+    out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise PaeError(f"output path '{out}' is a file, not a folder.", "choose a new --out-dir.")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES) if out.is_dir() else []
+    if foreign:
+        raise PaeError(f"output folder '{out}' holds files that are not a run's outputs (first: '{foreign[0]}'); "
+                       "a run replaces its whole folder.", "choose an empty or new --out-dir; nothing was touched.")
+    return out
+
+
+def checkpoint_tensors(groups: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A run's tensor groups (trainable, buffers, pae) under their checkpoint names."""
+    prefix = {"trainable": "", "buffers": METHOD_PREFIX, "pae": PAE_PREFIX}
+    return {prefix[group] + name: t for group, named in groups.items() for name, t in named.items()}
+
+
+def write_run(out_dir: Path, cfg: TrainConfig, metrics: RunMetrics, history: list[dict] | None = None,
+              grad_norms: list[list[float]] | None = None, groups: dict[str, dict[str, torch.Tensor]] | None = None,
+              shortcuts: dict | None = None) -> None:
+    """Write the run folder whole: a crash never leaves half a run. A diverged search point has metrics and config
+    only."""
+    from safetensors.torch import save_file
+
+    config = asdict(cfg)
+    files = {METRICS: metrics.to_json(), CONFIG: config, **({SHORTCUTS: shortcuts} if shortcuts else {})}
+
+    def fill(folder: Path) -> None:
+        folder.mkdir()
+        for name, content in files.items():
+            (folder / name).write_text(json_text(content))
+        if history is not None:
+            write_csv(history, folder / HISTORY)
+        if grad_norms:
+            write_csv([{"step": i + 1, **{f"grad_norm_l{layer}": v for layer, v in enumerate(row)}}
+                       for i, row in enumerate(grad_norms)], folder / GRAD_NORMS)
+        if groups is not None:
+            tensors = {k: v.detach().float().cpu().contiguous() for k, v in checkpoint_tensors(groups).items()}
+            save_file(tensors, str(folder / CHECKPOINT), metadata={"config": json.dumps(config)})
+
+    atomic_write(out_dir, fill)
+
+
+def read_run(run_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """config.json, checkpoint tensors and metrics.json of a finished run, with a clear error for each missing piece."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    missing = [name for name in (CONFIG, CHECKPOINT, METRICS) if not (run_dir / name).is_file()]
+    if missing:
+        raise PaeError(f"run folder '{run_dir}' has no {missing[0]}.", "rerun the training job that writes this folder.")
+    try:
+        tensors = load_file(str(run_dir / CHECKPOINT))
+    except (SafetensorError, OSError) as exc:
+        raise PaeError(f"checkpoint '{run_dir / CHECKPOINT}' cannot be read ({exc}).",
+                       "it is damaged or truncated; rerun the training job.") from exc
+    return read_json(run_dir / CONFIG, RERUN), tensors, read_metrics(run_dir / METRICS)
+
+
+def load_checkpoint(model: Any, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """A run's trainable parameters and method buffers into ``model``; the first mismatching key is named."""
+    expected = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    expected.update({METHOD_PREFIX + n: b for n, b in model.method.named_buffers()})
+    for name, target in expected.items():
+        if name not in tensors:
+            raise PaeError(f"checkpoint '{source}' lacks '{name}' that this model needs.",
+                           "the run was made with another method or version; rerun it.")
+        if tensors[name].shape != target.shape:
+            raise PaeError(f"checkpoint '{source}': '{name}' has shape {tuple(tensors[name].shape)}, "
+                           f"the model expects {tuple(target.shape)}.", "rebuild the model with the run's own config.json.")
+        target.data.copy_(tensors[name].to(target.dtype))
