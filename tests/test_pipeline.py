@@ -48,14 +48,13 @@ def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.
     return done
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, tiny_task: Path) -> tuple[Path, dict]:
-    """A copy of the repository's files with its own default params, under git and DVC, after one full run."""
+def make_project(root: Path, task: Path) -> dict:
+    """A copy of the repository's files at ``root`` with the tiny params as its default, under git and DVC; the
+    environment to run its jobs in."""
     from pae.backbones.checkpoints import save_backbone
 
     from .conftest import random_vit
 
-    root = tmp_path_factory.mktemp("pipeline") / "project"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for name in files:
@@ -65,7 +64,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_task: Path) -> tuple[
                 shutil.copy2(ROOT / name, root / name)
     weights = root.parent / "random_vit.safetensors"
     save_backbone(random_vit("vit_small_patch14_dinov2", 518).state_dict(), weights, {})
-    (root / "params" / "default.yaml").write_text(yaml.safe_dump(tiny_params(tiny_task, weights), sort_keys=False))
+    (root / "params" / "default.yaml").write_text(yaml.safe_dump(tiny_params(task, weights), sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns.db",
            "PYTHONPATH": str(root / "src"), "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -74,8 +73,13 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_task: Path) -> tuple[
     run(["dvc", "config", "cache.type", "hardlink,symlink"], root, env)  # as the repository's .dvc/config
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "tiny project"], root, env)
-    run(["snakemake", "--cores", "2", "reproduce_all"], root, env)
-    return root, env
+    return env
+
+
+@pytest.fixture(scope="module")
+def project(tiny_pipeline: tuple[Path, dict, dict]) -> tuple[Path, dict]:
+    """The tiny project after one full local run (conftest.py; test_slurm.py compares a SLURM run with its tables)."""
+    return tiny_pipeline[:2]
 
 
 def declared_outputs(root: Path, env: dict) -> list[str]:
