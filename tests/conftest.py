@@ -62,3 +62,15 @@ def random_vit(arch: str = "vit_small_patch14_dinov2", img_size: int = 28, seed:
         if name.endswith(("ls1.gamma", "ls2.gamma")):
             p.data.uniform_(0.5, 1.5)
     return freeze(model)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, tiny_task: Path) -> tuple[Path, dict, dict[str, str]]:
+    """The tiny project of test_pipeline.py after one full local run, and its tables (CSV text) as first written:
+    test_pipeline.py goes on to change the project, test_slurm.py compares a SLURM run with those tables."""
+    from .test_pipeline import EXPERIMENT, run, tiny_project
+
+    root = tmp_path_factory.mktemp("pipeline") / "project"
+    env = tiny_project(root, tiny_task)
+    run(["snakemake", "--cores", "2", "reproduce_all"], root, env)
+    return root, env, {p.name: p.read_text() for p in sorted((root / f"reports/{EXPERIMENT}").glob("*.csv"))}

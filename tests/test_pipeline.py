@@ -48,8 +48,9 @@ def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.
     return done
 
 
-def make_project(root: Path, params: dict) -> tuple[Path, dict]:
-    """A copy of the repository's files at ``root`` with ``params`` as its default params, under git and DVC."""
+def make_project(root: Path, params: dict) -> dict:
+    """A copy of the repository's files at ``root`` with ``params`` as its default params, under git and DVC; the
+    environment to run its jobs in."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for name in files:
@@ -66,7 +67,7 @@ def make_project(root: Path, params: dict) -> tuple[Path, dict]:
     run(["dvc", "config", "cache.type", "hardlink,symlink"], root, env)  # as the repository's .dvc/config
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "tiny project"], root, env)
-    return root, env
+    return env
 
 
 def random_backbone_file(folder: Path) -> Path:
@@ -81,13 +82,15 @@ def random_backbone_file(folder: Path) -> Path:
     return weights
 
 
+def tiny_project(root: Path, task: Path) -> dict:
+    """The tiny params' project at ``root`` (see ``make_project``)."""
+    return make_project(root, tiny_params(task, random_backbone_file(root.parent)))
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, tiny_task: Path) -> tuple[Path, dict]:
-    """A copy of the repository's files with its own default params, under git and DVC, after one full run."""
-    root = tmp_path_factory.mktemp("pipeline") / "project"
-    root, env = make_project(root, tiny_params(tiny_task, random_backbone_file(root.parent)))
-    run(["snakemake", "--cores", "2", "reproduce_all"], root, env)
-    return root, env
+def project(tiny_pipeline: tuple[Path, dict, dict]) -> tuple[Path, dict]:
+    """The tiny project after one full local run (conftest.py; test_slurm.py compares a SLURM run with its tables)."""
+    return tiny_pipeline[:2]
 
 
 def declared_outputs(root: Path, env: dict) -> list[str]:

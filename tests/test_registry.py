@@ -103,7 +103,8 @@ def test_a_method_of_a_plugin_runs_through_a_tiny_dag(tiny_task, tmp_path):
     params.update(plugins=[str(HERE)], search={"lr": [], "weight_decay": []}, ablation={"methods": [], "pae": []})
     params["run"].update(methods=["linear", "toy"], pae=["none", "all"])
     params["train"]["toy_decay"] = 0.7
-    root, env = make_project(tmp_path / "project", params)
+    root = tmp_path / "project"
+    env = make_project(root, params)
     run(["snakemake", "--cores", "2", "reproduce_all"], root, env)
     runs = sorted((root / f"results/{EXPERIMENT}/runs/tiny").glob("*/*/seed1/metrics.json"))
     labels = [(p.parts[-4], p.parts[-3]) for p in runs]
