@@ -107,7 +107,7 @@ def load_weights(model: nn.Module, path: str | Path, arch: str) -> None:
     release, state = read_release(path)
     expected = model.state_dict()
     patch = "patch_embed.proj.weight"  # timm would resample another patch size: that is another model, refuse it
-    if patch in state and patch in expected and state[patch].shape != expected[patch].shape:
+    if patch in state and patch in expected and state[patch].shape[-2:] != expected[patch].shape[-2:]:
         raise fit_error(path, arch, release, shape_problem(patch, state[patch], expected[patch]))
     try:
         state = timm_filter(model, state, antialias=meta.get(META_POS_ANTIALIAS, "true") == "true")
