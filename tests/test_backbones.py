@@ -14,6 +14,7 @@ from pae.data.tensors import IMAGENET_MEAN, IMAGENET_STD
 from pae.errors import PaeError
 
 from .conftest import random_vit
+from .release_files import write_google_npz
 
 
 def _real_images(vtab_mini, n: int = 4) -> np.ndarray:
@@ -102,35 +103,12 @@ def test_missing_checkpoint_and_unknown_arch(tmp_path):
         load_backbone("vit_small_patch14_dinov2", None, 30)
 
 
-def _to_google_npz(model: torch.nn.Module, path) -> None:
-    """Write a timm ViT in the layout of Google's original ViT-B_16.npz (the paper's checkpoint), by hand."""
-    d, heads = model.embed_dim, model.blocks[0].attn.num_heads
-    sd = {k: v.numpy() for k, v in model.state_dict().items()}
-    w = {"embedding/kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),  # OIHW -> HWIO
-         "embedding/bias": sd["patch_embed.proj.bias"], "cls": sd["cls_token"],
-         "Transformer/posembed_input/pos_embedding": sd["pos_embed"],
-         "Transformer/encoder_norm/scale": sd["norm.weight"], "Transformer/encoder_norm/bias": sd["norm.bias"]}
-    for i in range(len(model.blocks)):
-        b, g = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
-        for j, name in enumerate(("query", "key", "value")):
-            w[f"{g}MultiHeadDotProductAttention_1/{name}/kernel"] = sd[b + "attn.qkv.weight"][j * d:(j + 1) * d].T.reshape(d, heads, -1)
-            w[f"{g}MultiHeadDotProductAttention_1/{name}/bias"] = sd[b + "attn.qkv.bias"][j * d:(j + 1) * d].reshape(heads, -1)
-        w[f"{g}MultiHeadDotProductAttention_1/out/kernel"] = sd[b + "attn.proj.weight"].T.reshape(heads, -1, d)
-        w[f"{g}MultiHeadDotProductAttention_1/out/bias"] = sd[b + "attn.proj.bias"]
-        for ln, ours in (("LayerNorm_0", "norm1"), ("LayerNorm_2", "norm2")):
-            w[f"{g}{ln}/scale"], w[f"{g}{ln}/bias"] = sd[b + ours + ".weight"], sd[b + ours + ".bias"]
-        for k in (0, 1):
-            w[f"{g}MlpBlock_3/Dense_{k}/kernel"] = sd[f"{b}mlp.fc{k + 1}.weight"].T
-            w[f"{g}MlpBlock_3/Dense_{k}/bias"] = sd[f"{b}mlp.fc{k + 1}.bias"]
-    np.savez(path, **w)
-
-
 def test_google_npz_imports_to_safetensors_exactly(tmp_path):
     from pae.backbones import import_backbone
 
     source = random_vit("vit_tiny_patch16_224", 224, seed=3)
     npz = tmp_path / "ViT-Ti_16.npz"
-    _to_google_npz(source, npz)
+    write_google_npz(source, npz)
     out = import_backbone(str(npz), "vit_tiny_patch16_224", tmp_path / "vit_ti.safetensors", tmp_path)
     assert read_metadata(out)["pae.arch"] == "vit_tiny_patch16_224"
     loaded = load_backbone("vit_tiny_patch16_224", out, 224)

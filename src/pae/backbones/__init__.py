@@ -1,5 +1,19 @@
-"""Frozen timm ViT backbones and their weight importers."""
-from .checkpoints import describe, read_metadata, sha256_of
-from .factory import create_vit, freeze, import_backbone, load_backbone
+"""Frozen timm backbones (ViT, Swin), their release formats, weight importers and the catalogue.
 
-__all__ = ["create_vit", "describe", "freeze", "import_backbone", "load_backbone", "read_metadata", "sha256_of"]
+Names are imported on first use, so that ``pae.backbones.catalogue`` (plain data) loads without torch.
+"""
+from importlib import import_module
+
+_HOME = {
+    "create_backbone": "factory", "create_swin": "factory", "create_vit": "factory",
+    "freeze": "factory", "import_backbone": "factory", "load_backbone": "factory", "load_swin": "factory",
+    "describe": "checkpoints", "read_metadata": "checkpoints", "sha256_of": "checkpoints",
+}
+__all__ = ["create_backbone", "create_swin", "create_vit", "describe", "freeze", "import_backbone",
+           "load_backbone", "load_swin", "read_metadata", "sha256_of"]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_HOME[name]}", __name__), name)

@@ -1,19 +1,24 @@
-"""Read backbone weights from local files and load them into a timm ViT with shape checks.
+"""Read backbone weights from local files and load them into a timm ViT or Swin with key and shape checks.
 
-Formats: safetensors (preferred), Google's ``.npz`` (ViT-B_16.npz), and torch pickles loaded with
-``weights_only=True`` (never arbitrary code). Position embeddings are resampled to the model's grid.
+Files: safetensors (preferred), Google's ``.npz``, and torch pickles loaded with ``weights_only=True`` (never
+arbitrary code); their release layouts are mapped in ``formats.py``. Position embeddings are resampled to the
+model's grid.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ..errors import PaeError
 from ..files import atomic_write
+from . import formats
 
 # Metadata keys we write into backbone safetensors files.
 META_ARCH = "pae.arch"
@@ -44,71 +49,101 @@ def save_backbone(state_dict: dict[str, torch.Tensor], path: str | Path, metadat
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file into a flat state dict; unwraps the usual ``{'model': ...}`` containers."""
-    path = Path(path)
+def read_checkpoint(path: Path) -> object:
+    """What a checkpoint file holds: a dict of numpy arrays (npz), of tensors (safetensors), or a weights-only pickle."""
     try:
+        if path.suffix == ".npz":
+            with np.load(path) as archive:
+                return {k: archive[k] for k in archive.files}
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
+        # MAE's training checkpoints also pickle their argparse.Namespace; it is a plain attribute bag
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # any parse failure means the same thing to the user
         raise PaeError(f"backbone checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}).",
-                       "re-download or re-export it; only safetensors and weights-only torch checkpoints are accepted.") from exc
+                       "re-download or re-export it; only npz, safetensors and weights-only torch checkpoints are "
+                       "accepted.") from exc
+
+
+def read_release(path: str | Path) -> tuple[str, dict[str, torch.Tensor]]:
+    """(release format, state dict in timm's layout) of a checkpoint file; unwraps ``{'model': ...}``-style containers."""
+    path = Path(path)
+    obj = read_checkpoint(path)
+    if path.suffix == ".npz":
+        return "Google npz", formats.google_npz(obj)
+    if formats.is_moco_linear_probe(obj):
+        raise formats.moco_linear_probe_error(path)
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise PaeError(f"backbone checkpoint '{path}' holds no tensor state dict.", "export the model's state_dict().")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    name = formats.detect(obj)
+    return name, formats.CONVERTERS[name](obj)
 
 
-def load_weights(model: torch.nn.Module, path: str | Path, arch: str) -> None:
-    """Load a checkpoint file into ``model`` (a timm VisionTransformer without head).
+def load_weights(model: nn.Module, path: str | Path, arch: str) -> None:
+    """Load a checkpoint file in any supported release format into ``model`` (a headless timm ViT or Swin).
 
-    Every key and shape must match after timm's own format conversion; the first mismatch is named.
+    Every key and shape must match after the format's mapping and timm's own filter (position embeddings and
+    Swin's relative position tables resampled to the model); the first mismatch is named.
     """
-    from timm.models.vision_transformer import _load_weights, checkpoint_filter_fn
-
     path = Path(path)
     if not path.is_file():
         raise PaeError(f"backbone checkpoint '{path}' does not exist.",
                        "pass the path of a .safetensors/.pth/.npz file, or run `python -m pae.cli import-backbone` first.")
     try:
         meta = read_metadata(path)
-    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+    except Exception as exc:  # a truncated or foreign file
         raise PaeError(f"backbone checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}).",
                        "re-download or re-import it (`python -m pae.cli import-backbone`).") from exc
     if meta.get(META_ARCH) and meta[META_ARCH] != arch:
         raise PaeError(f"backbone checkpoint '{path}' was written for architecture '{meta[META_ARCH]}', not '{arch}'.",
                        f"set the backbone architecture to '{meta[META_ARCH]}' or pass a checkpoint made for '{arch}'.")
-    if path.suffix == ".npz":
-        try:
-            _load_weights(model, str(path))  # timm's loader for Google's big_vision/jax npz format
-        except Exception as exc:  # noqa: BLE001 - missing keys, wrong shapes, unreadable archive
-            raise PaeError(f"npz checkpoint '{path}' does not load into '{arch}' ({type(exc).__name__}: {exc}).",
-                           f"pass an npz of '{arch}' in Google's ViT layout, or set the architecture it was trained as.") from exc
-        return
-    state = read_state_dict(path)
-    antialias = meta.get(META_POS_ANTIALIAS, "true") == "true"
-    state = checkpoint_filter_fn(state, model, interpolation="bicubic", antialias=antialias)
-    state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.")) or k in model.state_dict()}
-    check_fits(model.state_dict(), state, path, arch)
+    release, state = read_release(path)
+    expected = model.state_dict()
+    patch = "patch_embed.proj.weight"  # timm would resample another patch size: that is another model, refuse it
+    if patch in state and patch in expected and state[patch].shape[-2:] != expected[patch].shape[-2:]:
+        raise fit_error(path, arch, release, shape_problem(patch, state[patch], expected[patch]))
+    try:
+        state = timm_filter(model, state, antialias=meta.get(META_POS_ANTIALIAS, "true") == "true")
+    except Exception as exc:  # timm's resampling meets a foreign layout
+        raise fit_error(path, arch, release, f"timm's filter failed ({type(exc).__name__}: {exc})") from exc
+    state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.")) or k in expected}
+    check_fits(expected, state, path, arch, release)
     model.load_state_dict(state, strict=True)
 
 
-def check_fits(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
-    """Raise naming the first missing, unexpected or mis-shaped key."""
-    fix = f"pass a checkpoint of '{arch}' (or set the architecture the checkpoint was trained as)."
+def timm_filter(model: nn.Module, state: dict[str, torch.Tensor], antialias: bool) -> dict[str, torch.Tensor]:
+    """timm's checkpoint filter for the model's family: resamples position tables, renames Swin's official layout."""
+    from timm.models import swin_transformer, vision_transformer
+
+    if isinstance(model, swin_transformer.SwinTransformer):
+        return swin_transformer.checkpoint_filter_fn(state, model)
+    return vision_transformer.checkpoint_filter_fn(state, model, interpolation="bicubic", antialias=antialias)
+
+
+def fit_error(path: Path, arch: str, release: str, problem: str) -> PaeError:
+    return PaeError(f"backbone checkpoint '{path}' ({release} format) does not fit '{arch}': {problem}.",
+                    f"pass a checkpoint of '{arch}' (or set the architecture the checkpoint was trained as).")
+
+
+def shape_problem(key: str, got: torch.Tensor, want: torch.Tensor) -> str:
+    return f"key '{key}' has shape {tuple(got.shape)}, the model expects {tuple(want.shape)}"
+
+
+def check_fits(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path, arch: str,
+               release: str = "timm") -> None:
+    """Raise naming the first missing, unexpected or mis-shaped key (timm names, after the format's mapping)."""
     for key, value in expected.items():
         if key not in state:
-            raise PaeError(f"backbone checkpoint '{path}' does not fit '{arch}': key '{key}' is missing.", fix)
+            raise fit_error(path, arch, release, f"key '{key}' is missing")
         if tuple(state[key].shape) != tuple(value.shape):
-            raise PaeError(f"backbone checkpoint '{path}' does not fit '{arch}': key '{key}' has shape "
-                           f"{tuple(state[key].shape)}, the model expects {tuple(value.shape)}.", fix)
+            raise fit_error(path, arch, release, shape_problem(key, state[key], value))
     extra = sorted(set(state) - set(expected))
     if extra:
-        raise PaeError(f"backbone checkpoint '{path}' does not fit '{arch}': unexpected key '{extra[0]}' "
-                       f"({len(extra)} unexpected in all).", fix)
+        raise fit_error(path, arch, release, f"unexpected key '{extra[0]}' ({len(extra)} unexpected in all)")
 
 
 def describe(path: str | Path) -> dict[str, str]:

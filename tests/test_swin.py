@@ -1,0 +1,158 @@
+"""VPT on Swin against timm's forward (zero prompts) and against a hand-written reference of the official algorithm.
+
+The reference follows KMnP/vpt's Swin code step by step in its own layout, one image at a time (where the official
+code and ours agree): a (1, p + H*W, C) sequence with the prompts first, windows cut by hand, the relative position
+index and the shift mask built from their definitions, attention and MLP written from the weights, and the official
+patch merging (x0..x3 slices, prompts tiled 4x). Only the weights come from timm's modules.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pae.prompts.swin import PromptedSwin
+
+from .release_files import TINY_SWIN, tiny
+
+WINDOW = TINY_SWIN["window_size"]
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    """2 stages (16x16 then 8x8 tokens, windows of 4, so both stages shift), every weight random."""
+    return tiny("swin_base_patch4_window7_224")
+
+
+def _rel_index(ws: int) -> torch.Tensor:
+    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)
+    return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
+
+
+def _windows(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """(H, W, C) -> (nW, ws*ws, C), windows in row-major order."""
+    h, w, c = x.shape
+    return x.view(h // ws, ws, w // ws, ws, c).permute(0, 2, 1, 3, 4).reshape(-1, ws * ws, c)
+
+
+def _unwindows(win: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
+    return win.view(h // ws, w // ws, ws, ws, -1).permute(0, 2, 1, 3, 4).reshape(h, w, -1)
+
+
+def _shift_mask(h: int, w: int, ws: int, shift: int) -> torch.Tensor:
+    img = torch.zeros(h, w, 1)
+    regions = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
+    for i, (hs, wss) in enumerate((a, b) for a in regions for b in regions):
+        img[hs, wss] = i
+    ids = _windows(img, ws)[..., 0]
+    return (ids[:, None, :] - ids[:, :, None]).ne(0).float() * -100.0
+
+
+def _ln(x: torch.Tensor, norm) -> torch.Tensor:
+    return F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps)
+
+
+def _ref_block(seq: torch.Tensor, blk, p: int, h: int, w: int, shift: int) -> torch.Tensor:
+    """One official prompted Swin block on (p + h*w, C)."""
+    c, heads, ws = seq.shape[-1], blk.attn.num_heads, min(WINDOW, h)
+    normed = _ln(seq, blk.norm1)
+    img = normed[p:].view(h, w, c)
+    if shift:
+        img = torch.roll(img, (-shift, -shift), dims=(0, 1))
+    win = _windows(img, ws)
+    tokens = torch.cat([normed[:p].expand(win.shape[0], -1, -1), win], dim=1)  # every window gets the prompts
+    n = tokens.shape[1]
+    q, k, v = (tokens @ blk.attn.qkv.weight.T + blk.attn.qkv.bias).view(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    table = blk.attn.relative_position_bias_table[_rel_index(ws).flatten()].view(ws * ws, ws * ws, heads).permute(2, 0, 1)
+    logits = q @ k.transpose(-1, -2) * (c // heads) ** -0.5 + F.pad(table, (p, 0, p, 0))
+    if shift:
+        logits = logits + F.pad(_shift_mask(h, w, ws, shift), (p, 0, p, 0))[:, None]
+    out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(-1, n, c) @ blk.attn.proj.weight.T + blk.attn.proj.bias
+    img_out = _unwindows(out[:, p:], ws, h, w)
+    if shift:
+        img_out = torch.roll(img_out, (shift, shift), dims=(0, 1))
+    seq = seq + torch.cat([out[:, :p].mean(0), img_out.reshape(h * w, c)])
+    hidden = F.gelu(_ln(seq, blk.norm2) @ blk.mlp.fc1.weight.T + blk.mlp.fc1.bias)
+    return seq + hidden @ blk.mlp.fc2.weight.T + blk.mlp.fc2.bias
+
+
+def _ref_merge(seq: torch.Tensor, merge, p: int, h: int, w: int) -> torch.Tensor:
+    """Official PatchMerging with VPT's prompt rule: 2x2 neighbours x0..x3 concatenated; prompts tiled 4x."""
+    img = seq[p:].view(h, w, -1)
+    x = torch.cat([img[0::2, 0::2], img[1::2, 0::2], img[0::2, 1::2], img[1::2, 1::2]], dim=-1).reshape(-1, 4 * img.shape[-1])
+    merged = torch.cat([seq[:p].repeat(1, 4), x])
+    return _ln(merged, merge.norm) @ merge.reduction.weight.T
+
+
+def _ref_vpt(model: PromptedSwin, image: torch.Tensor) -> torch.Tensor:
+    """Logits for one image (3, H, W) under VPT's Swin algorithm, deep or shallow."""
+    bb, p = model.backbone, model.num_tokens
+    pe = bb.patch_embed
+    seq = F.conv2d(image[None], pe.proj.weight, pe.proj.bias, stride=pe.patch_size)[0].flatten(1).T
+    seq = torch.cat([model.prompts[0][0], _ln(seq, pe.norm)])  # prompts before the first block
+    h = w = image.shape[-1] // pe.patch_size[0]
+    for s, stage in enumerate(bb.layers):
+        if s > 0:  # the official code merges at the end of stage s-1: the same step
+            seq, h, w = _ref_merge(seq, stage.downsample, p, h, w), h // 2, w // 2
+        for i, blk in enumerate(stage.blocks):
+            if model.deep and (s, i) != (0, 0):
+                seq = torch.cat([model.prompts[s][i], seq[p:]])
+            seq = _ref_block(seq, blk, p, h, w, shift=WINDOW // 2 if i % 2 and h > WINDOW else 0)
+    return _ln(seq, bb.norm).mean(0) @ model.head.weight.T + model.head.bias
+
+
+def _model(backbone, num_tokens: int, deep: bool) -> PromptedSwin:
+    model = PromptedSwin(backbone, num_tokens, deep=deep, dropout=0.0, num_classes=5)
+    with torch.no_grad():
+        for prompts in model.prompts:
+            prompts.normal_()  # large prompts, so any misplacement shows
+    return model
+
+
+def test_zero_prompts_reproduce_timm_forward(backbone):
+    img = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = backbone.forward_features(img)
+        for deep in (True, False):
+            tokens = _model(backbone, 0, deep).forward_features(img)
+            torch.testing.assert_close(tokens, features.flatten(1, 2), rtol=0, atol=1e-5)
+            torch.testing.assert_close(tokens.mean(1), backbone.forward_head(features, pre_logits=True), rtol=0, atol=1e-5)
+
+
+def test_hand_written_reference_matches_timm(backbone):
+    """The reference is checked against timm with no prompts before it judges VPT."""
+    model = _model(backbone, 0, deep=True)
+    img = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(_ref_vpt(model, img[0])[None], model(img), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("deep", [True, False], ids=["deep", "shallow"])
+def test_vpt_matches_the_official_algorithm(backbone, deep):
+    model = _model(backbone, 3, deep)
+    img = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours = model(img)
+        for b in range(2):
+            torch.testing.assert_close(ours[b], _ref_vpt(model, img[b]), rtol=1e-4, atol=1e-4)
+        assert (ours - _model(backbone, 3, deep)(img)).abs().max() > 1e-3  # other prompts, other logits
+
+
+def test_samples_do_not_see_each_others_prompts(backbone):
+    """Windows and prompts are paired per sample: an image's logits do not depend on the rest of its batch."""
+    model = _model(backbone, 3, deep=False)
+    img = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(img)[:1], model(img[:1]), rtol=1e-5, atol=1e-5)
+
+
+def test_trajectory_per_stage_and_gradients_reach_every_block(backbone):
+    deep, shallow = _model(backbone, 3, deep=True), _model(backbone, 3, deep=False)
+    assert [tuple(t.shape) for t in deep.trajectory()] == [(2, 3, 16), (2, 3, 32)]
+    assert [tuple(t.shape) for t in shallow.trajectory()] == [(1, 3, 16)]
+    F.cross_entropy(deep(torch.randn(2, 3, 64, 64)), torch.tensor([0, 1])).backward()
+    norms = deep.layer_grad_norms()
+    assert norms.shape == (4,) and bool((norms > 0).all())
+    assert {id(p) for p in deep.trainable_parameters()} == {id(p) for p in [*deep.prompts, *deep.head.parameters()]}
+    assert not deep.train().backbone.training
