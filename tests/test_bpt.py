@@ -37,8 +37,8 @@ def test_whitened_statistics_have_identity_covariance_on_real_data(dinov2_weight
     for layer, (block, tokens) in enumerate(block_inputs(backbone, images)):
         if layer not in (0, 6):
             continue
-        w = whitening_matrix(block, tokens, eps=1e-12).numpy()
-        xt = _q_k_statistics(block, tokens)
+        w = whitening_matrix(block, tokens, "per_token", eps=1e-12).numpy()
+        xt = _q_k_statistics(block, tokens.flatten(0, 1))
         sigma = xt @ xt.T / xt.shape[1]
         s, u = np.linalg.eigh(sigma)
         energetic = u[:, s > 1e-6 * s.max()]
@@ -56,7 +56,7 @@ def test_block_inputs_are_the_prompt_free_forward(backbone):
     x = backbone.norm_pre(backbone._pos_embed(backbone.patch_embed(images)))
     with torch.no_grad():
         for block, got in zip(backbone.blocks, inputs):
-            assert torch.equal(got, x[:, 1:].flatten(0, 1))
+            assert torch.equal(got, x[:, 1:])
             x = block(x)
 
 
@@ -102,12 +102,13 @@ def test_trainable_parameter_counts_match_closed_form(backbone, name, per_layer,
 
 def test_whitening_init_writes_each_layers_matrix(backbone):
     images = torch.randn(60, 3, 28, 28)
-    fw = build_model("bpt_fwhiten", backbone, 5, num_tokens=3, whiten_eps=1e-4).method
-    bil = build_model("bpt_bilinear", backbone, 5, num_tokens=3, bpt_rank=8, bpt_init="whitening").method
+    ours = {"bpt_whitening": "per_token", "bpt_columns": "shared"}
+    fw = build_model("bpt_fwhiten", backbone, 5, num_tokens=3, whiten_eps=1e-4, **ours).method
+    bil = build_model("bpt_bilinear", backbone, 5, num_tokens=3, bpt_rank=8, bpt_init="whitening", **ours).method
     fw.fit_to_data(backbone, images)
     bil.fit_to_data(backbone, images)
     for layer, (block, tokens) in enumerate(block_inputs(backbone, images)):
-        w = whitening_matrix(block, tokens, 1e-4).float()
+        w = whitening_matrix(block, tokens, "per_token", 1e-4).float()
         torch.testing.assert_close(fw.b[layer], w)
         # bilinear: each of B's r columns is a distinct column of W
         matches = (bil.b[layer].T[:, None, :] - w.T[None, :, :]).abs().amax(-1) < 1e-6

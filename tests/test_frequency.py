@@ -178,7 +178,7 @@ def test_random_head_is_seeded_kaiming_and_ignores_labels():
     weight = head(feats)  # identity features read the weight matrix out: (d, K)
     assert torch.equal(weight, fit_scorer("random_head", feats, labels.roll(1) + 1, 64, seed=3)(feats))
     assert not torch.equal(weight, fit_scorer("random_head", feats, labels, 64, seed=4)(feats))
-    std = math.sqrt(2 / 256)  # Kaiming normal: fan_in = d, gain sqrt(2)
+    std = math.sqrt(2 / 64)  # the official head's kaiming normal, mode fan_out: fan = K classes, gain sqrt(2)
     assert abs(weight.std().item() / std - 1) < 0.05
     assert 0.035 < (weight.abs() > 2 * std).float().mean() < 0.056  # normal tails (4.6%), not uniform (0%)
     assert torch.equal(head(torch.zeros(1, 256)), torch.zeros(1, 64))  # zero bias

@@ -11,7 +11,7 @@ from pae.errors import PaeError
 from pae.config.pae import PAEOptions
 from pae.evolution import PAE
 from pae.evolution.pae import discover, record_prompts
-from pae.evolution.task_init import task_aware_prompts
+from pae.evolution.task_init import task_aware_prompts, zero_prompt_features
 from pae.methods import METHODS, options_for
 from pae.prompts import build_model
 from pae.loop import train
@@ -42,7 +42,9 @@ def test_all_of_pae_runs_on_every_deep_method_without_knowing_it(backbone, batch
     pae = PAE(ALL_ON, model.method, backbone.embed_dim)
     record = discover(ALL_ON, backbone, *batch, num_classes=3, num_tokens=4, seed=0)
     pae.initialize(model.method, record_prompts(backbone, batch[0], record, 12))
-    expected, _ = task_aware_prompts(backbone, *batch, 3, 4, 12, 8, 4, "linear_probe", 0)
+    # the official MPA: a random head scoring each band through the backbone with all-zero prompts
+    expected, _ = task_aware_prompts(backbone, *batch, 3, 4, 12, 8, 4, "random_head", 0,
+                                     features_fn=zero_prompt_features(backbone, 4))
     got = model.method.trajectory().detach()
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())  # bilinear: p <= r
     assert len(record["selected"]) == 4 and record["window"] == 8 and len(record["band_losses"]) == 36  # ((28 - 8) // 4 + 1) ** 2
@@ -61,7 +63,8 @@ def test_shallow_methods_take_the_init_and_refuse_the_chain(backbone, batch, nam
     options = PAEOptions(init=True, window=8, stride=4)
     record = discover(options, backbone, *batch, num_classes=3, num_tokens=4, seed=0)
     pae.initialize(model.method, record_prompts(backbone, batch[0], record, 12))  # the shallow method takes layer 0
-    expected, _ = task_aware_prompts(backbone, *batch, 3, 4, 1, 8, 4, "linear_probe", 0)
+    expected, _ = task_aware_prompts(backbone, *batch, 3, 4, 1, 8, 4, "random_head", 0,
+                                     features_fn=zero_prompt_features(backbone, 4))
     torch.testing.assert_close(model.method.trajectory().detach(), expected)
     with pytest.raises(PaeError, match="initial prompts have shape"):
         pae.initialize(model.method, torch.zeros(12, 5, 384))
@@ -107,7 +110,7 @@ def test_training_with_pae_records_everything(tiny_task, dinov2_weights, tmp_pat
     assert metrics["koopman_spectral_radius"] > 0 and metrics["koopman_lift_norm"] > 0
     assert 0.0 <= metrics["grad_flip_rate_deep"] <= 1.0  # over the 3 epoch means
     shortcuts = json.loads((out / "shortcuts.json").read_text())
-    assert len(shortcuts["selected"]) == 3 and shortcuts["scorer"] == "linear_probe"
+    assert len(shortcuts["selected"]) == 3 and shortcuts["scorer"] == "random_head"  # the official scorer
     history = (out / "history.csv").read_text().splitlines()
     assert "koopman_loss" in history[0] and len(history) == 1 + 4  # header, epochs 0..3
     assert len((out / "grad_norms.csv").read_text().splitlines()) == 1 + 3 * 3  # 48 images / 16 per step, 3 epochs

@@ -90,7 +90,7 @@ def test_validating_twice_changes_nothing(params: dict, project: Path) -> None:
 
 def test_schema_variant_parts_follow_the_code() -> None:
     variant = load_schema()["properties"]["pae_variants"]["additionalProperties"]
-    assert tuple(variant["properties"]) == PARTS
+    assert tuple(variant["properties"]) == (*PARTS, "train")  # the parts, then the variant's train overrides
 
 
 def test_repo_default_params_are_valid() -> None:

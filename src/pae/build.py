@@ -39,8 +39,13 @@ def data_spec(cfg: TrainConfig) -> DataSpec:
 
 
 def protocol_splits(cfg: TrainConfig) -> tuple[str, tuple[str, ...]]:
-    """(training split, evaluation splits) of the run's protocol; the first evaluation split selects."""
-    return (FINAL_SPLITS if cfg.protocol == "final" else TUNE_SPLITS)[cfg.data_kind]
+    """(training split, evaluation splits) of the run's protocol; the first evaluation split selects. A search run
+    evaluates the test split only when asked (``tune_test``): VPT's search builds no test loader, and VTAB's test
+    splits (up to 26k images) would cost more than the search's training."""
+    train, evals = (FINAL_SPLITS if cfg.protocol == "final" else TUNE_SPLITS)[cfg.data_kind]
+    if cfg.protocol == "tune" and not cfg.tune_test:
+        evals = tuple(s for s in evals if s != "test")
+    return train, evals
 
 
 def seeded_backbone(cfg: TrainConfig) -> nn.Module:
@@ -100,7 +105,8 @@ def run_model(cfg: TrainConfig, task: LoadedTask) -> PromptedViT:
     """The prompted model of a run on the task's backbone, fitted to the data where its method needs it; its init
     depends on the seed alone, not on how the backbone was made."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.method, task.backbone, task.num_classes, cfg.options).to(task.device)
+    model = build_model(cfg.method, task.backbone, task.num_classes, cfg.options, cfg.head_init,
+                        cfg.pae.enabled).to(task.device)
     method = model.method
     if method.fit_images:
         method.fit_to_data(model.backbone, sample_batch(task, method.fit_images, cfg.img_size, cfg.seed)[0])

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .config.options import add_arguments, add_flag, given_arguments
 from .config.pae import PARTS, PAEOptions
-from .config.train import DEFAULT_ARCH, TrainConfig, group_configs
+from .config.train import DEFAULT_ARCH, TrainConfig, group_configs, make_config
 from .errors import PaeError, Preempted
 from .methods import option_fields, options_for, ordered
 
@@ -49,7 +49,7 @@ def run_configs(args: argparse.Namespace) -> list[TrainConfig]:
 
         values["lr"], values["wd"] = ([str(v)] for v in read_selection(args.hparams))
     method = settings.get("method", TrainConfig.method)
-    return group_configs({**settings, "options": method_options(args, method), "pae": pae_options(args)}, values)
+    return group_configs(settings, method_options(args, method), pae_options(args), values)
 
 
 def one_run(args: argparse.Namespace) -> TrainConfig:
@@ -71,12 +71,10 @@ def method_options(args: argparse.Namespace, method: str) -> dict:
     return own
 
 
-def pae_options(args: argparse.Namespace) -> PAEOptions:
-    """PAE's settings; ``--pae`` turns on every part not switched off explicitly."""
+def pae_options(args: argparse.Namespace) -> dict:
+    """PAE's settings given; ``--pae`` turns on every part not switched off explicitly."""
     values = given_arguments(PAEOptions, args, "pae_")
-    if args.pae:
-        values = {**dict.fromkeys(PARTS, True), **values}
-    return PAEOptions(**values)
+    return {**dict.fromkeys(PARTS, True), **values} if args.pae else values
 
 
 # ---------------------------------------------------------------------------------------------- the commands
@@ -91,7 +89,7 @@ def import_backbone(args: argparse.Namespace) -> None:
 def prepare_data(args: argparse.Namespace) -> None:
     from .data import prepare
 
-    summary = prepare(TrainConfig(**given_arguments(TrainConfig, args)), args.splits, args.summary)
+    summary = prepare(make_config(given_arguments(TrainConfig, args)), args.splits, args.summary)
     for split, info in summary["splits"].items():
         print(f"{summary['task']}/{split}: {info['images']} images, {len(summary['classes'])} classes, "
               f"{tuple(info['shape'])}")
@@ -153,6 +151,12 @@ def check_params(args: argparse.Namespace) -> None:
 
     config = validate_params(load_params(*args.files), source=" + ".join(args.files))
     print(f"ok: {summary(config)}")
+
+
+def deviations(args: argparse.Namespace) -> None:
+    from .config.deviations import markdown_table
+
+    print(markdown_table())
 
 
 def methods(args: argparse.Namespace) -> None:
@@ -269,6 +273,8 @@ COMMANDS = {
     "check-params": Command(check_params, add_check_flags, "validate params files (merged in order, as Snakemake "
                             "does) and summarise the grid"),
     "methods": Command(methods, lambda p: None, "list the prompt methods"),
+    "deviations": Command(deviations, lambda p: None, "where our code may differ from the official code, and which "
+                          "is the default (the README's table)"),
 }
 
 

@@ -39,6 +39,17 @@ def convergence_epoch(accuracies: Sequence[float], fraction: float = 0.99) -> in
     return int(np.flatnonzero(acc >= fraction * np.nanmax(acc))[0])
 
 
+def epochs_to_reach(accuracies: Sequence[float], target: float) -> int | None:
+    """The first epoch whose accuracy reaches ``target`` (element 0: before training), or None if none does.
+
+    A common target (the base run's final accuracy, say) compares how fast two runs get somewhere, where
+    ``convergence_epoch`` compares how fast each gets to its own plateau: a run that plateaus lower "converges"
+    sooner by that measure while never reaching where the other ended."""
+    acc = np.asarray(accuracies, dtype=float)
+    hits = np.flatnonzero(np.isfinite(acc) & (acc >= target))
+    return int(hits[0]) if hits.size else None
+
+
 def speedup(base_epochs: float, pae_epochs: float) -> float:
     """How many times fewer epochs PAE needs to converge than its base method (> 1 = faster).
 

@@ -68,7 +68,7 @@ class TrainingRun:
 
     @property
     def label(self) -> str:
-        return f"{self.task.spec.label}/{self.cfg.method}/{self.cfg.pae.label}/seed{self.cfg.seed}"
+        return f"{self.task.spec.label}/{self.cfg.method}/{self.cfg.variant}/seed{self.cfg.seed}"
 
     @property
     def config(self) -> str:
@@ -104,6 +104,7 @@ def train_runs(cfgs: list[TrainConfig]) -> list[dict]:
     """Train one run, or several runs of one task as one group (``check_group``); return their final metrics."""
     from tqdm import tqdm
 
+    cfgs = [cfg.resolved() for cfg in cfgs]
     for cfg in cfgs:
         cfg.validate()
     check_group(cfgs)
@@ -125,7 +126,7 @@ def train_runs(cfgs: list[TrainConfig]) -> list[dict]:
         for run in active:
             for row in run.progress.history:  # a resumed run re-logs its history: identical entries are stored once
                 run.log(row)
-        name = runs[0].label if len(runs) == 1 else f"{len(runs)} runs of {task.spec.label}/{cfg.method}/{cfg.pae.label}"
+        name = runs[0].label if len(runs) == 1 else f"{len(runs)} runs of {task.spec.label}/{cfg.method}/{cfg.variant}"
         start = active[0].progress.epoch if active else cfg.epochs
         with preemption() as stop, tqdm(total=cfg.epochs, initial=start, desc=name, unit="epoch", leave=False) as bar:
             while active and active[0].progress.epoch < cfg.epochs:
@@ -203,7 +204,7 @@ def run_key(out_dir: Path, config: str) -> str:
 def run_tags(run: TrainingRun, shared: tuple[dict[str, str], dict[str, str]]) -> dict[str, str]:
     """A run's MLflow tags; its own ``tags`` override the data and git tags, the backbone's provenance wins."""
     cfg, (data, backbone) = run.cfg, shared
-    return {"method": cfg.method, "task": run.task.spec.label, "task_group": cfg.task_group, "pae": cfg.pae.label,
+    return {"method": cfg.method, "task": run.task.spec.label, "task_group": cfg.task_group, "pae": cfg.variant,
             **data, **cfg.tags, **backbone}
 
 
@@ -403,6 +404,7 @@ def final_metrics(run: TrainingRun, group_size: int) -> RunMetrics:
         **{top1_key(s, "best"): max(v for v in curve(s)[1:] if math.isfinite(v)) for s in evals},
         **{top1_key(s, "initial"): history[0][f"{s}_top1"] for s in evals},
         selection_split=selection_split, convergence_epoch=convergence_epoch(curve(selection_split)),
+        selection_curve=curve(selection_split),  # the convergence table's common-target columns read it
         final_train_loss=history[-1]["train_loss"],
         # oscillation over epochs (per-epoch mean norms): per-step norms mostly measure minibatch noise
         **(oscillation_summary(history[1:]) if run.layers else {}),

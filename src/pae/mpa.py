@@ -19,13 +19,13 @@ from .config.train import TrainConfig
 from .errors import PaeError
 from .evolution.frequency import dominant_frequency_maps, fit_scorer
 from .evolution.pae import discover, record_prompts
-from .evolution.task_init import cls_features
+from .evolution.task_init import mpa_features
 from .files import atomic_write, read_json, write_json
 
 
 def training_task(cfg: TrainConfig) -> LoadedTask:
     """The run's training split and frozen backbone on its device, as ``train`` would load them."""
-    cfg.validate()
+    cfg.resolved().validate()
     return load_task(cfg, evaluation=False)
 
 
@@ -44,9 +44,10 @@ def find_task_shortcuts(cfg: TrainConfig, out: str | Path) -> dict:
     maps: list = []
     if len(held_y):
         with torch.no_grad():
-            scorer = fit_scorer(cfg.pae.scorer, cls_features(backbone, x), y, classes, cfg.seed)
-            maps = dominant_frequency_maps(lambda b: cls_features(backbone, b), held_x, held_y, classes,
-                                           record["window"], record["stride"], scorer).tolist()
+            features = mpa_features(backbone, cfg.options.num_tokens, cfg.pae.zero_prompt_scoring)
+            scorer = fit_scorer(cfg.pae.scorer, features(x), y, classes, cfg.seed)
+            maps = dominant_frequency_maps(features, held_x, held_y, classes, record["window"], record["stride"],
+                                           scorer).tolist()
     record.update(task=task.spec.label, seed=cfg.seed, protocol=cfg.protocol, classes=task.train_data.classes,
                   class_maps=maps, class_map_images=len(held_y), class_map_seconds=time.perf_counter() - start)
     write_json(record, out)

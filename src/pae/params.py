@@ -24,7 +24,7 @@ import yaml
 
 from .errors import PaeError
 from .config.pae import PARTS, PAEOptions
-from .config.train import TrainConfig
+from .config.train import TrainConfig, make_config
 from .methods import load_plugins, option_fields, options_for, ordered
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
@@ -96,11 +96,9 @@ def validate_params(config: dict, source: str = "params", base_dir: str | Path =
         check_variants(config["pae_variants"])
         for grid in ("run", "ablation"):
             check_grid(config, grid)
-        check_options(config["train"], "train", train_fields())
-        check_train(config["train"], config["img_size"], "train", grid_methods(config))
-        check_task_train(config)
         check_options(config["pae"], "pae", pae_fields())
         check_pae(config)
+        check_job_settings(config)
         check_pairs(config["ablation"], "ablation", ("methods", "pae"))
         check_pairs(config["search"], "search", ("lr", "weight_decay"))
         check_task_roots(config, Path(base_dir))
@@ -270,24 +268,58 @@ def grid_methods(config: dict) -> list[str]:
     return list(dict.fromkeys(config["run"]["methods"] + config["ablation"]["methods"]))
 
 
-def check_train(train: dict, img_size: int, section: str, methods: list[str]) -> None:
-    """The train settings pass TrainConfig's own checks (the same the training job runs), for every method of the
-    grids with the options it reads."""
-    shared = {k: v for k, v in train.items() if k not in option_fields()}
-    try:
-        for method in methods:
-            TrainConfig(**shared, method=method, options=options_for(method, train), img_size=img_size).validate()
-    except PaeError as exc:
-        raise PaeError(f"{section}: {exc.problem}", exc.fix) from exc
+def job_settings(config: dict, task: str, method: str, variant: str | None = None) -> dict:
+    """The train settings of one job, later sections winning: train, methods.<method>, tasks.<task>.train,
+    tasks.<task>.methods.<method>, pae_variants.<variant>.train; of the method options only those the method reads
+    (a setting of another method never reaches, nor reruns, this one's jobs). The Snakefile builds every job's
+    command from this, and the params check validates every job of the grids with it."""
+    t = config["tasks"][task]
+    merged = {**config["train"], **config["methods"].get(method, {}), **t.get("train", {}),
+              **t.get("methods", {}).get(method, {}),
+              **(config["pae_variants"][variant].get("train", {}) if variant else {})}
+    shared = {k: v for k, v in merged.items() if k not in option_fields()}
+    return {**shared, **options_for(method, merged)}
 
 
-def check_task_train(config: dict) -> None:
-    """A task's own train settings are train flags too, and valid together with the shared ones."""
+def variant_parts(config: dict, variant: str) -> dict[str, bool]:
+    """The PAE parts a variant switches (its entry without its train settings)."""
+    return {k: v for k, v in config["pae_variants"][variant].items() if k != "train"}
+
+
+def check_job_settings(config: dict) -> None:
+    """Every section of train settings holds train flags, and every job of the grids passes the checks the
+    training job itself runs, with the settings it will get."""
+    sections = {"train": config["train"], **{f"methods.{m}": v for m, v in config["methods"].items()},
+                **{f"pae_variants.{v}.train": e["train"] for v, e in config["pae_variants"].items() if "train" in e}}
     for name, task in config["tasks"].items():
-        if "train" in task:
-            section = f"tasks.{name}.train"
-            check_options(task["train"], section, train_fields())
-            check_train({**config["train"], **task["train"]}, config["img_size"], section, grid_methods(config))
+        sections[f"tasks.{name}.train"] = task.get("train", {})
+        sections.update({f"tasks.{name}.methods.{m}": v for m, v in task.get("methods", {}).items()})
+    for section, settings in sections.items():
+        check_options(settings, section, train_fields())
+    known = [s.name for s in ordered()]
+    for place in [("methods",)] + [("tasks", n, "methods") for n in config["tasks"]]:
+        chosen = config
+        for key in place:
+            chosen = chosen.get(key, {})
+        for method in chosen:
+            if method not in known:
+                raise PaeError(f"{'.'.join(place)}.{method} is not a method.",
+                               suggest(method, known, f"use one of: {', '.join(known)}."))
+    grids = [config["run"]] + ([config["ablation"]] if config["ablation"]["methods"] else [])
+    for grid in grids:
+        for task in grid.get("tasks") or config["run"]["tasks"]:
+            for method in grid["methods"]:
+                for variant in grid["pae"]:
+                    settings = job_settings(config, task, method, variant)
+                    options = {k: v for k, v in settings.items() if k in option_fields()}
+                    shared = {k: v for k, v in settings.items() if k not in options}
+                    try:
+                        cfg = make_config({**shared, "img_size": config["img_size"], "method": method}, options,
+                                          {**config["pae"], **variant_parts(config, variant)})
+                        cfg.resolved().validate()
+                    except PaeError as exc:
+                        raise PaeError(f"task {task}, method {method}, variant {variant}: {exc.problem}",
+                                       exc.fix) from exc
 
 
 def check_pae(config: dict) -> None:

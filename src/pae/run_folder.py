@@ -13,11 +13,11 @@ Nothing here imports torch at module level: the figures read the checkpoint's na
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .config.options import flatten
 from .errors import PaeError
 from .files import atomic_write, json_text, read_json, write_csv
 
@@ -52,19 +52,20 @@ class RunMetrics:
     lr: float
     weight_decay: float
     protocol: str
+    profile: str
     mlflow_run_id: str | None
     numbers: dict[str, Any] = field(default_factory=dict)  # top-1s, costs, diagnostics (flat, JSON-ready)
 
     @classmethod
     def of(cls, cfg: TrainConfig, task: str, mlflow_run_id: str | None, **numbers: Any) -> RunMetrics:
-        return cls(task, cfg.task_group, cfg.method, cfg.pae.label, cfg.seed, cfg.epochs, cfg.lr, cfg.weight_decay,
-                   cfg.protocol, mlflow_run_id, numbers)
+        return cls(task, cfg.task_group, cfg.method, cfg.variant, cfg.seed, cfg.epochs, cfg.lr, cfg.weight_decay,
+                   cfg.protocol, cfg.profile, mlflow_run_id,
+                   {"settings": {k: v for k, v in flatten(cfg).items() if not k.startswith("tags")}, **numbers})
 
     def to_json(self) -> dict[str, Any]:
-        """One flat mapping; undefined statistics (NaN, inf) are null, as JSON has no NaN."""
+        """One flat mapping; undefined statistics (NaN, inf), at any depth, are null, as JSON has no NaN."""
         identity = {k: v for k, v in asdict(self).items() if k != "numbers"}
-        flat = {**identity, **self.numbers}
-        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in flat.items()}
+        return json.loads(json.dumps({**identity, **self.numbers}), parse_constant=lambda _: None)
 
 
 def read_metrics(path: str | Path) -> dict[str, Any]:

@@ -6,6 +6,8 @@ rule import_backbone:
         arch=config["backbone"]["arch"],
     log:
         "logs/import_backbone.log",
+    benchmark:
+        "logs/benchmarks/import_backbone.tsv",
     conda:
         ENV
     threads: 1

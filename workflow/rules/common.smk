@@ -1,13 +1,15 @@
-# Shared definitions: the validated config, the job lists of the two grids, and the command-line pieces.
+# Shared definitions: the validated config, the job lists of the two grids, and the command-line pieces. Every
+# rule logs to logs/<experiment>/ and records its wall time and memory (Snakemake benchmark:) in
+# logs/<experiment>/benchmarks/*.tsv.
 import glob
 import os
 import sys
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the pae package, also before `pip install -e .`
 from pae.config.pae import SETTINGS_OF
-from pae.methods import method_spec, option_fields, options_for
+from pae.methods import method_spec
 from pae.methods.registry import PLUGINS_ENV
-from pae.params import validate_params
+from pae.params import job_settings, validate_params, variant_parts
 
 config = validate_params(config, base_dir=".")  # also loads the params' method plugins
 if config["plugins"]:  # every job's `pae.cli` loads them too
@@ -28,6 +30,7 @@ TRAIN_RESOURCES = config["resources"]["train"]
 
 wildcard_constraints:
     seed=r"\d+",
+    mpa=r"p\d+(-\w+)?",
     lr=r"[0-9.e+-]+",
     wd=r"[0-9.e+-]+",
 
@@ -50,28 +53,34 @@ def task_args(task):
     return " ".join(f"--{k} {v}" for k, v in pairs if v)
 
 
-def train_flags(task, method):
-    """The params' train flags with the task's own overrides (e.g. VPT's per-task prompt length); of the method
-    settings only those the method reads, so a setting of another method never reruns its jobs."""
-    settings = {**config["train"], **config["tasks"][task].get("train", {})}
-    shared = {k: v for k, v in settings.items() if k not in option_fields()}
-    return flags({**shared, **options_for(method, settings)})
+def train_flags(task, method, variant):
+    """The job's train flags (``pae.params.job_settings``: train, then the method's, the task's and the variant's
+    overrides; of the method settings only those the method reads, so another method's setting never reruns it)."""
+    return flags(job_settings(config, task, method, variant))
 
 
 def parts(variant):
-    return {part for part, on in config["pae_variants"][variant].items() if on}
+    return {part for part, on in variant_parts(config, variant).items() if on}
 
 
 def pae_args(variant):
     """The variant's parts and only the settings they read (SETTINGS_OF): a changed setting reruns just its users."""
     on = parts(variant)
     settings = {k: v for k, v in config["pae"].items() if any(k in SETTINGS_OF[p] for p in on)}
-    return flags({**settings, **config["pae_variants"][variant]}, "pae-") if on else ""
+    return flags({**settings, **variant_parts(config, variant)}, "pae-") if on else ""
 
 
 def init_args():
     """The shortcut search's and prompt init's settings."""
     return flags({k: v for k, v in config["pae"].items() if k in SETTINGS_OF["init"]}, "pae-")
+
+
+def mpa_key(task, method, variant):
+    """What MPA of a job depends on beyond task and seed: its prompt count (one band per token) and profile (the
+    scorer's defaults), e.g. 'p5' or 'p5-ours'; jobs with the same key share one search."""
+    settings = job_settings(config, task, method, variant)
+    tokens = settings.get("num_tokens", method_spec(method).options().num_tokens)
+    return f"p{tokens}" + ("" if settings.get("profile", "official") == "official" else f"-{settings['profile']}")
 
 
 INIT_ONLY = next((v for v in config["pae_variants"] if parts(v) == {"init"}), None)
@@ -112,8 +121,8 @@ def run_files(job_list):
     return [f"{run_dir(*job)}/metrics.json" for job in job_list]
 
 
-def mpa_dir(protocol, task, seed):
-    return f"{RESULTS}/mpa/{protocol}/{task}/seed{seed}"
+def mpa_dir(protocol, task, key, seed):
+    return f"{RESULTS}/mpa/{protocol}/{task}/{key}/seed{seed}"
 
 
 def number(value):

@@ -8,6 +8,8 @@ rule prepare_data:
         size=config["img_size"],
     log:
         f"logs/{EXPERIMENT}/prepare_{{task}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/prepare_{{task}}.tsv",
     conda:
         ENV
     threads: 2

@@ -3,7 +3,9 @@
 # checkpoint does not reproduce its numbers never reaches a table.
 TABLE_JOBS = {"accuracy": MAIN_JOBS, "convergence": MAIN_JOBS, "ablation": ABLATION_JOBS, "cost": ALL_JOBS}
 FIGURE_JOBS = {"learning_curves": MAIN_JOBS, "gradient_oscillation": ALL_JOBS, "koopman_spectrum": ALL_JOBS}
-SHORTCUT_FILES = [f"{mpa_dir('final', t, RUN['seeds'][0])}/shortcuts.json" for t in RUN["tasks"]]
+PROMPTED = next((m for m in RUN["methods"] if method_spec(m).has_prompts), None)  # the maps of its MPA key
+SHORTCUT_FILES = [f"{mpa_dir('final', t, mpa_key(t, PROMPTED, RUN['pae'][0]), RUN['seeds'][0])}/shortcuts.json"
+                  for t in RUN["tasks"]] if PROMPTED else []
 
 
 def evaluations(job_list):
@@ -24,6 +26,8 @@ rule table:
         table="|".join(TABLE_JOBS),
     log:
         f"logs/{EXPERIMENT}/table_{{table}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/table_{{table}}.tsv",
     conda:
         ENV
     shell:
@@ -42,6 +46,8 @@ rule figure:
         figure="|".join(FIGURE_JOBS),
     log:
         f"logs/{EXPERIMENT}/figure_{{figure}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/figure_{{figure}}.tsv",
     conda:
         ENV
     shell:
@@ -57,6 +63,8 @@ rule shortcut_maps:
         maps=SHORTCUT_FILES,
     log:
         f"logs/{EXPERIMENT}/figure_shortcut_maps.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/figure_shortcut_maps.tsv",
     conda:
         ENV
     shell:
@@ -76,6 +84,8 @@ rule report:
         params=workflow.configfiles,
     log:
         f"logs/{EXPERIMENT}/report.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/report.tsv",
     conda:
         ENV
     shell:

@@ -1,18 +1,19 @@
-# PAE's MPA as two jobs per (protocol, task, seed), shared by every method: the frequency-shortcut search
-# (with the per-class dominant-frequency maps for the figure), then the task-aware prompts for every block.
+# PAE's MPA as two jobs per (protocol, task, MPA key, seed), shared by every method of that key (its prompt count
+# and profile, `mpa_key`): the frequency-shortcut search (with the per-class dominant-frequency maps for the
+# figure), then the task-aware prompts for every block.
 
 
 def mpa_args(w):
     """Only what MPA reads (one band per prompt token): a changed lr or epoch count does not redo the search."""
-    tokens = {**config["train"], **config["tasks"][w.task].get("train", {})}.get("num_tokens")
+    tokens, _, profile = w.mpa.removeprefix("p").partition("-")
     return (f"{task_args(w.task)} --protocol {w.protocol} --seed {w.seed} --arch {config['backbone']['arch']}"
-            f" --img-size {config['img_size']} {flags({'num_tokens': tokens} if tokens else {})} {init_args()}"
+            f" --img-size {config['img_size']} --num-tokens {tokens} --profile {profile or 'official'} {init_args()}"
             f" --threads {TRAIN_RESOURCES['threads']}")
 
 
 rule shortcuts:
     output:
-        f"{RESULTS}/mpa/{{protocol}}/{{task}}/seed{{seed}}/shortcuts.json",
+        f"{RESULTS}/mpa/{{protocol}}/{{task}}/{{mpa}}/seed{{seed}}/shortcuts.json",
     input:
         JOB_CODE,
         backbone=config["backbone"]["file"],
@@ -20,7 +21,9 @@ rule shortcuts:
     params:
         args=mpa_args,
     log:
-        f"logs/{EXPERIMENT}/shortcuts_{{protocol}}_{{task}}_seed{{seed}}.log",
+        f"logs/{EXPERIMENT}/shortcuts_{{protocol}}_{{task}}_{{mpa}}_seed{{seed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/shortcuts_{{protocol}}_{{task}}_{{mpa}}_seed{{seed}}.tsv",
     conda:
         ENV
     threads: TRAIN_RESOURCES["threads"]
@@ -33,15 +36,17 @@ rule shortcuts:
 
 rule init_prompts:
     output:
-        f"{RESULTS}/mpa/{{protocol}}/{{task}}/seed{{seed}}/prompts.safetensors",
+        f"{RESULTS}/mpa/{{protocol}}/{{task}}/{{mpa}}/seed{{seed}}/prompts.safetensors",
     input:
         JOB_CODE,
         backbone=config["backbone"]["file"],
-        shortcuts=f"{RESULTS}/mpa/{{protocol}}/{{task}}/seed{{seed}}/shortcuts.json",
+        shortcuts=f"{RESULTS}/mpa/{{protocol}}/{{task}}/{{mpa}}/seed{{seed}}/shortcuts.json",
     params:
         args=mpa_args,
     log:
-        f"logs/{EXPERIMENT}/init_prompts_{{protocol}}_{{task}}_seed{{seed}}.log",
+        f"logs/{EXPERIMENT}/init_prompts_{{protocol}}_{{task}}_{{mpa}}_seed{{seed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/init_prompts_{{protocol}}_{{task}}_{{mpa}}_seed{{seed}}.tsv",
     conda:
         ENV
     threads: TRAIN_RESOURCES["threads"]

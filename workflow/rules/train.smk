@@ -7,7 +7,7 @@ def train_inputs(protocol):
         out = {"backbone": config["backbone"]["file"], "data": f"{RESULTS}/prepared/{w.task}.json"}
         seed = SEARCH["seed"] if protocol == "tune" else w.seed
         if "init" in parts(w.pae):
-            out["init"] = f"{mpa_dir(protocol, w.task, seed)}/prompts.safetensors"
+            out["init"] = f"{mpa_dir(protocol, w.task, mpa_key(w.task, w.method, w.pae), seed)}/prompts.safetensors"
         if protocol == "final" and SEARCH["lr"]:
             out["hparams"] = f"{RESULTS}/tune/{w.task}/{w.method}/{w.pae}/selected.json"
         return out
@@ -22,7 +22,7 @@ def train_args(w, protocol):
     extra = {"init": "--init-prompts", "hparams": "--hparams"}
     given = " ".join(f"{flag} {input[key]}" for key, flag in extra.items() if key in input)
     return (f"{task_args(w.task)} --protocol {protocol} --arch {config['backbone']['arch']} --weights {input['backbone']}"
-            f" --img-size {config['img_size']} --method {w.method} {train_flags(w.task, w.method)} {pae_args(w.pae)}"
+            f" --img-size {config['img_size']} --method {w.method} {train_flags(w.task, w.method, w.pae)} {pae_args(w.pae)}"
             f" --threads {TRAIN_RESOURCES['threads']} --experiment {EXPERIMENT} {given}")
 
 
@@ -51,6 +51,8 @@ def tune_rule(name, lrs, wds):
             out=lambda w: f"{RESULTS}/tune/{w.task}/{w.method}/{w.pae}/lr{{lr}}_wd{{wd}}",  # the CLI fills these in
         log:
             f"logs/{EXPERIMENT}/{name}_{{task}}_{{method}}_{{pae}}_lr{'+'.join(lrs)}_wd{'+'.join(wds)}.log",
+        benchmark:
+            f"logs/{EXPERIMENT}/benchmarks/{name}_{{task}}_{{method}}_{{pae}}_lr{'+'.join(lrs)}_wd{'+'.join(wds)}.tsv",
         conda:
             ENV
         threads: TRAIN_RESOURCES["threads"]
@@ -80,6 +82,8 @@ rule select_hparams:
         runs=lambda w: [f"{d}/metrics.json" for d in grid_dirs(w)],
     log:
         f"logs/{EXPERIMENT}/select_{{task}}_{{method}}_{{pae}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/select_{{task}}_{{method}}_{{pae}}.tsv",
     conda:
         ENV
     shell:
@@ -97,6 +101,8 @@ rule train:
         out=lambda w: run_dir(w.task, w.method, w.pae, w.seed),
     log:
         f"logs/{EXPERIMENT}/train_{{task}}_{{method}}_{{pae}}_seed{{seed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/train_{{task}}_{{method}}_{{pae}}_seed{{seed}}.tsv",
     conda:
         ENV
     threads: TRAIN_RESOURCES["threads"]
@@ -118,6 +124,8 @@ rule evaluate:
         run_dir=lambda w: run_dir(w.task, w.method, w.pae, w.seed),
     log:
         f"logs/{EXPERIMENT}/evaluate_{{task}}_{{method}}_{{pae}}_seed{{seed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/evaluate_{{task}}_{{method}}_{{pae}}_seed{{seed}}.tsv",
     conda:
         ENV
     threads: TRAIN_RESOURCES["threads"]

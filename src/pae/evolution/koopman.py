@@ -90,7 +90,8 @@ class KoopmanLyapunov(nn.Module):
         q = self.L.mT @ self.L
         if self.lyapunov_form == "hinge":
             return F.relu(_energy(z_next, q) - _energy(z, q)).mean(-1)
-        q = q / (torch.linalg.matrix_norm(q, ord=2, keepdim=True) + 1e-8)
+        # The SVD refuses non-finite input; a diverged step must reach the loop's divergence check as a nan loss.
+        q = q / (torch.linalg.matrix_norm(torch.nan_to_num(q), ord=2, keepdim=True) + 1e-8)
         delta = _energy(_clamp_norm(z_next), q) - _energy(_clamp_norm(z), q)
         return 10.0 * torch.tanh(F.softplus(delta).mean(-1) / 10.0)
 

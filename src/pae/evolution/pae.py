@@ -24,7 +24,7 @@ from ..errors import PaeError
 from ..prompts import PromptMethod
 from .frequency import band_masks, conjugate_pair, scaled_window
 from .koopman import KoopmanLyapunov
-from .task_init import band_prompts, find_shortcuts
+from .task_init import band_prompts, find_shortcuts, mpa_features
 
 
 class PAE(nn.Module):
@@ -106,10 +106,12 @@ def discover(options: PAEOptions, backbone: nn.Module, images: torch.Tensor, lab
     It needs no prompt method, so the pipeline runs it once per task and seed for every method."""
     start = time.perf_counter()
     window, stride = band_window(options, images.shape[-1])
+    features = mpa_features(backbone, num_tokens, options.zero_prompt_scoring)
     found = find_shortcuts(backbone, images, labels, num_classes, num_tokens, window, stride, options.scorer,
-                           seed, folds=options.folds, conjugate_pairs=options.conjugate_pairs)
+                           seed, features, folds=options.folds, conjugate_pairs=options.conjugate_pairs)
     return {"img_size": images.shape[-1], "window": window, "stride": stride,
             "grid": (images.shape[-1] - window) // stride + 1, "scorer": options.scorer,
+            "zero_prompt_scoring": options.zero_prompt_scoring,
             "images": len(images), "folds": found.folds, "conjugate_pairs": found.conjugate_pairs,
             "selected": found.selected.tolist(), "band_losses": found.losses.tolist(),
             "seconds": time.perf_counter() - start}

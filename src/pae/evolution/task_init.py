@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import PaeError
-from ..prompts.base import embed_tokens
+from ..prompts.base import LayerPrompts, embed_tokens
 from .frequency import FeaturesFn, ShortcutResult, band_pass_spectrum, centred_spectrum, discover_shortcuts
 
 
@@ -38,6 +38,39 @@ def cls_features(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
         return backbone.forward_features(images)[:, 0].float()
+
+
+class _ZeroPrompts(LayerPrompts):
+    """p all-zero prompts before every block: the official MPA scores bands through the model it is initialising,
+    whose prompts are still zero. Zero tokens are not neutral (LayerNorm(0) = beta: they take part in attention)."""
+
+    def __init__(self, depth: int, dim: int, num_tokens: int, device: torch.device) -> None:
+        super().__init__(depth, num_tokens, dropout=0.0)
+        self.zeros = torch.zeros(num_tokens, dim, device=device)
+
+    def prompt_set(self, layer: int) -> torch.Tensor:
+        return self.zeros
+
+
+def zero_prompt_features(backbone: nn.Module, num_tokens: int) -> FeaturesFn:
+    """[CLS] after the final norm of the backbone with ``num_tokens`` zero prompts before every block (VPT-deep with
+    zero prompts, as PAE's code builds it for MPA), in eval mode; bf16 on CUDA as ``cls_features``."""
+    from ..prompts.base import PromptedViT
+
+    prompts = _ZeroPrompts(len(backbone.blocks), backbone.embed_dim, num_tokens, next(backbone.parameters()).device)
+    with torch.random.fork_rng(devices=[]):  # its unused head must not move the run's random stream
+        model = PromptedViT(backbone, prompts, 1).eval()
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+            return model.forward_features(images)[:, 0].float()
+
+    return features
+
+
+def mpa_features(backbone: nn.Module, num_tokens: int, zero_prompts: bool) -> FeaturesFn:
+    """What MPA scores bands by: the zero-prompted model (the official code) or the prompt-free backbone."""
+    return zero_prompt_features(backbone, num_tokens) if zero_prompts else (lambda x: cls_features(backbone, x))
 
 
 def patch_tokens(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -33,4 +33,4 @@ def ivpt(backbone: Any, o: IVPTOptions) -> Any:
 
     depth, dim, patch = dims(backbone)
     return IVPT(depth, dim, patch, o.num_tokens, dropout=o.prompt_dropout, cdc=o.ivpt_cdc, dynamic=o.ivpt_dynamic,
-                ar=o.ivpt_ar, ar_top_k=o.ivpt_top_k)
+                ar=o.ivpt_ar, ar_top_k=o.ivpt_top_k, mask=o.prompt_dropout_mask)

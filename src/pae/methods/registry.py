@@ -38,6 +38,7 @@ class MethodSpec:
     trains_backbone: bool = False  # full fine-tuning: its runs cannot share a frozen backbone
     least_tokens: int = 1  # the fewest prompt tokens it accepts (E2VPT's key/value prompts work without any)
     order: int = 100  # place in listings and tables; the linear probe, the baseline, comes first
+    head_init: str = "kaiming_fan_out"  # the official code's head init (VPT's; BPT's is trunc_normal)
 
     @property
     def has_prompts(self) -> bool:
@@ -55,7 +56,8 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(name: str, *, summary: str, options: type, prompts: str = "deep", trains_backbone: bool = False,
-                    least_tokens: int = 1, order: int = 100) -> Callable[[Callable], Callable]:
+                    least_tokens: int = 1, order: int = 100,
+                    head_init: str = "kaiming_fan_out") -> Callable[[Callable], Callable]:
     """Decorate a method's builder ``(backbone, options) -> PromptMethod`` to register it under ``name``."""
     if prompts not in PROMPT_PLACES:
         raise ValueError(f"prompts must be one of {PROMPT_PLACES}, got {prompts!r}")
@@ -63,7 +65,8 @@ def register_method(name: str, *, summary: str, options: type, prompts: str = "d
     def register(build: Callable) -> Callable:
         if name in METHODS and _source(METHODS[name].build) != _source(build):  # a re-imported file may repeat
             raise ValueError(f"method '{name}' is registered twice")
-        METHODS[name] = MethodSpec(name, summary, options, build, prompts, trains_backbone, least_tokens, order)
+        METHODS[name] = MethodSpec(name, summary, options, build, prompts, trains_backbone, least_tokens, order,
+                                   head_init)
         return build
 
     return register
@@ -129,6 +132,12 @@ def check_options(spec: MethodSpec, options: Any) -> None:
         raise PaeError(f"prompt_dropout must be in [0, 1), got {dropout}.", "set it in [0, 1).")
     if hasattr(options, "check"):
         options.check()
+
+
+def resolve_options(spec: MethodSpec, options: Any, pae_enabled: bool) -> Any:
+    """The options with every 'official' placeholder replaced by what the official code does for this method (and
+    with or without PAE), so a run's config records the value it ran with."""
+    return options.resolved(spec, pae_enabled) if hasattr(options, "resolved") else options
 
 
 def load_plugins(sources: str | None = None) -> None:

@@ -28,4 +28,5 @@ def vfpt(backbone: Any, o: VFPTOptions) -> Any:
     from ..prompts.vfpt import VFPT
 
     depth, dim, patch = dims(backbone)
-    return VFPT(depth, dim, patch, o.num_tokens, o.fourier_fraction, dropout=o.prompt_dropout)
+    return VFPT(depth, dim, patch, o.num_tokens, o.fourier_fraction, dropout=o.prompt_dropout,
+                mask=o.prompt_dropout_mask)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config.options import option
-from .registry import register_method
+from .registry import MethodSpec, register_method
+
+DROPOUT_MASKS = ("official", "image", "batch")
 
 
 @dataclass
@@ -14,12 +16,26 @@ class VPTOptions:
     """The settings every prompt method shares; the other methods' options extend these."""
 
     num_tokens: int = option(10, "prompt tokens per layer")
-    prompt_dropout: float = option(0.1, "dropout on the prompt tokens (VPT: 0.1)")
+    prompt_dropout: float = option(0.1, "dropout on the prompt tokens (VPT-deep's scripts: 0.1)")
+    prompt_dropout_mask: str = option(
+        "official", "image: one dropout mask per image (VPT's code); batch: one mask for the whole batch (PAE's "
+        "code drops before expanding); official: batch with PAE on, image without", choices=DROPOUT_MASKS,
+        ours="image")
+
+    def resolved(self, spec: MethodSpec, pae_enabled: bool) -> VPTOptions:
+        if self.prompt_dropout_mask != "official":
+            return self
+        return replace(self, prompt_dropout_mask="batch" if pae_enabled else "image")
 
 
-@register_method("vpt_shallow", summary="VPT-shallow: prompts inserted once before block 1", options=VPTOptions,
-                 prompts="shallow", order=2)
-def vpt_shallow(backbone: Any, o: VPTOptions) -> Any:
+@dataclass
+class VPTShallowOptions(VPTOptions):
+    prompt_dropout: float = option(0.0, "dropout on the prompt tokens (VPT: none for VPT-shallow)")
+
+
+@register_method("vpt_shallow", summary="VPT-shallow: prompts inserted once before block 1",
+                 options=VPTShallowOptions, prompts="shallow", order=2)
+def vpt_shallow(backbone: Any, o: VPTShallowOptions) -> Any:
     return _vpt(backbone, o, deep=False)
 
 
@@ -34,4 +50,4 @@ def _vpt(backbone: Any, o: VPTOptions, deep: bool) -> Any:
     from ..prompts.vpt import VPT
 
     depth, dim, patch = dims(backbone)
-    return VPT(depth, dim, patch, o.num_tokens, deep=deep, dropout=o.prompt_dropout)
+    return VPT(depth, dim, patch, o.num_tokens, deep=deep, dropout=o.prompt_dropout, mask=o.prompt_dropout_mask)

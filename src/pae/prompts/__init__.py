@@ -9,34 +9,32 @@ from typing import Any
 from torch import nn
 
 from ..errors import PaeError
-from ..methods import make_options, method_spec, option_fields, options_for
+from ..methods import check_options, make_options, method_spec, option_fields, options_for
+from ..methods.registry import resolve_options
 from .base import LayerPrompts, PromptedViT, PromptMethod
 
 
-def build_method(name: str, backbone: nn.Module, options: Any = None, **values: Any) -> PromptMethod:
+def build_method(name: str, backbone: nn.Module, options: Any = None, pae_enabled: bool = False,
+                 **values: Any) -> PromptMethod:
     """The prompt method ``name`` sized for ``backbone``: its options as an instance, or as keyword values. Keyword
     values are a grid's shared settings: the method takes those it reads (``num_tokens`` means nothing to the
-    linear probe)."""
+    linear probe). 'official' placeholders resolve as the official code does (with PAE or without)."""
     spec = method_spec(name)
     unknown = sorted(set(values) - set(option_fields()))
     if unknown:
         raise PaeError(f"'{unknown[0]}' is no method's option.", "see `pae.cli train --help`, method settings.")
-    return spec.build(backbone, make_options(spec, options_for(name, values)) if options is None
-                      else _checked(spec, options))
-
-
-def build_model(name: str, backbone: nn.Module, num_classes: int, options: Any = None, **values: Any) -> PromptedViT:
-    """Backbone + method + head: the model a run trains."""
-    spec = method_spec(name)
-    return PromptedViT(backbone, build_method(name, backbone, options, **values), num_classes,
-                       train_backbone=spec.trains_backbone)
-
-
-def _checked(spec: Any, options: Any) -> Any:
-    from ..methods import check_options
-
+    options = make_options(spec, options_for(name, values)) if options is None else options
     check_options(spec, options)
-    return options
+    return spec.build(backbone, resolve_options(spec, options, pae_enabled))
+
+
+def build_model(name: str, backbone: nn.Module, num_classes: int, options: Any = None, head_init: str = "official",
+                pae_enabled: bool = False, **values: Any) -> PromptedViT:
+    """Backbone + method + head: the model a run trains (``head_init`` 'official': the method's official head)."""
+    spec = method_spec(name)
+    return PromptedViT(backbone, build_method(name, backbone, options, pae_enabled, **values), num_classes,
+                       train_backbone=spec.trains_backbone,
+                       head_init=spec.head_init if head_init == "official" else head_init)
 
 
 __all__ = ["LayerPrompts", "PromptMethod", "PromptedViT", "build_method", "build_model"]

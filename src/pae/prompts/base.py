@@ -90,11 +90,14 @@ class PromptMethod(nn.Module):
 class LayerPrompts(PromptMethod):
     """A method with one (p, d) prompt set per layer, L = depth (deep) or 1 (shallow), with prompt dropout."""
 
-    def __init__(self, num_layers: int, num_tokens: int, dropout: float) -> None:
+    def __init__(self, num_layers: int, num_tokens: int, dropout: float, mask: str = "image") -> None:
         super().__init__()
+        if mask not in ("image", "batch"):
+            raise ValueError(f"prompt dropout mask must be 'image' or 'batch', got {mask!r}")
         self.num_layers = num_layers
         self.num_tokens = num_tokens
         self.dropout = nn.Dropout(dropout)
+        self.mask = mask
 
     def prompt_set(self, layer: int) -> torch.Tensor:
         """The (p, d) prompts of ``layer`` before dropout."""
@@ -103,14 +106,17 @@ class LayerPrompts(PromptMethod):
     def prompts(self, layer: int, batch: int, previous: torch.Tensor | None = None) -> torch.Tensor | None:
         if layer >= self.num_layers or self.num_tokens == 0:
             return None
-        # Expand first, then drop: every sample gets its own dropout mask, as in VPT.
-        return self.dropout(self.prompt_set(layer).unsqueeze(0).expand(batch, -1, -1))
+        prompts = self.prompt_set(layer).unsqueeze(0)
+        if self.mask == "batch":  # drop, then expand: one mask for the whole batch, as PAE's code does
+            return self.dropout(prompts).expand(batch, -1, -1)
+        return self.dropout(prompts.expand(batch, -1, -1))  # expand, then drop: a mask per image, as VPT's code
 
 
 class PromptedViT(nn.Module):
     """Frozen ViT + prompt method + linear head on [CLS] after the final norm."""
 
-    def __init__(self, backbone: nn.Module, method: PromptMethod, num_classes: int, train_backbone: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, method: PromptMethod, num_classes: int, train_backbone: bool = False,
+                 head_init: str = "kaiming_fan_out") -> None:
         super().__init__()
         if getattr(backbone, "global_pool", "token") != "token" or not isinstance(backbone.fc_norm, nn.Identity):
             raise PaeError(f"the backbone pools with '{backbone.global_pool}' (fc_norm {type(backbone.fc_norm).__name__}); "
@@ -121,9 +127,8 @@ class PromptedViT(nn.Module):
         self.train_backbone = train_backbone
         backbone.requires_grad_(train_backbone)
         self.head = nn.Linear(backbone.embed_dim, num_classes)
-        # VPT's head: Kaiming-normal weight; a constant bias is irrelevant under softmax, so zero.
-        nn.init.kaiming_normal_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        init_head(self.head.weight, head_init)
+        nn.init.zeros_(self.head.bias)  # VPT's constant -log(99) bias is irrelevant under softmax (and not decayed)
 
     def train(self, mode: bool = True) -> "PromptedViT":
         """The backbone stays in eval mode (VPT does the same): only prompt dropout is stochastic."""
@@ -151,6 +156,20 @@ class PromptedViT(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+
+HEAD_INITS = ("kaiming_fan_out", "kaiming_fan_in", "trunc_normal")
+
+
+def init_head(weight: torch.Tensor, how: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A (C, d) head weight, in place. kaiming_fan_out is VPT's and PAE's official head (kaiming_normal_, mode
+    fan_out: std sqrt(2 / C)); kaiming_fan_in is torch's default mode (std sqrt(2 / d)); trunc_normal is BPT's
+    trunc_normal_(std=0.02) with the default cut at +-2 (absolute: 100 std, so in effect N(0, 0.02))."""
+    if how == "trunc_normal":
+        return nn.init.trunc_normal_(weight, std=0.02, generator=generator)
+    if how not in HEAD_INITS:
+        raise PaeError(f"unknown head init '{how}'.", f"use one of: {', '.join(HEAD_INITS)}.")
+    return nn.init.kaiming_normal_(weight, mode=how.removeprefix("kaiming_"), generator=generator)
 
 
 def xavier_bound(patch_size: int, embed_dim: int) -> float:

@@ -32,16 +32,16 @@ class BPT(LayerPrompts):
     """Prompts A_l B_l^T per layer; ``variant`` picks what B is (module docstring)."""
 
     def __init__(self, depth: int, embed_dim: int, num_tokens: int, deep: bool, variant: str = "bilinear",
-                 rank: int = 32, b_init: str = "xavier", whiten_eps: float = 1e-4, dropout: float = 0.0,
-                 fit_images: int = 100) -> None:
+                 rank: int = 32, b_init: str = "xavier", whitening: str = "per_token", columns: str = "shared",
+                 whiten_eps: float = 1e-4, dropout: float = 0.0, mask: str = "image", fit_images: int = 100) -> None:
         if variant not in VARIANTS:
             raise PaeError(f"unknown BPT variant '{variant}'.", f"use one of: {', '.join(VARIANTS)}.")
-        if b_init not in B_INITS:
+        if b_init not in B_INITS or b_init == "official":
             raise PaeError(f"unknown BPT B init '{b_init}'.", f"use one of: {', '.join(B_INITS)}.")
         if variant == "bilinear" and not 1 <= rank <= embed_dim:
             raise PaeError(f"BPT's bilinear rank must be in [1, {embed_dim}], got {rank}.", "set bpt_rank in that range.")
-        super().__init__(depth if deep else 1, num_tokens, dropout)
-        self.variant, self.whiten_eps = variant, whiten_eps
+        super().__init__(depth if deep else 1, num_tokens, dropout, mask)
+        self.variant, self.whitening, self.columns, self.whiten_eps = variant, whitening, columns, whiten_eps
         self.needs_whitening = variant != "bilinear" or b_init == "whitening"
         self.fit_images = fit_images if self.needs_whitening else 0
         r = rank if variant == "bilinear" else embed_dim
@@ -70,9 +70,9 @@ class BPT(LayerPrompts):
         for layer, (block, tokens) in enumerate(block_inputs(backbone, images)):
             if layer == self.num_layers:
                 break
-            w = whitening_matrix(block, tokens, self.whiten_eps)
+            w = whitening_matrix(block, tokens, self.whitening, self.whiten_eps)
             if self.variant == "bilinear":
-                w = w[:, torch.randperm(w.shape[1])[: self.b.shape[2]].to(w.device)]
+                w = draw_columns(w, self.b.shape[2], self.columns)
             self.b[layer].copy_(w.to(self.b.dtype))
 
     @torch.no_grad()
@@ -106,24 +106,45 @@ class BPT(LayerPrompts):
 
 @torch.no_grad()
 def block_inputs(backbone: nn.Module, images: torch.Tensor) -> Iterator[tuple[nn.Module, torch.Tensor]]:
-    """Each block with its input patch tokens (N, d) (prefix dropped), from a prompt-free forward of ``backbone``."""
+    """Each block with its input patch tokens (B, N, d) (prefix dropped), from a prompt-free forward of ``backbone``."""
     x = embed_tokens(backbone, images)
     for block in backbone.blocks:
-        yield block, x[:, backbone.num_prefix_tokens:].flatten(0, 1)
+        yield block, x[:, backbone.num_prefix_tokens:]
         x = block(x)
 
 
 @torch.no_grad()
-def whitening_matrix(block: nn.Module, tokens: torch.Tensor, eps: float) -> torch.Tensor:
-    """ZCA W = Sigma^{-1/2} of X~ = W_q W_k^T norm1(x)^T (row convention q = x W_q), in float64.
+def whitening_matrix(block: nn.Module, tokens: torch.Tensor, form: str = "per_token", eps: float = 1e-4) -> torch.Tensor:
+    """ZCA W = Sigma^{-1/2} of the q/k statistics of the block's LayerNorm-ed input tokens (B, N, d), in float64.
 
-    ``eps`` is relative to Sigma's largest eigenvalue, bounding the gain of near-null directions.
+    ``per_token`` (the paper's formula, row convention q = x W_q): X~ = W_q W_k^T x^T with every token a column,
+    Sigma = X~ X~^T / (B N), and a ridge ``eps`` relative to Sigma's largest eigenvalue bounding the gain of
+    near-null directions. ``image_mean`` (the official code): X~ = q k^T x^T with q, k the rows of qkv.weight as
+    stored, averaged over the images first (so Sigma has rank <= N), Sigma = X~ X~^T / d, and no ridge; its float32
+    SVD never returns an exact zero, so eigenvalues are floored at float32's resolution of the largest (without the
+    floor the gain of the null directions is infinite).
     """
     x = block.norm1(tokens).double()
-    d = x.shape[1]
+    d = x.shape[-1]
     weight = fused_qkv(block.attn).weight.double()  # (3d, d): q = x @ weight[:d].T
-    xt = weight[:d].T @ (weight[d:2 * d] @ x.T)  # W_q W_k^T x^T, (d, N)
-    sigma = xt @ xt.T / xt.shape[1]
+    if form == "per_token":
+        flat = x.flatten(0, 1)
+        xt = weight[:d].T @ (weight[d:2 * d] @ flat.T)  # W_q W_k^T x^T, (d, B N)
+        sigma = xt @ xt.T / xt.shape[1]
+        floor = eps
+    else:
+        xt = (weight[:d] @ weight[d:2 * d].T @ x.transpose(1, 2)).mean(0)  # q k^T x^T averaged over images, (d, N)
+        sigma = xt @ xt.T / d
+        floor = torch.finfo(torch.float32).eps
     s, u = torch.linalg.eigh(sigma)
-    s = s.clamp_min(0.0) + eps * s.max()
+    s = s.clamp_min(0.0) + floor * s.max()
     return (u * s.rsqrt()) @ u.T
+
+
+def draw_columns(w: torch.Tensor, r: int, how: str) -> torch.Tensor:
+    """r random columns of W (d, d) for B (d, r): ``shared`` takes the same r columns for every row, ``per_row``
+    gathers each row's own r columns (the official code: gather(W, 1, argsort(rand(d, d), 1)[:, :r]))."""
+    d = w.shape[1]
+    if how == "shared":
+        return w[:, torch.randperm(d)[:r].to(w.device)]
+    return torch.gather(w, 1, torch.argsort(torch.rand(d, d), dim=1)[:, :r].to(w.device))

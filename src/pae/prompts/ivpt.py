@@ -30,8 +30,8 @@ class IVPT(VPT):
 
     def __init__(self, depth: int, embed_dim: int, patch_size: int, num_tokens: int, dropout: float = 0.0,
                  cdc: bool = True, dynamic: bool = True, ar: bool = True, ar_top_k: int = 8,
-                 gate_init: float = -2.0) -> None:
-        super().__init__(depth, embed_dim, patch_size, num_tokens, deep=True, dropout=dropout)
+                 gate_init: float = -2.0, mask: str = "image") -> None:
+        super().__init__(depth, embed_dim, patch_size, num_tokens, deep=True, dropout=dropout, mask=mask)
         self.cdc, self.dynamic, self.ar, self.ar_top_k = cdc, cdc and dynamic, ar, ar_top_k
         if self.cdc:  # gate logits start at gate_init: sigmoid(-2) = 0.12, mostly VPT-deep at the start
             self.gate_bias = nn.Parameter(torch.full((depth - 1, num_tokens), gate_init))

@@ -16,8 +16,8 @@ from .vpt import VPT
 
 class VFPT(VPT):
     def __init__(self, depth: int, embed_dim: int, patch_size: int, num_tokens: int,
-                 fourier_fraction: float, dropout: float = 0.0) -> None:
-        super().__init__(depth, embed_dim, patch_size, num_tokens, deep=True, dropout=dropout)
+                 fourier_fraction: float, dropout: float = 0.0, mask: str = "image") -> None:
+        super().__init__(depth, embed_dim, patch_size, num_tokens, deep=True, dropout=dropout, mask=mask)
         self.num_fourier = math.floor(fourier_fraction * num_tokens)
 
     def prompts(self, layer: int, batch: int, previous: torch.Tensor | None = None) -> torch.Tensor | None:

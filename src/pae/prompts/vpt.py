@@ -10,8 +10,9 @@ from .base import LayerPrompts, xavier_bound
 class VPT(LayerPrompts):
     """Learnable prompts (L, p, d), Xavier-uniform with the patch fan-in; L = depth for deep, 1 for shallow."""
 
-    def __init__(self, depth: int, embed_dim: int, patch_size: int, num_tokens: int, deep: bool, dropout: float = 0.0) -> None:
-        super().__init__(depth if deep else 1, num_tokens, dropout)
+    def __init__(self, depth: int, embed_dim: int, patch_size: int, num_tokens: int, deep: bool, dropout: float = 0.0,
+                 mask: str = "image") -> None:
+        super().__init__(depth if deep else 1, num_tokens, dropout, mask)
         self.deep = deep
         self.embeddings = nn.Parameter(torch.empty(self.num_layers, num_tokens, embed_dim))
         bound = xavier_bound(patch_size, embed_dim)
