@@ -2,7 +2,7 @@ rule prepare_data:
     output:
         f"{RESULTS}/prepared/{{task}}.json",
     input:
-        JOB_CODE,
+        job_code,
     params:
         task=lambda w: task_args(w.task),
         size=config["img_size"],

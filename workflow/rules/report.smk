@@ -1,15 +1,13 @@
 # Tables and figures from the runs' files (never from memory), then the report index, which also logs every
 # table and figure to an MLflow "report" run. Each table waits for the evaluate stage of its runs: a run whose
 # checkpoint does not reproduce its numbers never reaches a table.
-TABLE_JOBS = {"accuracy": MAIN_JOBS, "convergence": MAIN_JOBS, "ablation": ABLATION_JOBS, "cost": ALL_JOBS}
-FIGURE_JOBS = {"learning_curves": MAIN_JOBS, "gradient_oscillation": ALL_JOBS, "koopman_spectrum": ALL_JOBS}
-PROMPTED = next((m for m in RUN["methods"] if method_spec(m).has_prompts), None)  # the maps of its MPA key
-SHORTCUT_FILES = [f"{mpa_dir('final', t, mpa_key(t, PROMPTED, RUN['pae'][0]), RUN['seeds'][0])}/shortcuts.json"
-                  for t in RUN["tasks"]] if PROMPTED else []
+TABLE_JOBS = PLAN.table_jobs
+FIGURE_JOBS = PLAN.figure_jobs
+SHORTCUT_FILES = PLAN.shortcut_files
 
 
 def evaluations(job_list):
-    return [f"{RESULTS}/evaluations/{t}/{m}/{v}/seed{s}.json" for t, m, v, s in job_list]
+    return [PLAN.evaluation(*job) for job in job_list]
 
 
 rule table:

@@ -15,7 +15,7 @@ rule shortcuts:
     output:
         f"{RESULTS}/mpa/{{protocol}}/{{task}}/{{mpa}}/seed{{seed}}/shortcuts.json",
     input:
-        JOB_CODE,
+        job_code,
         backbone=config["backbone"]["file"],
         data=f"{RESULTS}/prepared/{{task}}.json",
     params:
@@ -38,7 +38,7 @@ rule init_prompts:
     output:
         f"{RESULTS}/mpa/{{protocol}}/{{task}}/{{mpa}}/seed{{seed}}/prompts.safetensors",
     input:
-        JOB_CODE,
+        job_code,
         backbone=config["backbone"]["file"],
         shortcuts=f"{RESULTS}/mpa/{{protocol}}/{{task}}/{{mpa}}/seed{{seed}}/shortcuts.json",
     params:

@@ -41,7 +41,7 @@ def tune_rule(name, lrs, wds):
         output:
             [f"{RESULTS}/tune/{{task}}/{{method}}/{{pae}}/lr{lr}_wd{wd}/metrics.json" for lr in lrs for wd in wds],
         input:
-            JOB_CODE,
+            job_code,
             unpack(train_inputs("tune")),
         params:
             args=lambda w: train_args(w, "tune"),
@@ -78,7 +78,7 @@ rule select_hparams:
     output:
         f"{RESULTS}/tune/{{task}}/{{method}}/{{pae}}/selected.json",
     input:
-        JOB_CODE,
+        job_code,
         runs=lambda w: [f"{d}/metrics.json" for d in grid_dirs(w)],
     log:
         f"logs/{EXPERIMENT}/select_{{task}}_{{method}}_{{pae}}.log",
@@ -94,7 +94,7 @@ rule train:
     output:
         f"{RESULTS}/runs/{{task}}/{{method}}/{{pae}}/seed{{seed}}/metrics.json",
     input:
-        JOB_CODE,
+        job_code,
         unpack(train_inputs("final")),
     params:
         args=lambda w: train_args(w, "final"),
@@ -118,7 +118,7 @@ rule evaluate:
     output:
         f"{RESULTS}/evaluations/{{task}}/{{method}}/{{pae}}/seed{{seed}}.json",
     input:
-        JOB_CODE,
+        job_code,
         run=f"{RESULTS}/runs/{{task}}/{{method}}/{{pae}}/seed{{seed}}/metrics.json",
     params:
         run_dir=lambda w: run_dir(w.task, w.method, w.pae, w.seed),
