@@ -12,10 +12,12 @@ import torch
 from safetensors.torch import save_file
 
 from pae.errors import PaeError
-from pae.reports.figures import (gradient_oscillation, koopman_eigenvalues, koopman_spectrum, learning_curves,
-                                 shortcut_maps)
+from pae.methods import ordered
+from pae.reports.figures import (gradient_oscillation, koopman_eigenvalues, koopman_spectrum, learning_curve_figure,
+                                 learning_curves, load_shortcuts, shortcut_figure, shortcut_maps)
 
 NAN = float("nan")
+PAGE_WIDTH_PX = (900, 1800)  # 6-12 in at the figures' 150 dpi: scaled to a page's ~6.5 in, the text still reads
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -50,6 +52,17 @@ def write_run(root: Path, task: str, method: str, pae: str, seed: int, test_top1
 def assert_figure_files(out_base: Path) -> None:
     assert Path(f"{out_base}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Path(f"{out_base}.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels from the PNG's IHDR chunk, read from the file, not from the figure that wrote it."""
+    header = path.read_bytes()[16:24]
+    return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
+
+
+def panels(fig) -> list:
+    """The figure's visible panels: axes with a title (colour bars have none; unused grid cells are hidden)."""
+    return [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
 
 
 def planted_operator(angles: list[float], radii: list[float], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -88,6 +101,46 @@ def test_learning_curves_are_seed_means_and_match_their_csv(tmp_path: Path):
         written = list(csv.DictReader(f))
     assert len(written) == len(rows)
     assert [float(r["top1_mean"]) for r in written] == pytest.approx([r["top1_mean"] for r in rows])
+
+
+def curve(task: str, method: str, pae: str, top1: list[float]) -> list[dict]:
+    return [{"task": task, "method": method, "pae": pae, "epoch": e, "top1_mean": v, "top1_std": NAN, "seeds": 1}
+            for e, v in enumerate(top1)]
+
+
+def test_learning_curves_draw_one_panel_per_method_in_the_registry_order():
+    methods = [spec.name for spec in ordered()][:6]
+    rows = [r for i, m in enumerate(reversed(methods)) for pae in ("none", "init")[:1 + i % 2]
+            for r in curve("digits", m, pae, [10.0 + i, 50.0, 70.0 + i])]  # alternate methods have a PAE variant
+    fig = learning_curve_figure(rows)
+
+    axes = panels(fig)
+    assert [ax.get_title() for ax in axes] == methods  # not the input's order
+    assert max(ax.get_subplotspec().colspan.stop for ax in axes) <= 4  # wraps at four columns
+    assert all(ax.get_shared_y_axes().joined(axes[0], ax) for ax in axes)
+    colours = []
+    for ax, method in zip(axes, methods):
+        planted = sorted({r["pae"] for r in rows if r["method"] == method}, key=("none", "init").index)
+        assert len(ax.get_lines()) == len(planted)
+        assert len({tuple(line.get_color()) for line in ax.get_lines()}) == 1  # a method's variants share a colour
+        assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "--"][:len(planted)]
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["base (no PAE)", "PAE init"][:len(planted)]
+        colours.append(tuple(ax.get_lines()[0].get_color()))
+    assert len(set(colours)) == len(methods)  # and methods differ
+    assert fig.get_supylabel() == "test top-1 (%)"
+
+
+def test_learning_curves_read_at_page_width(tmp_path: Path):
+    runs = [write_run(tmp_path, "digits", spec.name, pae, 42, [10.0, 40.0, 60.0])
+            for spec in ordered()[:7] for pae in ("none", "init+koopman+lyapunov")]
+    out = tmp_path / "curves"
+    learning_curves(runs, out)
+    width, height = png_size(Path(f"{out}.png"))
+    assert PAGE_WIDTH_PX[0] <= width <= PAGE_WIDTH_PX[1]
+    assert width / height <= 2.5  # seven panels make two rows of four, not one strip
+    with open(f"{out}.csv", newline="") as f:
+        assert tuple(csv.DictReader(f).fieldnames) == ("task", "method", "pae", "epoch", "top1_mean", "top1_std",
+                                                       "seeds")
 
 
 def test_learning_curves_reject_a_split_the_runs_did_not_evaluate(tmp_path: Path):
@@ -214,6 +267,39 @@ def test_shortcut_maps_put_band_s_at_row_s_div_n_column_s_mod_n(tmp_path: Path):
     assert digits["class_map_arrays"][0, 13 // n, 13 % n] == 5.0
     assert np.isnan(digits["class_map_arrays"][1]).all()
     assert maps["cifar"]["class_map_arrays"].shape == (0, n, n)
+
+
+def test_shortcut_maps_are_a_page_wide_grid_not_a_strip(tmp_path: Path):
+    n, classes = 6, 12
+    maps = [[float(k)] * n * n for k in range(classes)]
+    path = write_shortcuts(tmp_path / "s.json", "digits", 42, n, [1.0] * n * n, [7, 8], maps)
+    out = tmp_path / "shortcuts"
+    shortcut_maps([path], out)
+
+    width, height = png_size(Path(f"{out}.png"))
+    assert PAGE_WIDTH_PX[0] <= width <= PAGE_WIDTH_PX[1]
+    assert width / height <= 2.2  # the band map and ten classes: eleven panels on rows, the old strip was 9:1
+    fig = shortcut_figure({"digits": load_shortcuts(path)})
+    titles = [ax.get_title() for ax in panels(fig)]
+    assert len(titles) == 1 + 10  # the band map, then the first ten classes
+    assert titles[1:] == [f"c{k}" for k in range(10)]
+    assert max(ax.get_subplotspec().colspan.stop for ax in panels(fig)[1:]) <= 4  # classes wrap at four columns
+    colour_bars = [ax for ax in fig.axes if not ax.get_title()]
+    assert len(colour_bars) == 2  # the band loss's, and one that all class maps share
+
+
+def test_shortcut_maps_stack_one_block_per_task_and_wrap_long_class_names(tmp_path: Path):
+    n = 4
+    files = [write_shortcuts(tmp_path / f"{task}.json", task, 42, n, [1.0] * n * n, [0], [[0.5] * n * n] * 3)
+             for task in ("cifar", "digits")]
+    found = {task: load_shortcuts(f) for task, f in zip(("cifar", "digits"), files)}
+    found["cifar"]["classes"] = ["aquarium_fish", "pickup_truck_and_trailer", "x"]
+    fig = shortcut_figure(found)
+
+    assert [sub.get_suptitle() for sub in fig.subfigs] == ["cifar (seed 42): frequency shortcuts",
+                                                           "digits (seed 42): frequency shortcuts"]
+    assert len(panels(fig)) == 2 * (1 + 3)
+    assert "\n" in panels(fig)[2].get_title()  # 24 characters do not fit one panel's width
 
 
 def test_shortcut_file_with_a_map_of_the_wrong_size_is_an_error(tmp_path: Path):

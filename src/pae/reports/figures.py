@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 from matplotlib.ticker import MaxNLocator
 from safetensors import SafetensorError, safe_open
 
@@ -25,13 +25,20 @@ from ..diagnostics import GRAD_KEY, grad_norm_matrix
 from ..errors import PaeError
 from ..files import read_json
 from ..run_folder import CHECKPOINT, GRAD_NORMS, HISTORY, KOOPMAN_KEY, METRICS
-from .tables import ABLATION_ORDER, group_runs
+from .tables import ABLATION_ORDER, group_runs, method_order
 
 RERUN_TRAINING = "rerun the training job that writes this run folder."
 RERUN_DISCOVERY = "rerun the shortcut-discovery job that writes it."
 CURVE_FIELDS = ("task", "method", "pae", "epoch", "top1_mean", "top1_std", "seeds")
 MAX_GRADIENT_PANELS = 8
 MAX_CLASS_PANELS = 10
+CLASS_COLUMNS = 4
+CLASS_PANEL = (1.6, 1.7)  # inches per class map; with the band map's wider column a task block is ~10 in wide
+BAND_MAP_WIDTH = 1.5  # the band map's column, in class-map widths: room for its axis labels and colour bar
+CLASS_TITLE_WIDTH = 18  # characters per line of a class name, so long names wrap rather than overlap
+CURVE_COLUMNS = 4
+CURVE_PANEL = (2.6, 2.2)  # inches: four panels make a 10.4 in row, which reads when scaled to a page's width
+BASE_LABEL = "base (no PAE)"
 PAE_DASHES = ("--", "-.", ":", (0, (6, 2, 1, 2, 1, 2)))  # one per PAE variant; the base method ('none') is solid
 
 
@@ -95,12 +102,14 @@ def _label(method: str, pae: str) -> str:
 
 # drawing helpers
 
-def _panels(count: int, columns: int = 4, size: tuple[float, float] = (4.0, 3.2)) -> tuple[Figure, list[Axes]]:
-    """A figure with ``count`` panels on a grid of at most ``columns`` columns; cells beyond ``count`` are hidden."""
+def _panels(count: int, columns: int = 4, size: tuple[float, float] = (4.0, 3.2),
+            sharey: bool = False) -> tuple[Figure, list[Axes]]:
+    """A figure with ``count`` panels on a grid of at most ``columns`` columns; cells beyond ``count`` are hidden.
+    ``sharey`` puts every panel on one y scale, labelled on the first column only."""
     cols = min(columns, count)
     rows = -(-count // cols)
     fig = Figure(figsize=(size[0] * cols, size[1] * rows), layout="constrained")
-    axes = list(fig.subplots(rows, cols, squeeze=False).ravel())
+    axes = list(fig.subplots(rows, cols, squeeze=False, sharey=sharey).ravel())
     for ax in axes[count:]:
         ax.set_visible(False)
     return fig, axes[:count]
@@ -154,42 +163,70 @@ def _write_curve_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+def _method_rank(method: str) -> tuple[int, str]:
+    """Methods in the registry's display order (the linear probe first), unregistered ones after them by name."""
+    order = method_order()
+    return (order.index(method) if method in order else len(order), method)
+
+
 def _line_styles(rows: list[dict]) -> tuple[dict[str, object], dict[str, str]]:
-    """One colour per method and one dash per PAE variant (solid for none), fixed across the figure's panels."""
-    methods = sorted({r["method"] for r in rows})
+    """One colour per method and one dash per PAE variant (solid for none), fixed across the figure's panels: a
+    method's variants share its colour, so a panel compares them by dash alone."""
+    methods = sorted({r["method"] for r in rows}, key=_method_rank)
     variants = sorted({r["pae"] for r in rows} - {"none"}, key=_pae_rank)
-    colours = {m: colormaps["tab10"](i % 10) for i, m in enumerate(methods)}
+    palette = colormaps["tab10" if len(methods) <= 10 else "tab20"]
+    colours = {m: palette(i % palette.N) for i, m in enumerate(methods)}
     dashes = {"none": "-", **{p: PAE_DASHES[i % len(PAE_DASHES)] for i, p in enumerate(variants)}}
     return colours, dashes
 
 
+def _curve_panels(rows: list[dict]) -> dict[tuple[str, str], dict[str, list[dict]]]:
+    """{(task, method): {pae: rows by epoch}}, panels tasks first then methods in the registry's order: one
+    method's variants per panel, so thirteen curves never share one axis."""
+    panels: dict[tuple[str, str], dict[str, list[dict]]] = {}
+    for r in sorted(rows, key=lambda r: (r["task"], *_method_rank(r["method"]), *_pae_rank(r["pae"]), r["epoch"])):
+        panels.setdefault((r["task"], r["method"]), {}).setdefault(r["pae"], []).append(r)
+    return panels
+
+
+def _draw_curves(ax: Axes, lines: dict[str, list[dict]], colour: object, dashes: dict[str, str]) -> None:
+    """A method's variants: the seed mean, with a band of one sample std where there are several seeds."""
+    for pae, line in lines.items():
+        epochs = np.array([r["epoch"] for r in line])
+        mean, std = np.array([r["top1_mean"] for r in line]), np.array([r["top1_std"] for r in line])
+        label = BASE_LABEL if pae == "none" else f"PAE {pae}"
+        ax.plot(epochs, mean, color=colour, linestyle=dashes[pae], label=label)
+        ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.12, linewidth=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="x-small")  # where it covers the fewest points: flat curves sit low, rising high
+
+
+def learning_curve_figure(rows: list[dict], split: str = "test") -> Figure:
+    """``curve_rows`` drawn one panel per (task, method) on a shared y axis, at most four panels a row, so the
+    figure reads at page width."""
+    colours, dashes = _line_styles(rows)
+    panels = _curve_panels(rows)
+    tasks = {task for task, _ in panels}
+    fig, axes = _panels(len(panels), columns=CURVE_COLUMNS, size=CURVE_PANEL, sharey=True)
+    for ((task, method), lines), ax in zip(panels.items(), axes):
+        _draw_curves(ax, lines, colours[method], dashes)
+        ax.set_title(method if len(tasks) == 1 else f"{task} / {method}", fontsize="medium")
+    if len(tasks) == 1:
+        fig.suptitle(next(iter(tasks)))
+    fig.supxlabel("epoch (0 = untrained start)", fontsize="medium")
+    fig.supylabel(f"{split} top-1 (%)", fontsize="medium")
+    return fig
+
+
 def learning_curves(run_dirs: Sequence[str | Path], out_base: str | Path, split: str = "test") -> list[dict]:
-    """Top-1 against epoch, one panel per task, one line per (method, PAE variant): the mean over seeds, with a
-    band of one sample std where there are several. Also writes ``<out_base>.csv``; returns its rows."""
+    """Top-1 against epoch (see ``learning_curve_figure``). Also writes ``<out_base>.csv``; returns its rows."""
     rows = curve_rows([load_run(d) for d in run_dirs], split)
     _write_curve_csv(rows, Path(f"{out_base}.csv"))
     if not rows:
         _save_empty(out_base, "no training run was given, so there is no learning curve to draw.")
         return rows
-    colours, dashes = _line_styles(rows)
-    tasks = sorted({r["task"] for r in rows})
-    fig, axes = _panels(len(tasks), columns=3, size=(6.0, 4.2))
-    for task, ax in zip(tasks, axes):
-        lines: dict[tuple[str, str], list[dict]] = {}
-        for r in rows:
-            if r["task"] == task:
-                lines.setdefault((r["method"], r["pae"]), []).append(r)
-        for (method, pae), line in lines.items():
-            epochs = np.array([r["epoch"] for r in line])
-            mean, std = np.array([r["top1_mean"] for r in line]), np.array([r["top1_std"] for r in line])
-            ax.plot(epochs, mean, color=colours[method], linestyle=dashes[pae], label=_label(method, pae))
-            ax.fill_between(epochs, mean - std, mean + std, color=colours[method], alpha=0.12, linewidth=0)
-        ax.set(title=task, xlabel="epoch (0 = untrained start)", ylabel=f"{split} top-1 (%)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()  # one legend beside the panels: it never hides a curve
-    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
-    _save(fig, out_base)
+    _save(learning_curve_figure(rows, split), out_base)
     return rows
 
 
@@ -266,60 +303,84 @@ def load_shortcuts(path: str | Path) -> dict:
 
 
 def _draw_band_map(ax: Axes, found: dict) -> None:
-    """Scorer loss per band (lower = stronger shortcut), the selected bands circled."""
+    """Scorer loss per band (lower = stronger shortcut), the selected bands circled; the title says so, as a legend
+    would hide bands."""
     image = ax.imshow(found["band_map"], cmap="viridis_r", interpolation="nearest")
     rows, cols = found["selected_cells"].T
-    ax.scatter(cols, rows, s=40, facecolors="none", edgecolors="red", linewidths=1.2, label="selected")
-    title = f"{found['task']} (seed {found.get('seed')}): band loss"
-    classes = len(found["class_map_arrays"])
-    if classes > MAX_CLASS_PANELS:
-        title += f"\n(first {MAX_CLASS_PANELS} of {classes} classes shown)"
-    ax.set_title(title, fontsize="small")
-    ax.set(xlabel="horizontal band (centre = DC)", ylabel="vertical band")
-    ax.legend(fontsize="x-small", loc="upper right")
+    ax.scatter(cols, rows, s=40, facecolors="none", edgecolors="red", linewidths=1.2)
+    ax.set_title("band loss (circled: selected)", fontsize="medium")
+    ax.set_xlabel("horizontal band (centre = DC)", fontsize="small")
+    ax.set_ylabel("vertical band", fontsize="small")
     ax.figure.colorbar(image, ax=ax, label="loss (lower = shortcut)", shrink=0.8)
 
 
 def _draw_class_maps(axes: list[Axes], found: dict) -> None:
     """Per class, the loss increase when a band is removed (higher = relied on), on one colour scale per task.
-    Bands sit where they sit in the band-loss map beside them, so the class panels carry no ticks."""
+    Class names wrap at their underscores, so long ones stay within their panel. Bands sit where they sit in the
+    band-loss map beside them, so the class panels carry no ticks."""
     maps = found["class_map_arrays"][:len(axes)]
     names = found.get("classes") or []
     finite = maps[np.isfinite(maps)]
     limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     image = None
     for k, (ax, m) in enumerate(zip(axes, maps)):
-        name = names[k] if k < len(names) else f"class {k}"
+        name = textwrap.fill((names[k] if k < len(names) else f"class {k}").replace("_", " "), CLASS_TITLE_WIDTH)
         ax.set_xticks([])
         ax.set_yticks([])
         if np.isnan(m).all():
-            ax.set_title(f"{name}: absent", fontsize="small")
+            ax.set_title(f"{name}: absent", fontsize="medium")
             continue
         image = ax.imshow(m, cmap="magma", vmin=limits[0], vmax=limits[1], interpolation="nearest")
-        ax.set_title(name, fontsize="small")
+        ax.set_title(name, fontsize="medium")
     if image is not None:
         axes[0].figure.colorbar(image, ax=axes, label="loss increase when removed", shrink=0.8)
 
 
+def _task_title(found: dict, drawn: int) -> str:
+    title = f"{found['task']} (seed {found.get('seed')}): frequency shortcuts"
+    classes = len(found["class_map_arrays"])
+    return title + (f", first {drawn} of {classes} classes shown" if drawn < classes else "")
+
+
+def _draw_task(sub: SubFigure, found: dict, class_columns: int, rows: int) -> None:
+    """The band-loss map at the top of its own column, then the classes' maps wrapped at ``class_columns`` with the
+    one colour bar they share. The two sit on separate grids, so the band map's axis labels and colour bar neither
+    widen nor push apart the class panels' rows."""
+    drawn = min(MAX_CLASS_PANELS, len(found["class_map_arrays"]))
+    band, classes = sub.add_gridspec(1, 2, width_ratios=(BAND_MAP_WIDTH, class_columns))
+    _draw_band_map(sub.add_subplot(band.subgridspec(rows, 1)[0, 0]), found)
+    cells = classes.subgridspec(rows, class_columns)
+    if drawn:
+        _draw_class_maps([sub.add_subplot(cells[divmod(k, class_columns)]) for k in range(drawn)], found)
+    sub.suptitle(_task_title(found, drawn), fontsize="large")
+
+
+def shortcut_figure(by_task: dict[str, dict]) -> Figure:
+    """One block per task: the band-loss map with the selected bands marked, then up to 10 classes'
+    dominant-frequency maps on a grid of at most four columns, so eleven panels make a page-wide figure, not a
+    strip."""
+    drawn = [min(MAX_CLASS_PANELS, len(f["class_map_arrays"])) for f in by_task.values()]
+    class_columns = max(1, min(CLASS_COLUMNS, max(drawn)))
+    rows = [max(1, -(-n // class_columns)) for n in drawn]
+    width, height = CLASS_PANEL
+    fig = Figure(figsize=(width * (BAND_MAP_WIDTH + class_columns) + 1.2, height * sum(rows) + 0.5 * len(rows)),
+                 layout="constrained")
+    blocks = fig.subfigures(len(by_task), 1, height_ratios=rows, squeeze=False)[:, 0]
+    for sub, found, task_rows in zip(blocks, by_task.values(), rows):
+        _draw_task(sub, found, class_columns, task_rows)
+    return fig
+
+
 def shortcut_maps(shortcut_files: Sequence[str | Path], out_base: str | Path) -> dict[str, dict]:
-    """One row per task (lowest seed): the band-loss map with the selected bands marked, then up to 10 classes'
-    dominant-frequency maps. Returns {task: load_shortcuts(...)} for the rows drawn."""
+    """The lowest seed's shortcut maps per task (see ``shortcut_figure``). Returns {task: load_shortcuts(...)} for
+    the tasks drawn."""
     by_task: dict[str, dict] = {}
     for found in sorted(map(load_shortcuts, shortcut_files), key=lambda f: (f["task"], f.get("seed", 0))):
         by_task.setdefault(found["task"], found)
     if not by_task:
         _save_empty(out_base, "no shortcut-discovery file was given: no run in this experiment has the PAE init on.")
         return {}
-    cols = 1 + min(MAX_CLASS_PANELS, max(len(f["class_map_arrays"]) for f in by_task.values()))
-    fig = Figure(figsize=(2.0 * cols + 2.0, 2.6 * len(by_task)), layout="constrained")
-    grid = fig.subplots(len(by_task), cols, squeeze=False)
-    for row, found in zip(grid, by_task.values()):
-        _draw_band_map(row[0], found)
-        drawn = min(MAX_CLASS_PANELS, len(found["class_map_arrays"]))
-        _draw_class_maps(list(row[1:1 + drawn]), found)
-        for ax in row[1 + drawn:]:
-            ax.set_visible(False)
-    _save(fig, out_base)
+    _save(shortcut_figure(by_task), out_base)
     return by_task
 
 

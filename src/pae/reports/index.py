@@ -18,7 +18,8 @@ TABLES = {
     "cost": "Trainable, prompt and PAE (training-only) parameters, and wall time per run and per epoch.",
 }
 FIGURES = {
-    "learning_curves": "Test top-1 per epoch from the untrained start; solid: base method, dashed: with PAE.",
+    "learning_curves": "Test top-1 per epoch from the untrained start, one panel per method; solid: base method, "
+                       "dashed: with PAE.",
     "gradient_oscillation": "Per-step prompt-gradient norm per layer: the oscillation PAE's motivation rests on.",
     "shortcut_maps": "Band losses of the frequency-shortcut search (selected bands marked) and per-class "
                      "dominant-frequency maps on held-out training images.",
