@@ -10,7 +10,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns.db
 # Rules call `python -m pae.cli`: the venv's python must come first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv reproduce test benchmark mlflow-ui clean
+.PHONY: venv reproduce pull test benchmark mlflow-ui clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,16 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
+# Snakemake runs the DAG; `dvc commit` then records what it built in dvc.lock and DVC's cache (for `dvc push`).
 reproduce: venv
 	$(BIN)/snakemake --cores all reproduce_all
+	$(BIN)/dvc commit -f -q
+
+# A finished experiment from a DVC remote (README, "Versioning with DVC"): checkout gives the pulled files new
+# timestamps, so Snakemake is told they are current (--touch) rather than retraining from them.
+pull: venv
+	$(BIN)/dvc pull
+	$(BIN)/snakemake --cores 1 --touch reproduce_all
 
 test: venv
 	$(BIN)/python -m pytest

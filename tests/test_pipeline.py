@@ -62,6 +62,7 @@ def make_project(root: Path, params: dict) -> dict:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns.db",
            "PYTHONPATH": str(root / "src"), "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    run([sys.executable, "-m", "pae.cli", "dvc-yaml"], root, env)  # the stages of these params
     run(["git", "init", "-q"], root, env)
     run(["dvc", "init", "-q"], root, env)
     run(["dvc", "config", "cache.type", "hardlink,symlink"], root, env)  # as the repository's .dvc/config
@@ -123,9 +124,11 @@ def test_every_declared_output_exists_and_tables_hold_the_runs_numbers(project):
     best = max(c["final_val200_top1"] for c in selected["candidates"])
     assert selected["val200_top1"] == best
     # the evaluate stage rebuilt each run from its checkpoint and got the recorded test top-1
-    for path, r in runs.items():
-        ev = json.loads((root / path.replace("/runs/", "/evaluations/").replace("/metrics.json", ".json")).read_text())
-        assert ev["test_top1"] == pytest.approx(r["final_test_top1"], abs=1e-6)
+    for path, r in runs.items():  # one evaluate job per task and method: results/<exp>/evaluations/<task>/<method>.json
+        run_dir = str(Path(path).parent)
+        task_method = run_dir.split("/runs/")[1].split("/")[:2]
+        ev = json.loads((root / f"results/{EXPERIMENT}/evaluations/{'/'.join(task_method)}.json").read_text())
+        assert ev[run_dir]["test_top1"] == pytest.approx(r["final_test_top1"], abs=1e-6)
     index = (root / f"reports/{EXPERIMENT}/README.md").read_text()
     for name in ("accuracy.md", "convergence.md", "ablation.md", "cost.md", "learning_curves.png",
                  "gradient_oscillation.png", "shortcut_maps.png", "koopman_spectrum.png"):

@@ -78,7 +78,8 @@ def load_task(cfg: TrainConfig, evaluation: bool = True) -> LoadedTask:
         torch.set_num_threads(cfg.threads)
     spec = data_spec(cfg)
     train_split, eval_splits = protocol_splits(cfg)
-    train_data = load_split(spec, train_split, cfg.img_size, cfg.cache_dir, for_training=True).to(device)
+    train_data = load_split(spec, train_split, cfg.img_size, cfg.cache_dir, for_training=True)
+    train_data = train_data.balanced_subset(cfg.train_images).to(device)
     evals = {s: load_split(spec, s, cfg.img_size, cfg.cache_dir).to(device) for s in eval_splits} if evaluation else {}
     return LoadedTask(device, spec, train_data, evals, seeded_backbone(cfg).to(device))
 

@@ -14,6 +14,7 @@ check and the table and figure jobs start in a fraction of a second. Errors a us
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 import os
 import signal
@@ -119,7 +120,8 @@ def init_prompts(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_stage
 
-    print(json.dumps(evaluate_stage(args.run_dir, args.out, args.device)))
+    for run_dir, result in evaluate_stage(args.run_dir, args.out, args.device).items():
+        print(json.dumps({"run_dir": run_dir, **{k: v for k, v in result.items() if k.endswith("_top1")}}))
 
 
 def select(args: argparse.Namespace) -> None:
@@ -157,6 +159,19 @@ def deviations(args: argparse.Namespace) -> None:
     from .config.deviations import markdown_table
 
     print(markdown_table())
+
+
+def dvc_yaml(args: argparse.Namespace) -> None:
+    from .pipeline.dvc_stages import write_dvc_yaml
+
+    text = write_dvc_yaml(args.params, args.out)
+    print(f"wrote {args.out}: {text.count(chr(10) + '  ') } stages and entries from {args.params}")
+
+
+def check_reproduction(args: argparse.Namespace) -> None:
+    from .pipeline.reproduction import check_reproduction as check
+
+    print(check(args.committed_lock, args.lock, args.committed_accuracy, args.accuracy, args.tolerance))
 
 
 def methods(args: argparse.Namespace) -> None:
@@ -205,8 +220,8 @@ def add_init_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--out", required=True, help="eval.json to write")
+    p.add_argument("--run-dir", required=True, nargs="+", help="run folders (one process re-measures them all)")
+    p.add_argument("--out", required=True, help="JSON to write: run folder -> its re-measured numbers")
     p.add_argument("--device", default="auto")
 
 
@@ -245,6 +260,19 @@ def add_check_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", help="e.g. params/default.yaml params/mini.yaml")
 
 
+def add_dvc_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params/default.yaml", help="the experiment dvc.yaml describes")
+    p.add_argument("--out", default="dvc.yaml")
+
+
+def add_reproduction_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--committed-lock", required=True, type=Path, help="dvc.lock as committed (git show HEAD:dvc.lock)")
+    p.add_argument("--lock", default=Path("dvc.lock"), type=Path, help="dvc.lock after the rerun")
+    p.add_argument("--committed-accuracy", required=True, type=Path, help="accuracy.json as committed")
+    p.add_argument("--accuracy", required=True, type=Path, help="accuracy.json after the rerun")
+    p.add_argument("--tolerance", required=True, type=float, help="points of top-1 a cell may move (README)")
+
+
 @dataclass(frozen=True)
 class Command:
     run: Callable[[argparse.Namespace], None]
@@ -262,7 +290,7 @@ COMMANDS = {
                          "(+ dominant-frequency maps)"),
     "init-prompts": Command(init_prompts, add_init_flags, "PAE's task-aware prompts for every block from a shortcut "
                             "record"),
-    "evaluate": Command(evaluate, add_evaluate_flags, "rebuild a finished run from its checkpoint and re-measure it"),
+    "evaluate": Command(evaluate, add_evaluate_flags, "rebuild finished runs from their checkpoints and re-measure them"),
     "select": Command(select, add_select_flags, "pick lr and weight decay from tune runs (VPT: best final val200 "
                       "top-1)"),
     "table": Command(table, add_table_flags, "a table (Markdown + CSV) from runs' metrics.json"),
@@ -272,6 +300,9 @@ COMMANDS = {
                       "an MLflow report run"),
     "check-params": Command(check_params, add_check_flags, "validate params files (merged in order, as Snakemake "
                             "does) and summarise the grid"),
+    "dvc-yaml": Command(dvc_yaml, add_dvc_flags, "generate dvc.yaml from the params' plan and the code's imports"),
+    "check-reproduction": Command(check_reproduction, add_reproduction_flags, "after a rerun: the committed dvc.lock "
+                                  "records this checkout's code and params, and accuracies moved within tolerance"),
     "methods": Command(methods, lambda p: None, "list the prompt methods"),
     "deviations": Command(deviations, lambda p: None, "where our code may differ from the official code, and which "
                           "is the default (the README's table)"),

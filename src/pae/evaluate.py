@@ -74,14 +74,17 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", tolerance: float = 0
     return out
 
 
-def evaluate_stage(run_dir: str | Path, out: str | Path, device: str = "auto") -> dict[str, float]:
-    """The pipeline's evaluate job: re-measure a run, write eval.json, add the re-measured top-1s to its MLflow
-    run; returns them."""
+def evaluate_stage(run_dirs: list[str | Path], out: str | Path, device: str = "auto") -> dict[str, dict]:
+    """The pipeline's evaluate job, one per task and method (one process start for all its runs): re-measure each
+    run, write ``{run_dir: result}`` to ``out``, add the re-measured top-1s to each run's MLflow run."""
     from .files import write_json
     from .tracking import log_to_run
 
-    result = evaluate_run(run_dir, device)
-    write_json(result, out)
-    measured = {k: v for k, v in result.items() if isinstance(v, float)}
-    log_to_run(result["mlflow_run_id"], {f"reloaded_{k}": v for k, v in measured.items() if not k.startswith("recorded")})
-    return measured
+    results = {}
+    for run_dir in run_dirs:
+        result = evaluate_run(run_dir, device)
+        measured = {k: v for k, v in result.items() if isinstance(v, float) and not k.startswith("recorded")}
+        log_to_run(result["mlflow_run_id"], {f"reloaded_{k}": v for k, v in measured.items()})
+        results[str(run_dir)] = result
+    write_json(results, out)
+    return results

@@ -66,8 +66,10 @@ def flags(settings, prefix=""):
 
 
 def task_args(task):
+    """The task's data flags; its decoded tensors live in the experiment's results (a DVC-tracked folder per task)."""
     t = config["tasks"][task]
-    pairs = (("kind", t["kind"]), ("root", t.get("root")), ("name", t.get("name") or task), ("task-group", t["group"]))
+    pairs = (("kind", t["kind"]), ("root", t.get("root")), ("name", t.get("name") or task), ("task-group", t["group"]),
+             ("cache-dir", PLAN.prepared_dir(task)))
     return " ".join(f"--{k} {v}" for k, v in pairs if v)
 
 

@@ -6,8 +6,7 @@ FIGURE_JOBS = PLAN.figure_jobs
 SHORTCUT_FILES = PLAN.shortcut_files
 
 
-def evaluations(job_list):
-    return [PLAN.evaluation(*job) for job in job_list]
+evaluations = PLAN.evaluations
 
 
 rule table:

@@ -8,7 +8,8 @@ def mpa_args(w):
     tokens, _, profile = w.mpa.removeprefix("p").partition("-")
     return (f"{task_args(w.task)} --protocol {w.protocol} --seed {w.seed} --arch {config['backbone']['arch']}"
             f" --img-size {config['img_size']} --num-tokens {tokens} --profile {profile or 'official'} {init_args()}"
-            f" --threads {TRAIN_RESOURCES['threads']}")
+            f" --threads {TRAIN_RESOURCES['threads']}"
+            + (f" --train-images {config['train']['train_images']}" if config["train"].get("train_images") else ""))
 
 
 rule shortcuts:

@@ -116,16 +116,16 @@ rule train:
 
 rule evaluate:
     output:
-        f"{RESULTS}/evaluations/{{task}}/{{method}}/{{pae}}/seed{{seed}}.json",
+        f"{RESULTS}/evaluations/{{task}}/{{method}}.json",
     input:
         job_code,
-        run=f"{RESULTS}/runs/{{task}}/{{method}}/{{pae}}/seed{{seed}}/metrics.json",
+        runs=lambda w: [f"{run_dir(*job)}/metrics.json" for job in PLAN.method_jobs(w.task, w.method)],
     params:
-        run_dir=lambda w: run_dir(w.task, w.method, w.pae, w.seed),
+        run_dirs=lambda w: " ".join(run_dir(*job) for job in PLAN.method_jobs(w.task, w.method)),
     log:
-        f"logs/{EXPERIMENT}/evaluate_{{task}}_{{method}}_{{pae}}_seed{{seed}}.log",
+        f"logs/{EXPERIMENT}/evaluate_{{task}}_{{method}}.log",
     benchmark:
-        f"logs/{EXPERIMENT}/benchmarks/evaluate_{{task}}_{{method}}_{{pae}}_seed{{seed}}.tsv",
+        f"logs/{EXPERIMENT}/benchmarks/evaluate_{{task}}_{{method}}.tsv",
     conda:
         ENV
     threads: TRAIN_RESOURCES["threads"]
@@ -133,4 +133,4 @@ rule evaluate:
         mem_mb=TRAIN_RESOURCES["mem_mb"],
         gpu=TRAIN_RESOURCES["gpus"],
     shell:
-        "python -m pae.cli evaluate --run-dir {params.run_dir} --out {output} > {log} 2>&1"
+        "python -m pae.cli evaluate --run-dir {params.run_dirs} --out {output} > {log} 2>&1"

@@ -40,6 +40,8 @@ class TrainConfig:
     options: Any = field(default=None, metadata=NOT_A_FLAG)
     pae: PAEOptions = field(default_factory=PAEOptions, metadata=NOT_A_FLAG)  # all parts off: the base method
     init_prompts: str | None = option(None, "MPA prompts from `init-prompts` (with --pae-init; else computed here)")
+    train_images: int = option(0, "train on this many images of the training split: a fixed class-balanced subset, "
+                               "the same for every run (0: all; a CPU smoke test's budget, not VPT's protocol)")
     epochs: int = option(100, "training epochs")
     warmup_epochs: int = option(10, "linear warmup epochs")
     lr: float = option(0.25, "actual learning rate (no batch/256 scaling)", several=True)

@@ -44,7 +44,9 @@ class DataSpec:
         return self.name or (Path(self.root).name if self.root else self.kind)
 
     def cache_dir(self, base: str | Path) -> Path:
-        where = str(Path(self.root).resolve()) if self.root else "sklearn"
+        """The task's folder in the cache, named by its root as given (not resolved: a relative root names the same
+        folder in every clone, so a cache restored by `dvc pull` is found)."""
+        where = str(self.root) if self.root else "sklearn"
         return Path(base) / f"{self.kind}-{self.label}-{hashlib.sha256(where.encode()).hexdigest()[:8]}"
 
 
@@ -60,11 +62,10 @@ def load_split(spec: DataSpec, split: str, img_size: int, cache_dir: str | Path,
     """
     if split not in SPLITS_OF[spec.kind]:  # the one split check: the readers below trust it
         raise PaeError(f"unknown {spec.kind} split '{split}'.", f"use one of {', '.join(SPLITS_OF[spec.kind])}.")
-    if spec.kind == "digits":
+    if spec.kind == "digits":  # no files: cached all the same, so the prepared task is one DVC-tracked folder
+        files, layout, size, crop = [], "square", img_size, None
         images, labels, classes = digits.read_split(split)
-        resized = torch.stack([resize_square(img, img_size) for img in images])
-        return ImageTensors(resized, torch.tensor(labels), classes)
-    if spec.kind == "vtab1k":
+    elif spec.kind == "vtab1k":
         files, labels, classes = vtab1k.read_split(spec.root, split)
         layout, size, crop = "square", img_size, None
     else:
@@ -75,7 +76,10 @@ def load_split(spec: DataSpec, split: str, img_size: int, cache_dir: str | Path,
     cached = load_cache(path, key)
     if cached is not None:
         return cached
-    images, sizes = decode_files(files, layout, size, crop, desc=f"{spec.label}/{split}")
+    if spec.kind == "digits":
+        images, sizes = torch.stack([resize_square(img, img_size) for img in images]), None
+    else:
+        images, sizes = decode_files(files, layout, size, crop, desc=f"{spec.label}/{split}")
     data = ImageTensors(images, torch.tensor(labels, dtype=torch.int64), classes, sizes)
     save_cache(path, data, key)
     return data

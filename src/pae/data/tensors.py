@@ -41,6 +41,21 @@ class ImageTensors:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def balanced_subset(self, n: int) -> "ImageTensors":
+        """The first ``n`` images taking the classes in turn (each class's images in split order): a fixed subset,
+        no random draw, with the classes as even as the split allows."""
+        if not 0 < n < len(self):
+            return self
+        labels = self.labels.cpu()
+        rank = torch.empty_like(labels)
+        for c in labels.unique():
+            where = (labels == c).nonzero().squeeze(1)
+            rank[where] = torch.arange(len(where))
+        order = torch.argsort(rank * (int(labels.max()) + 1) + labels, stable=True)[:n].sort().values
+        sizes = None if self.sizes is None else self.sizes[order.to(self.sizes.device)]
+        index = order.to(self.images.device)
+        return ImageTensors(self.images[index], self.labels[index], self.classes, sizes)
+
     def to(self, device: torch.device | str) -> "ImageTensors":
         sizes = None if self.sizes is None else self.sizes.to(device)
         return ImageTensors(self.images.to(device), self.labels.to(device), self.classes, sizes)

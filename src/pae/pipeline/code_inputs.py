@@ -77,6 +77,7 @@ class CodeInputs:
 
     shared: tuple[str, ...]  # every job's: data, backbone, MPA, training loop, registry
     report: tuple[str, ...]  # the tables' and figures' (with the CLI that runs them)
+    backbone: tuple[str, ...]  # the backbone import's
     per_method: dict[str, tuple[str, ...]]  # method -> its own modules
 
     def job(self, method: str | None = None) -> list[str]:
@@ -96,11 +97,15 @@ def code_inputs() -> CodeInputs:
 
     every = sorted(PACKAGE.rglob("*.py"))
     report = [p for p in every if relative(p).startswith("reports/")]
-    candidates = [p for p in every if p not in report and not _is_method_module(p)]
+    # The DAG's own code (this package) reaches a job only through the job's command and params, which Snakemake
+    # compares itself: it is nobody's input.
+    dag = [p for p in every if relative(p).startswith("pipeline/")]
+    candidates = [p for p in every if p not in report + dag and not _is_method_module(p)]
     # The shared code and what it imports, except the registry's imports of the method files: importing a method's
     # file registers it; it does not make that method's code run in another method's job.
     shared = closure(candidates, follow=lambda importer, dep: relative(importer) != REGISTRATIONS)
-    shared -= set(report)
+    shared -= {*report, *dag}
+    backbone = closure([p for p in every if relative(p).startswith("backbones/")])
     root = PACKAGE.parents[1]
     per_method = {}
     for name, spec in METHODS.items():
@@ -111,8 +116,8 @@ def code_inputs() -> CodeInputs:
             own = {source}
         per_method[name] = tuple(sorted(_repo_path(p, root) for p in own))
     report_files = [*report, PACKAGE / "cli.py"]
-    return CodeInputs(tuple(sorted(_repo_path(p, root) for p in shared)),
-                      tuple(sorted(_repo_path(p, root) for p in report_files)), per_method)
+    return CodeInputs(*(tuple(sorted(_repo_path(p, root) for p in files)) for files in (shared, report_files, backbone)),
+                      per_method)
 
 
 def _repo_path(path: Path, root: Path) -> str:

@@ -85,11 +85,24 @@ class Plan:
         return {"learning_curves": self.main_jobs, "gradient_oscillation": self.all_jobs,
                 "koopman_spectrum": self.all_jobs}
 
+    def prepared_dir(self, task: str) -> str:
+        """The task's decoded tensors (every job's --cache-dir); its summary with their content hashes sits beside."""
+        return f"{self.results}/prepared/{task}"
+
     def run_dir(self, task: str, method: str, variant: str, seed: int) -> str:
         return f"{self.results}/runs/{task}/{method}/{variant}/seed{seed}"
 
-    def evaluation(self, task: str, method: str, variant: str, seed: int) -> str:
-        return f"{self.results}/evaluations/{task}/{method}/{variant}/seed{seed}.json"
+    def evaluation(self, task: str, method: str) -> str:
+        """The evaluate job's output: every run of the task and method, rebuilt from its checkpoint and re-measured."""
+        return f"{self.results}/evaluations/{task}/{method}.json"
+
+    def method_jobs(self, task: str, method: str) -> list[Job]:
+        """The runs of one task and method in either grid: what its evaluate job re-measures."""
+        return [job for job in self.all_jobs if job[:2] == (task, method)]
+
+    def evaluations(self, jobs: list[Job]) -> list[str]:
+        """The evaluate outputs that cover ``jobs``, each once."""
+        return list(dict.fromkeys(self.evaluation(t, m) for t, m, _, _ in jobs))
 
     def mpa_dir(self, protocol: str, task: str, key: str, seed: int) -> str:
         return f"{self.results}/mpa/{protocol}/{task}/{key}/seed{seed}"
@@ -103,8 +116,14 @@ class Plan:
         return f"p{tokens}" + ("" if profile == "official" else f"-{profile}")
 
     def mpa_jobs(self) -> list[tuple[str, str, str, int]]:
-        """(protocol, task, MPA key, seed) of every final run's MPA, in job order, each once."""
-        out = [("final", t, self.mpa_key(t, m, v), s) for t, m, v, s in self.all_jobs if "init" in self.parts(v)]
+        """(protocol, task, MPA key, seed) of every run's MPA, in job order, each once: the final runs', and with an
+        lr search the search's (on its training split, with its seed)."""
+        search = self.config["search"]
+        out = []
+        for t, m, v, s in self.all_jobs:
+            if "init" in self.parts(v):
+                key = self.mpa_key(t, m, v)
+                out += [("final", t, key, s)] + ([("tune", t, key, search["seed"])] if search["lr"] else [])
         return list(dict.fromkeys(out))
 
     @cached_property
