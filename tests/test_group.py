@@ -210,6 +210,9 @@ def test_compile_falls_back_to_eager_once_when_the_backend_fails(capsys):
     assert err.count("torch.compile is unavailable here") == 1 and "no compiler here" in err
     with pytest.raises(TypeError):  # a real error is raised by the eager call, not hidden
         fn("not a tensor", 1)
+    again = Compiled(double, backend=broken_backend)  # the next group's forward: eager at once, no second warning
+    assert again.fn is double and torch.equal(again(x), 2 * x)
+    assert "torch.compile" not in capsys.readouterr().err
 
 
 def test_eval_every_skips_epochs_but_always_evaluates_the_last(tiny_task, weights, tmp_path):

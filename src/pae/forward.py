@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.func import functional_call, vmap
@@ -26,18 +26,30 @@ class Compiled:
 
     A compile failure (no C compiler, an unsupported Python, a graph the backend cannot lower) must not cost a grid
     its runs: the eager forward computes the same function (with prompt dropout, from other random draws). Only
-    Dynamo's and the backends' errors switch to eager; anything else (out of memory, a bug in a model) is raised."""
+    Dynamo's and the backends' errors switch to eager; anything else (out of memory, a bug in a model) is raised.
+
+    A failure holds for the rest of the process, per backend: a grid builds the same graphs again for every group,
+    and trying each again would cost its compile time and print the same warning every time. So the warning is
+    printed once, and later forwards on that backend start eagerly."""
+
+    failed: ClassVar[dict[str | Callable, str]] = {}  # backend -> the first failure's message, for the whole process
 
     def __init__(self, fn: Callable[..., Any], backend: str | Callable = "inductor") -> None:
         self.eager = fn
+        self.backend = backend
+        if backend in Compiled.failed:
+            self.fn = fn
+            return
         try:
             self.fn = torch.compile(fn, backend=backend)
         except Exception as exc:  # noqa: BLE001 - torch.compile raises several types where it cannot run at all
             self._fall_back(exc)
 
     def _fall_back(self, exc: Exception) -> None:
-        print(f"warning: torch.compile is unavailable here ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
-              "running eagerly (the same function, slower).", file=sys.stderr)
+        if self.backend not in Compiled.failed:
+            Compiled.failed[self.backend] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            print(f"warning: torch.compile is unavailable here ({Compiled.failed[self.backend]}); running eagerly "
+                  "(the same function, slower) from now on in this process.", file=sys.stderr)
         self.fn = self.eager
 
     def __call__(self, *args: Any) -> Any:

@@ -24,6 +24,8 @@ from . import formats
 META_ARCH = "pae.arch"
 META_POS_ANTIALIAS = "pae.pos_embed_antialias"
 META_SOURCE = "pae.source"
+META_DTYPE = "pae.dtype"  # written by write_half only: other files hold fp32
+META_HALF_OF = "pae.half_of"  # the sha256 of the fp32 file a half copy was made from
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -103,6 +105,7 @@ def load_weights(model: nn.Module, path: str | Path, arch: str) -> None:
                        f"set the backbone architecture to '{meta[META_ARCH]}' or pass a checkpoint made for '{arch}'.")
     release, state = read_release(path)
     expected = model.state_dict()
+    state = cast_like(state, expected)
     patch = "patch_embed.proj.weight"  # timm would resample another patch size: that is another model, refuse it
     if patch in state and patch in expected and state[patch].shape[-2:] != expected[patch].shape[-2:]:
         raise fit_error(path, arch, release, shape_problem(patch, state[patch], expected[patch]))
@@ -113,6 +116,21 @@ def load_weights(model: nn.Module, path: str | Path, arch: str) -> None:
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.")) or k in expected}
     check_fits(expected, state, path, arch, release)
     model.load_state_dict(state, strict=True)
+
+
+def cast_like(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors in the model's dtype before anything else touches them: an fp16 file (the device bundle
+    halves its bytes) then loads into an fp32 model, and timm resamples position embeddings in fp32."""
+    return {k: v.to(expected[k].dtype) if k in expected and v.is_floating_point() else v for k, v in state.items()}
+
+
+def write_half(src: str | Path, dst: str | Path) -> Path:
+    """A copy of a safetensors backbone with its floating tensors in fp16 and its metadata kept: half the bytes,
+    for a machine that takes few (the device bundle); ``load_weights`` casts them back to the model's dtype."""
+    tensors = load_file(str(src))
+    half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    save_backbone(half, dst, {**read_metadata(src), META_DTYPE: "float16", META_HALF_OF: sha256_of(src)})
+    return Path(dst)
 
 
 def timm_filter(model: nn.Module, state: dict[str, torch.Tensor], antialias: bool) -> dict[str, torch.Tensor]:
