@@ -6,8 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from pae.diagnostics import (coefficient_of_variation, convergence_epoch, grad_norm_matrix, oscillation_summary,
-                             sign_flip_rate, speedup)
+from pae.diagnostics import (
+    coefficient_of_variation,
+    convergence_epoch,
+    grad_norm_matrix,
+    oscillation_summary,
+    sign_flip_rate,
+    speedup,
+)
 from pae.errors import PaeError
 
 NAN = float("nan")

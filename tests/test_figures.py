@@ -13,8 +13,16 @@ from safetensors.torch import save_file
 
 from pae.errors import PaeError
 from pae.methods import ordered
-from pae.reports.figures import (gradient_oscillation, koopman_eigenvalues, koopman_spectrum, learning_curve_figure,
-                                 learning_curves, load_shortcuts, shortcut_figure, shortcut_maps)
+from pae.reports.figures import (
+    gradient_oscillation,
+    koopman_eigenvalues,
+    koopman_spectrum,
+    learning_curve_figure,
+    learning_curves,
+    load_shortcuts,
+    shortcut_figure,
+    shortcut_maps,
+)
 
 NAN = float("nan")
 PAGE_WIDTH_PX = (900, 1800)  # 6-12 in at the figures' 150 dpi: scaled to a page's ~6.5 in, the text still reads

@@ -15,9 +15,19 @@ import torch
 import torch.nn.functional as F
 
 from pae.errors import PaeError
-from pae.evolution.frequency import (PROBE_L2, SCORERS, band_masks, band_pass, conjugate_pair, discover_shortcuts,
-                                     dominant_frequency_maps, fit_scorer, scaled_window, score_bands,
-                                     stratified_folds)
+from pae.evolution.frequency import (
+    PROBE_L2,
+    SCORERS,
+    band_masks,
+    band_pass,
+    conjugate_pair,
+    discover_shortcuts,
+    dominant_frequency_maps,
+    fit_scorer,
+    scaled_window,
+    score_bands,
+    stratified_folds,
+)
 
 SIZE, WINDOW, STRIDE, GRID = 32, 8, 4, 7  # 7 x 7 = 49 bands; DC at (16, 16), inside band 3*7+3 = 24
 DC_BAND = 3 * GRID + 3

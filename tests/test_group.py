@@ -16,14 +16,13 @@ from safetensors.torch import load_file
 
 from pae.cli import build_parser, main
 from pae.cli import run_configs as train_configs
-from pae.errors import PaeError
 from pae.config.pae import PAEOptions
+from pae.config.train import TrainConfig, check_group
+from pae.errors import PaeError
 from pae.forward import Compiled, GroupForward, SingleForward
+from pae.loop import train, train_runs
 from pae.methods import METHODS
 from pae.prompts import build_model
-from pae.config.train import check_group
-from pae.loop import train, train_runs
-from pae.config.train import TrainConfig
 
 from .conftest import random_vit
 

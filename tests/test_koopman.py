@@ -91,13 +91,13 @@ def _numpy_losses(P, U, K, L, target: str) -> tuple[float, float]:
     """L_kp and the hinge L_stab, written out token by token."""
     z = P @ U
     kp = stab = 0.0
-    for l in range(len(P) - 1):
-        Kl, Ll = (K[l], L[l]) if K.ndim == 3 else (K, L)
-        pred = z[l] @ Kl
-        kp += np.mean((pred - z[l + 1]) ** 2)
+    for layer in range(len(P) - 1):
+        Kl, Ll = (K[layer], L[layer]) if K.ndim == 3 else (K, L)
+        pred = z[layer] @ Kl
+        kp += np.mean((pred - z[layer + 1]) ** 2)
         Q = Ll.T @ Ll
-        nxt = pred if target == "prediction" else z[l + 1]
-        stab += np.mean([max(0.0, nxt[t] @ Q @ nxt[t] - z[l][t] @ Q @ z[l][t]) for t in range(len(P[l]))])
+        nxt = pred if target == "prediction" else z[layer + 1]
+        stab += np.mean([max(0.0, nxt[t] @ Q @ nxt[t] - z[layer][t] @ Q @ z[layer][t]) for t in range(len(P[layer]))])
     return kp, stab
 
 
@@ -145,7 +145,9 @@ def test_official_form_matches_its_closed_form():
     # K = 0.5 I: no clamp, dV = 0.25 * 0.25 - 0.25 = -0.1875 per token.
     # K = 2 I: 2z has norm 1, on the clamp's edge, dV = 1 - 0.25 = 0.75 per token.
     z = torch.tensor([[0.3, 0.4], [0.0, 0.5]])
-    sp = lambda x: math.log1p(math.exp(x))
+    def sp(x: float) -> float:
+        return math.log1p(math.exp(x))
+
     expected = {0.5: 10 * math.tanh(sp(-0.1875) / 10), 2.0: 10 * math.tanh(sp(0.75) / 10)}
     got = {s: _official(s, z) for s in expected}
     for s in expected:
@@ -166,7 +168,9 @@ def test_official_form_cannot_see_scale_outside_the_unit_ball():
 
 def test_parameter_counts():
     d, k, T = 12, 5, 4
-    count = lambda m: sum(p.numel() for p in m.parameters())
+    def count(m) -> int:
+        return sum(p.numel() for p in m.parameters())
+
     assert count(KoopmanLyapunov(d, k)) == d * k + 2 * k * k
     assert count(KoopmanLyapunov(d, k, transitions=T, mode="layerwise")) == d * k + 2 * T * k * k
     assert count(KoopmanLyapunov(d, k, norm_preserving=True)) == d * k + 2 * k * k
@@ -207,7 +211,7 @@ def test_spectral_radius_matches_numpy():
     assert layerwise.spectral_radius() == pytest.approx(radii.max(), rel=1e-5)
     assert [diag[f"koopman_spectral_radius_t{i}"] for i in range(3)] == pytest.approx(radii.tolist(), rel=1e-5)
     assert diag["koopman_lift_norm"] == pytest.approx(np.linalg.norm(layerwise.lift.weight.detach().numpy()), rel=1e-6)
-    assert 0 < diag["koopman_lift_gain"]
+    assert diag["koopman_lift_gain"] > 0
 
 
 def test_diverged_K_reports_nan_instead_of_aborting():

@@ -7,15 +7,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pae.errors import PaeError
 from pae.config.pae import PAEOptions
+from pae.config.train import TrainConfig
+from pae.errors import PaeError
 from pae.evolution import PAE
 from pae.evolution.pae import discover, record_prompts
 from pae.evolution.task_init import task_aware_prompts, zero_prompt_features
+from pae.loop import train
 from pae.methods import METHODS, options_for
 from pae.prompts import build_model
-from pae.loop import train
-from pae.config.train import TrainConfig
 
 from .conftest import random_vit
 

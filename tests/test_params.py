@@ -8,8 +8,8 @@ import pytest
 import yaml
 from snakemake.utils import update_config
 
-from pae.errors import PaeError
 from pae.config.pae import PARTS
+from pae.errors import PaeError
 from pae.params import load_params, load_schema, main, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]

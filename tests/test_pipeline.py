@@ -54,10 +54,10 @@ def make_project(root: Path, params: dict) -> dict:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for name in files:
-        if name.startswith(("reports/", "src/", "workflow/", "params/")) or "/" not in name:
-            if (ROOT / name).is_file() and not name.startswith("reports/"):
-                (root / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ROOT / name, root / name)
+        wanted = name.startswith(("src/", "workflow/", "params/")) or "/" not in name
+        if wanted and (ROOT / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, root / name)
     (root / "params" / "default.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns.db",
            "PYTHONPATH": str(root / "src"), "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",

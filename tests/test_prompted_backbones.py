@@ -15,9 +15,9 @@ from pae.prompts import PromptedViT, PromptMethod, build_model
 from pae.prompts.bpt import BPT
 from pae.prompts.e2vpt import E2VPT
 from pae.prompts.ivpt import IVPT
+from pae.prompts.kv_attention import block_with_kv
 from pae.prompts.vfpt import VFPT
 from pae.prompts.vpt import VPT
-from pae.prompts.kv_attention import block_with_kv
 
 from .release_files import tiny
 

@@ -154,7 +154,7 @@ def test_eight_jobs_logging_to_one_sqlite_store_at_once_each_appear_once(tiny_ta
     outs = [tmp_path / f"job{i}" for i in range(8)]
     procs = [subprocess.Popen(command(tiny_task, out, tmp_path / "cache", epochs=2, seed=i), env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i, out in enumerate(outs)]
-    results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
+    results = [(*p.communicate(timeout=600), p.returncode) for p in procs]
     assert all(rc == 0 for _, _, rc in results), [err[-2000:] for _, err, rc in results if rc]
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])

@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from pae.config.pae import PAEOptions
+from pae.config.train import TrainConfig
 from pae.errors import PaeError
 from pae.evaluate import evaluate_run
-from pae.config.pae import PAEOptions
+from pae.loop import train
 from pae.mpa import build_init_prompts, find_task_shortcuts
 from pae.selection import select_hparams
-from pae.loop import train
-from pae.config.train import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,13 @@ import pytest
 
 from pae.errors import PaeError
 from pae.reports import paper
-from pae.reports.tables import (t_quantile_975, write_ablation_table, write_accuracy_table, write_convergence_table,
-                                write_cost_table)
+from pae.reports.tables import (
+    t_quantile_975,
+    write_ablation_table,
+    write_accuracy_table,
+    write_convergence_table,
+    write_cost_table,
+)
 
 FULL_PAE = "init+koopman+lyapunov"
 
@@ -230,7 +235,7 @@ def test_typed_paper_numbers_agree_with_their_own_means():
     for (method, pae), values in paper.VTAB_PER_TASK.values.items():
         total = paper.paper_number(method, pae, "mean_of_tasks")[0]
         assert sum(values.values()) / 19 == pytest.approx(total, abs=0.05), method
-    for (method, pae), values in paper.VTAB_GROUP_MEANS.values.items():
+    for (method, _pae), values in paper.VTAB_GROUP_MEANS.values.items():
         groups = [values[g] for g in ("natural", "specialized", "structured")]
         assert sum(groups) / 3 == pytest.approx(values["mean_of_groups"], abs=0.01), method
     for method, values in paper.PAE_TABLE_1.values.items():

@@ -11,9 +11,8 @@ import sys
 import pytest
 
 from pae.cli import main
-from pae.loop import train
 from pae.config.train import TrainConfig
-from pae.loop import lr_at
+from pae.loop import lr_at, train
 
 
 def test_lr_schedule_is_warmup_then_cosine():
@@ -122,7 +121,7 @@ def test_parallel_jobs_share_a_fresh_mlflow_store(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}"}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(4)]
-    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    results = [(*p.communicate(timeout=300), p.returncode) for p in procs]
     assert all(rc == 0 for _, _, rc in results), [err[-500:] for _, err, rc in results if rc]
     from mlflow import MlflowClient
     runs = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs([MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment_by_name("race").experiment_id])

@@ -14,13 +14,13 @@ check and the table and figure jobs start in a fraction of a second. Errors a us
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import json
 import os
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config.options import add_arguments, add_flag, given_arguments
 from .config.pae import PARTS, PAEOptions

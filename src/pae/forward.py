@@ -42,7 +42,7 @@ class Compiled:
             return
         try:
             self.fn = torch.compile(fn, backend=backend)
-        except Exception as exc:  # noqa: BLE001 - torch.compile raises several types where it cannot run at all
+        except Exception as exc:
             self._fall_back(exc)
 
     def _fall_back(self, exc: Exception) -> None:
@@ -56,7 +56,7 @@ class Compiled:
         if self.fn is not self.eager:
             try:
                 return self.fn(*args)
-            except Exception as exc:  # noqa: BLE001 - filtered just below
+            except Exception as exc:
                 from torch._dynamo.exc import TorchDynamoException  # imported here: it costs every job a second
 
                 if not isinstance(exc, TorchDynamoException):  # out of memory, a bug in a model: not hidden

@@ -39,7 +39,7 @@ from .evaluate import predictions, top1
 from .evolution import PAE
 from .forward import GroupForward, SingleForward, make_forward
 from .prompts import PromptedViT
-from .resume import Progress, diverged, discard, load_states, mark_diverged, preemption, restore, save_state
+from .resume import Progress, discard, diverged, load_states, mark_diverged, preemption, restore, save_state
 from .resume import state_dir as state_folder
 from .run_folder import RunMetrics, check_out_dir, top1_key, write_run
 from .tracking import Tracker, task_provenance

@@ -22,9 +22,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .errors import PaeError
 from .config.pae import PARTS, PAEOptions
 from .config.train import TrainConfig, make_config
+from .errors import PaeError
 from .methods import load_plugins, option_fields, options_for, ordered
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"

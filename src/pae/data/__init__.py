@@ -15,7 +15,18 @@ import torch
 from ..config.train import DATA_KINDS, TrainConfig
 from ..errors import PaeError
 from . import digits, fgvc, vtab1k
-from .tensors import ImageTensors, content_sha256, decode_files, fingerprint, load_cache, normalize, random_crop_flip, resize_square, save_cache
+from .tensors import (
+    ImageTensors,
+    content_sha256,
+    decode_files,
+    fingerprint,
+    load_cache,
+    normalize,
+    random_crop_flip,
+    resize_square,
+    save_cache,
+)
+
 KINDS = DATA_KINDS
 SPLITS_OF = {"vtab1k": vtab1k.SPLITS, "fgvc": fgvc.SPLITS, "digits": digits.SPLITS}
 # (training split, evaluation splits) of the final protocol: VTAB retrains on 1,000 images; FGVC trains on train.
@@ -117,4 +128,4 @@ def eval_input(images: torch.Tensor) -> torch.Tensor:
     return normalize(images)
 
 
-__all__ = ["DataSpec", "content_sha256", "prepare", "FINAL_SPLITS", "ImageTensors", "KINDS", "SPLITS_OF", "TUNE_SPLITS", "eval_input", "load_split", "train_input"]
+__all__ = ["FINAL_SPLITS", "KINDS", "SPLITS_OF", "TUNE_SPLITS", "DataSpec", "ImageTensors", "content_sha256", "eval_input", "load_split", "prepare", "train_input"]

@@ -41,7 +41,7 @@ class ImageTensors:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def balanced_subset(self, n: int) -> "ImageTensors":
+    def balanced_subset(self, n: int) -> ImageTensors:
         """The first ``n`` images taking the classes in turn (each class's images in split order): a fixed subset,
         no random draw, with the classes as even as the split allows."""
         if not 0 < n < len(self):
@@ -56,7 +56,7 @@ class ImageTensors:
         index = order.to(self.images.device)
         return ImageTensors(self.images[index], self.labels[index], self.classes, sizes)
 
-    def to(self, device: torch.device | str) -> "ImageTensors":
+    def to(self, device: torch.device | str) -> ImageTensors:
         sizes = None if self.sizes is None else self.sizes.to(device)
         return ImageTensors(self.images.to(device), self.labels.to(device), self.classes, sizes)
 
@@ -74,7 +74,7 @@ def _decode(path: Path) -> Image.Image:
     except FileNotFoundError:
         raise PaeError(f"image '{path}' listed in the split file does not exist.",
                        "restore the file or remove its line from the split file.") from None
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt files
+    except Exception as exc:
         raise PaeError(f"image '{path}' cannot be decoded ({type(exc).__name__}: {exc}).",
                        "replace the corrupt file or remove its line from the split file.") from exc
 
@@ -92,7 +92,7 @@ def _shorter(path: Path, size: int, crop: int | None) -> torch.Tensor:
     nw, nh = (size, max(size, int(h * scale))) if w <= h else (max(size, int(w * scale)), size)
     im = im.resize((nw, nh), Image.BILINEAR)
     if crop is not None:
-        left, top = int(round((nw - crop) / 2.0)), int(round((nh - crop) / 2.0))
+        left, top = round((nw - crop) / 2.0), round((nh - crop) / 2.0)
         im = im.crop((left, top, left + crop, top + crop))
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
 
@@ -160,7 +160,7 @@ def load_cache(path: Path, key: str) -> ImageTensors | None:
             names = set(f.keys())
             sizes = f.get_tensor("sizes") if "sizes" in names else None
             return ImageTensors(f.get_tensor("images"), f.get_tensor("labels"), meta["classes"].split("\n"), sizes)
-    except Exception:  # noqa: BLE001 - a truncated cache is simply rebuilt
+    except Exception:
         return None
 
 

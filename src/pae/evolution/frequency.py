@@ -12,12 +12,11 @@ point-mirrored band as well (Wang et al., ICCV 2023), so the kept band is conjug
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..config.pae import SCORERS
 from ..errors import PaeError

@@ -19,7 +19,6 @@ from ..config.pae import LYAPUNOV_FORMS, LYAPUNOV_TARGETS
 from ..errors import PaeError
 
 
-
 class KoopmanLyapunov(nn.Module):
     """The L_kp and L_stab terms of PAE's loss, for any prompt trajectory (L, p, d).
 

@@ -6,8 +6,8 @@ sequence through the frozen blocks, as the official code does (research/methods.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn

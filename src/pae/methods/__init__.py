@@ -3,8 +3,18 @@
 More methods come from $PAE_PLUGINS (modules or .py files, ':'-separated) or a params file's ``plugins``."""
 
 from . import bpt, e2vpt, ivpt, linear, vfpt, vpt  # noqa: F401 - importing a method's file registers it
-from .registry import (METHODS, MethodSpec, check_options, load_plugins, make_options, method_spec, option_fields,
-                       options_for, ordered, register_method)
+from .registry import (
+                       METHODS,
+                       MethodSpec,
+                       check_options,
+                       load_plugins,
+                       make_options,
+                       method_spec,
+                       option_fields,
+                       options_for,
+                       ordered,
+                       register_method,
+)
 
 load_plugins()
 

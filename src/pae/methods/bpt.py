@@ -3,8 +3,8 @@ q/k statistics (fixed or trainable), each deep or shallow: six registered method
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config.options import option

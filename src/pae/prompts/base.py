@@ -130,7 +130,7 @@ class PromptedViT(nn.Module):
         init_head(self.head.weight, head_init)
         nn.init.zeros_(self.head.bias)  # VPT's constant -log(99) bias is irrelevant under softmax (and not decayed)
 
-    def train(self, mode: bool = True) -> "PromptedViT":
+    def train(self, mode: bool = True) -> PromptedViT:
         """The backbone stays in eval mode (VPT does the same): only prompt dropout is stochastic."""
         super().train(mode)
         self.backbone.eval()

@@ -27,7 +27,6 @@ from .base import LayerPrompts, embed_tokens, fused_qkv
 from .vpt import check_initial_prompts
 
 
-
 class BPT(LayerPrompts):
     """Prompts A_l B_l^T per layer; ``variant`` picks what B is (module docstring)."""
 

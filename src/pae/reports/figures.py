@@ -393,7 +393,7 @@ def koopman_eigenvalues(checkpoint_path: str | Path) -> np.ndarray:
     path = _require(Path(checkpoint_path), RERUN_TRAINING)
     try:
         with safe_open(str(path), framework="numpy") as f:
-            if KOOPMAN_KEY not in f.keys():
+            if KOOPMAN_KEY not in f.keys():  # noqa: SIM118 - safe_open has keys(), no __contains__
                 raise PaeError(f"'{path}' holds no '{KOOPMAN_KEY}' although its run has Koopman on.", RERUN_TRAINING)
             k = f.get_tensor(KOOPMAN_KEY).astype(np.float64)
     except (OSError, SafetensorError) as exc:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..files import write_csv
-from ..methods import ordered, options_for
+from ..methods import options_for, ordered
 from ..prompts import PromptedViT, build_model
 
 # Counts the papers report for ViT-B/16 (d = 768, 12 blocks), prompt parameters only (no head), with the

@@ -73,7 +73,7 @@ VTAB_GROUP_MEANS = PaperTable(
 
 FGVC_PER_TASK = PaperTable(
     "VFPT NeurIPS 2024 Table 1 via methods.md §7.1",
-    _per_task(FGVC + ("fgvc",), {
+    _per_task((*FGVC, "fgvc"), {
         "full": (87.3, 82.7, 98.8, 89.4, 84.5, 88.54),
         "linear": (85.3, 75.9, 97.9, 86.2, 51.3, 79.32),
         "vpt_shallow": (86.7, 78.8, 98.4, 90.7, 68.7, 84.62),

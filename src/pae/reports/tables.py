@@ -18,8 +18,16 @@ from ..diagnostics import epochs_to_reach, speedup
 from ..errors import PaeError
 from ..files import write_csv
 from ..run_folder import read_metrics
-from .paper import (MEAN_PARTS, PAE_FULL, PAE_SPEEDUP, PAE_SPEEDUP_SOURCE, TASK_GROUPS, TASK_LABELS, VTAB_TASKS,
-                    paper_number)
+from .paper import (
+    MEAN_PARTS,
+    PAE_FULL,
+    PAE_SPEEDUP,
+    PAE_SPEEDUP_SOURCE,
+    TASK_GROUPS,
+    TASK_LABELS,
+    VTAB_TASKS,
+    paper_number,
+)
 
 ABLATION_ORDER = ("none", "none+batch_mask", "init", "koopman", "koopman+lyapunov", "init+koopman+lyapunov")
 GROUP_ORDER = ("natural", "specialized", "structured", "other", "fgvc")
@@ -218,7 +226,7 @@ def render_markdown(table: Table) -> str:
     lines += ["| " + " | ".join(_md(c.title) for c in shown) + " |",
               "|" + "".join("---|" if c.fmt is None else "--:|" for c in shown)]
     lines += ["| " + " | ".join(_md(_cell_text(row.get(c.key), c)) for c in shown) + " |" for row in table.rows]
-    return "\n".join(lines + ["", table.caption, ""])
+    return "\n".join([*lines, "", table.caption, ""])
 
 
 LATEX_ESCAPES = str.maketrans({"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#",
@@ -251,7 +259,7 @@ def render_latex(table: Table) -> str:
             lines.append(r"\midrule")
         previous = block
         lines.append(" & ".join(_tex(_cell_text(row.get(c.key), c)) for c in shown) + r" \\")
-    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}}", r"\end{table*}", ""])
+    return "\n".join([*lines, r"\bottomrule", r"\end{tabular}}", r"\end{table*}", ""])
 
 
 def csv_header(table: Table) -> list[str]:
@@ -387,9 +395,9 @@ def _accuracy_rows(runs: list[dict], columns: list[MeanColumn], metric: str) -> 
 
 def _section_title(groups: Mapping[str, list[str]]) -> str:
     """'VTAB-1k' only for the benchmark's own tasks: vtab-mini's cifar10 may sit in 'natural' but is not VTAB-1k."""
+    tasks = {t for names in groups.values() for t in names}
     if set(groups) == {"fgvc"}:
-        return "FGVC" if set(sum(groups.values(), [])) <= set(TASK_GROUPS["fgvc"]) else "Fine-grained tasks"
-    tasks = set(sum(groups.values(), []))
+        return "FGVC" if tasks <= set(TASK_GROUPS["fgvc"]) else "Fine-grained tasks"
     vtab = tasks & set(VTAB_TASKS)
     return "VTAB-1k" if tasks == vtab else "VTAB-1k and other tasks" if vtab else "Tasks"
 
