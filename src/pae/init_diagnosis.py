@@ -70,7 +70,7 @@ def prompt_attention(probs: torch.Tensor, n_prefix: int, n_prompt: int) -> dict[
             "patches_to_prompts": probs[:, :, patches, prompts].sum(-1).mean().item(),
             "cls_to_key_prompts": probs[:, :, 0, t:].sum(-1).mean().item(),
             "patches_to_key_prompts": probs[:, :, patches, t:].sum(-1).mean().item(),
-            "uniform_share": n_prompt / keys}
+            "uniform_share": n_prompt / keys, "keys": keys}
 
 
 def prompt_cosines(x: torch.Tensor, n_prefix: int, n_prompt: int) -> dict[str, float]:
@@ -257,9 +257,12 @@ def finding(result: dict) -> str:
     ratio = {i: series(result, i, "norm_ratio") for i in INITS}
     cls = {i: [100 * v for v in series(result, i, "cls_to_prompts")] for i in INITS}
     top_ratio, top_cls = _argmax(ratio["mpa"]), _argmax(cls["mpa"])
-    uniform = 100 * result["mpa"]["layers"][0]["uniform_share"]
-    tokens = result["num_tokens"] + result["prefix_tokens"] + result["patch_tokens"]
+    first = result["mpa"]["layers"][0]
     step = _median(mpa["relative_grad"]) / _median(rnd["relative_grad"])
+    between = {i: _median(series(result, i, "cos_between_prompts")) for i in INITS}
+    distinct = "" if math.isnan(between["mpa"]) else (
+        f", and the MPA prompts of a layer have a mean pairwise cosine of {between['mpa']:.4f} (random "
+        f"{between['random']:.2f}; medians over layers)")
     return (
         f"At epoch 0, with the same head{'' if result['same_head'] else ' (not: the heads differ)'}, the MPA prompts "
         f"give a cross-entropy of {mpa['loss']:.2f} and top-1 {mpa['top1']:.1f}% on {result['images']} training "
@@ -269,12 +272,10 @@ def finding(result: dict) -> str:
         f"{max(ratio['random']):.2g}x. "
         f"They take {sum(cls['mpa']) / len(cls['mpa']):.0f}% of [CLS]'s attention averaged over the layers (up to "
         f"{cls['mpa'][top_cls]:.0f}% at layer {top_cls}) against {sum(cls['random']) / len(cls['random']):.0f}% "
-        f"(up to {max(cls['random']):.0f}%) for the random prompts; uniform attention over the {tokens} tokens would "
-        f"give the {result['num_tokens']} prompts {uniform:.0f}%. "
+        f"(up to {max(cls['random']):.0f}%) for the random prompts; uniform attention over the {first['keys']} keys "
+        f"would give the prompts {100 * first['uniform_share']:.0f}%. "
         f"The CE gradient relative to the prompts' own norm (median over prompt layers) is {step:.2g}x the random "
-        f"prompts' ({_median(mpa['relative_grad']):.2g} vs {_median(rnd['relative_grad']):.2g}), and the MPA prompts "
-        f"of a layer have a mean pairwise cosine of {_median(series(result, 'mpa', 'cos_between_prompts')):.2f} "
-        f"(random {_median(series(result, 'random', 'cos_between_prompts')):.2f}; medians over layers).")
+        f"prompts' ({_median(mpa['relative_grad']):.2g} vs {_median(rnd['relative_grad']):.2g}){distinct}.")
 
 
 def _cell(value: float, digits: str = ".2f") -> str:
@@ -305,7 +306,7 @@ def markdown(result: dict) -> str:
             f"{_cell(r['norm_ratio'], '.3g')} | {100 * m['cls_to_prompts']:.1f} / {100 * r['cls_to_prompts']:.1f} | "
             f"{100 * m['patches_to_prompts']:.1f} / {100 * r['patches_to_prompts']:.1f} | "
             f"{100 * m['uniform_share']:.1f} | {_cell(m['cos_to_mean_patch'])} / {_cell(r['cos_to_mean_patch'])} | "
-            f"{_cell(m['cos_between_prompts'])} / {_cell(r['cos_between_prompts'])} | "
+            f"{_cell(m['cos_between_prompts'], '.4f')} / {_cell(r['cos_between_prompts'])} | "
             f"{_cell(grads[0], '.2g')} / {_cell(grads[1], '.2g')} |")
     if any(m["cls_to_key_prompts"] for m in mpa["layers"]):
         lines += ["", "Key prompts (E2VPT) take " + ", ".join(
@@ -318,6 +319,7 @@ def draw(result: dict, out_png: Path) -> None:
     """Page-width figure: per layer, the prompt/patch norm ratio, the attention on the prompts and the relative
     gradient, MPA against random."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(7.0, 2.4), layout="constrained")
     norm_ax, attn_ax, grad_ax = fig.subplots(1, 3)
@@ -338,6 +340,7 @@ def draw(result: dict, out_png: Path) -> None:
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("layer", fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     norm_ax.set_yscale("log")
     grad_ax.set_yscale("log")
     norm_ax.legend(fontsize=6)
