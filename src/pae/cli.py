@@ -124,6 +124,14 @@ def evaluate(args: argparse.Namespace) -> None:
         print(json.dumps({"run_dir": run_dir, **{k: v for k, v in result.items() if k.endswith("_top1")}}))
 
 
+def diagnose_init(args: argparse.Namespace) -> None:
+    from .init_diagnosis import diagnose_runs, write_diagnosis
+
+    result = diagnose_runs(args.pae_run, args.base_run, args.images, args.num_tokens)
+    write_diagnosis(result, args.out_json, args.out_md, args.out_png)
+    print(json.dumps({init: {k: result[init][k] for k in ("loss", "top1")} for init in ("mpa", "random")}))
+
+
 def select(args: argparse.Namespace) -> None:
     from .selection import select_hparams
 
@@ -225,6 +233,17 @@ def add_evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
+def add_diagnose_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pae-run", required=True, help="a finished run folder with PAE's init (.../vpt_deep/init/seed42)")
+    p.add_argument("--base-run", required=True, help="the same task, method and seed without PAE (.../none/seed42)")
+    p.add_argument("--images", type=int, default=256, help="training images to measure on")
+    p.add_argument("--num-tokens", type=int, help="rebuild both runs with this many prompts instead (MPA rediscovered; "
+                   "the runs' recorded epoch-0 top-1 is then not checked)")
+    p.add_argument("--out-json", help="all numbers")
+    p.add_argument("--out-md", help="the finding and a table per layer")
+    p.add_argument("--out-png", help="per-layer norm ratio, attention on prompts and relative gradient")
+
+
 def add_select_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="the tune runs' metrics.json")
     p.add_argument("--out", required=True, help="selected.json (train reads it with --hparams)")
@@ -291,6 +310,8 @@ COMMANDS = {
     "init-prompts": Command(init_prompts, add_init_flags, "PAE's task-aware prompts for every block from a shortcut "
                             "record"),
     "evaluate": Command(evaluate, add_evaluate_flags, "rebuild finished runs from their checkpoints and re-measure them"),
+    "diagnose-init": Command(diagnose_init, add_diagnose_flags, "why PAE's init starts where it does: a PAE-init "
+                             "run's epoch-0 model against its base run's, per layer (norms, attention, loss)"),
     "select": Command(select, add_select_flags, "pick lr and weight decay from tune runs (VPT: best final val200 "
                       "top-1)"),
     "table": Command(table, add_table_flags, "a table (Markdown + CSV) from runs' metrics.json"),
