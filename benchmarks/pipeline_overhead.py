@@ -22,6 +22,7 @@ mlflow     `from mlflow import MlflowClient` in a fresh interpreter (each traini
 dvc        in a throwaway git + DVC project with one copy stage: `dvc repro` that runs the stage, `dvc repro`
            with nothing to do, `dvc status` when up to date: the cost of driving one stage through DVC.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,17 +79,34 @@ def timed(call: Callable[..., object], *args: Any) -> float:
 
 def row(component: str, what: str, times: list[float], derived: bool = False) -> dict[str, Any]:
     """One table line; derived rows are differences of timings, not timings."""
-    return {"component": component, "what": what, "median_s": statistics.median(times), "min_s": min(times),
-            "repeats": len(times), "derived": derived, "times_s": times}
+    return {
+        "component": component,
+        "what": what,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "repeats": len(times),
+        "derived": derived,
+        "times_s": times,
+    }
 
 
 def startup_rows(repeats: int) -> list[dict[str, Any]]:
     """Interpreter + package start-up, paid by every pipeline job before it does anything."""
-    cases = {"python -m pae.cli --help (the parser: no torch)": [sys.executable, "-m", "pae.cli", "--help"],
-             "python -m pae.cli check-params params/default.yaml (no torch)":
-                 [sys.executable, "-m", "pae.cli", "check-params", "params/default.yaml"],
-             'python -c "import pae.loop" (what a training job imports: torch, timm)':
-                 [sys.executable, "-c", "import pae.loop"]}
+    cases = {
+        "python -m pae.cli --help (the parser: no torch)": [sys.executable, "-m", "pae.cli", "--help"],
+        "python -m pae.cli check-params params/default.yaml (no torch)": [
+            sys.executable,
+            "-m",
+            "pae.cli",
+            "check-params",
+            "params/default.yaml",
+        ],
+        'python -c "import pae.loop" (what a training job imports: torch, timm)': [
+            sys.executable,
+            "-c",
+            "import pae.loop",
+        ],
+    }
     return [row("start-up", what, [timed(run, cmd, ROOT) for _ in range(repeats)]) for what, cmd in cases.items()]
 
 
@@ -114,10 +132,12 @@ def snakemake_rows(repeats: int, jobs: int, tmp: Path) -> list[dict[str, Any]]:
         t_many.append(snakemake_time(many))
     per_job = [(m - o) / (jobs - 1) for o, m in zip(t_one, t_many)]
     dry = [timed(run, [str(BIN / "snakemake"), "reproduce_all", "-n", "--quiet"], ROOT) for _ in range(repeats)]
-    return [row("snakemake", "T(1): 1 trivial job, `snakemake --cores 1` (start-up + DAG + job)", t_one),
-            row("snakemake", f"T({jobs}): {jobs} trivial jobs", t_many),
-            row("snakemake", f"per extra job: (T({jobs}) - T(1)) / {jobs - 1}", per_job, derived=True),
-            row("snakemake", "`snakemake -n reproduce_all` of this repo (DAG + params validation)", dry)]
+    return [
+        row("snakemake", "T(1): 1 trivial job, `snakemake --cores 1` (start-up + DAG + job)", t_one),
+        row("snakemake", f"T({jobs}): {jobs} trivial jobs", t_many),
+        row("snakemake", f"per extra job: (T({jobs}) - T(1)) / {jobs - 1}", per_job, derived=True),
+        row("snakemake", "`snakemake -n reproduce_all` of this repo (DAG + params validation)", dry),
+    ]
 
 
 def artifact_folder(folder: Path) -> Path:
@@ -175,9 +195,11 @@ def mlflow_rows(repeats: int, epochs: int, tmp: Path) -> list[dict[str, Any]]:
             first.append(timed(tracked_run, f"first-{r}", epochs, artifacts))
             steady.append(timed(tracked_run, f"next-{r}", epochs, artifacts))
     run_of = f"{PARAMS} params, {epochs} epochs x {METRICS} metrics, {ARTIFACTS} artifacts, finish"
-    return [row("mlflow", 'python -c "from mlflow import MlflowClient"', imports),
-            row("mlflow", f"first Tracker run, fresh SQLite store (creates + migrates DB): {run_of}", first),
-            row("mlflow", f"Tracker run on an existing store: {run_of}", steady)]
+    return [
+        row("mlflow", 'python -c "from mlflow import MlflowClient"', imports),
+        row("mlflow", f"first Tracker run, fresh SQLite store (creates + migrates DB): {run_of}", first),
+        row("mlflow", f"Tracker run on an existing store: {run_of}", steady),
+    ]
 
 
 def dvc_project(folder: Path) -> Path:
@@ -199,9 +221,11 @@ def dvc_rows(repeats: int, tmp: Path) -> list[dict[str, Any]]:
         first.append(timed(run, [dvc, "repro", "-q"], folder))
         noop.append(timed(run, [dvc, "repro", "-q"], folder))
         status.append(timed(run, [dvc, "status", "-q"], folder))  # -q: exit 1 unless up to date
-    return [row("dvc", "`dvc repro`, first (runs the 1 copy stage, writes dvc.lock + cache)", first),
-            row("dvc", "`dvc repro`, nothing to do", noop),
-            row("dvc", "`dvc status`, up to date", status)]
+    return [
+        row("dvc", "`dvc repro`, first (runs the 1 copy stage, writes dvc.lock + cache)", first),
+        row("dvc", "`dvc repro`, nothing to do", noop),
+        row("dvc", "`dvc status`, up to date", status),
+    ]
 
 
 def cpu_model() -> str:
@@ -215,17 +239,26 @@ def cpu_model() -> str:
 
 def context() -> dict[str, Any]:
     """The machine and versions the numbers hold for; the load says how busy the machine was at the start."""
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_1min": os.getloadavg()[0],
-            "python": platform.python_version(), **{name: version(name) for name in ("torch", "snakemake", "dvc", "mlflow")}}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_1min": os.getloadavg()[0],
+        "python": platform.python_version(),
+        **{name: version(name) for name in ("torch", "snakemake", "dvc", "mlflow")},
+    }
 
 
 def table(rows: list[dict[str, Any]], info: dict[str, Any], settings: dict[str, int]) -> str:
     lines = ["| component | what | median s | min s | repeats |", "|---|---|---:|---:|---:|"]
-    lines += [f"| {r['component']} | {r['what']} | {r['median_s']:.4f} | {r['min_s']:.4f} | {r['repeats']} |" for r in rows]
-    lines.append(f"\n{info['cpu']}, {info['cores']} cores (1-min load {info['load_1min']:.2f} at start), "
-                 f"Python {info['python']}, torch {info['torch']}, snakemake {info['snakemake']}, dvc {info['dvc']}, "
-                 f"mlflow {info['mlflow']}; wall clock, {settings['repeats']} repeats, {settings['jobs']} Snakemake jobs, "
-                 f"{settings['epochs']} epochs.")
+    lines += [
+        f"| {r['component']} | {r['what']} | {r['median_s']:.4f} | {r['min_s']:.4f} | {r['repeats']} |" for r in rows
+    ]
+    lines.append(
+        f"\n{info['cpu']}, {info['cores']} cores (1-min load {info['load_1min']:.2f} at start), "
+        f"Python {info['python']}, torch {info['torch']}, snakemake {info['snakemake']}, dvc {info['dvc']}, "
+        f"mlflow {info['mlflow']}; wall clock, {settings['repeats']} repeats, {settings['jobs']} Snakemake jobs, "
+        f"{settings['epochs']} epochs."
+    )
     return "\n".join(lines)
 
 
@@ -234,7 +267,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help=f"timings per measurement (default {FULL['repeats']})")
     parser.add_argument("--jobs", type=int, help=f"N trivial Snakemake jobs, at least 2 (default {FULL['jobs']})")
     parser.add_argument("--epochs", type=int, help=f"epochs of metrics per MLflow run (default {FULL['epochs']})")
-    parser.add_argument("--quick", action="store_true", help="smoke-test sizes: " + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke-test sizes: " + ", ".join(f"{k} {v}" for k, v in QUICK.items())
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_overhead.json")
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():  # an explicit flag wins over --quick
@@ -252,8 +287,12 @@ def main(argv: list[str] | None = None) -> None:
     info = context()
     with tempfile.TemporaryDirectory(prefix="pipeline-overhead-") as folder:
         tmp = Path(folder)
-        rows = [*startup_rows(args.repeats), *snakemake_rows(args.repeats, args.jobs, tmp),
-                *mlflow_rows(args.repeats, args.epochs, tmp), *dvc_rows(args.repeats, tmp)]
+        rows = [
+            *startup_rows(args.repeats),
+            *snakemake_rows(args.repeats, args.jobs, tmp),
+            *mlflow_rows(args.repeats, args.epochs, tmp),
+            *dvc_rows(args.repeats, tmp),
+        ]
     print(table(rows, info, settings))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": settings, "context": info, "rows": rows}, indent=2) + "\n")

@@ -9,6 +9,7 @@ Wall-clock seconds of whole commands (start-up, data and backbone loading, train
 what a group saves is what a user waits for. Both ways train the same runs; the script also checks that they end
 with the same validation top-1 where prompt dropout is 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,11 +23,46 @@ from pathlib import Path
 
 
 def command(args: argparse.Namespace, lrs: list[str], wds: list[str], out: str) -> list[str]:
-    return [sys.executable, "-m", "pae.cli", "train", "--kind", args.kind, *(["--root", args.root] if args.root else []),
-            "--protocol", "tune", "--weights", args.weights, "--img-size", str(args.img_size), "--method", args.method,
-            "--epochs", str(args.epochs), "--warmup-epochs", "1", "--batch-size", str(args.batch_size),
-            "--num-tokens", "5", "--prompt-dropout", "0", "--threads", str(args.threads), "--device", args.device,
-            "--seed", "42", "--no-mlflow", "--lr", *lrs, "--weight-decay", *wds, "--out-dir", out]
+    return [
+        sys.executable,
+        "-m",
+        "pae.cli",
+        "train",
+        "--kind",
+        args.kind,
+        *(["--root", args.root] if args.root else []),
+        "--protocol",
+        "tune",
+        "--weights",
+        args.weights,
+        "--img-size",
+        str(args.img_size),
+        "--method",
+        args.method,
+        "--epochs",
+        str(args.epochs),
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        str(args.batch_size),
+        "--num-tokens",
+        "5",
+        "--prompt-dropout",
+        "0",
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--seed",
+        "42",
+        "--no-mlflow",
+        "--lr",
+        *lrs,
+        "--weight-decay",
+        *wds,
+        "--out-dir",
+        out,
+    ]
 
 
 def timed(cmd: list[str]) -> float:
@@ -36,7 +72,9 @@ def timed(cmd: list[str]) -> float:
 
 
 def val_top1(folder: Path) -> dict[str, float]:
-    return {p.parent.name: json.loads(p.read_text())["final_val200_top1"] for p in sorted(folder.glob("*/metrics.json"))}
+    return {
+        p.parent.name: json.loads(p.read_text())["final_val200_top1"] for p in sorted(folder.glob("*/metrics.json"))
+    }
 
 
 def main() -> None:
@@ -60,10 +98,19 @@ def main() -> None:
         t_serial = sum(timed(command(args, [lr], [wd], f"{serial}/lr{lr}_wd{wd}")) for lr, wd in points)
         t_group = timed(command(args, args.lrs, args.wds, f"{grouped}/lr{{lr}}_wd{{wd}}"))
         same = val_top1(serial) == val_top1(grouped)
-    result = {"settings": vars(args), "runs": len(points), "serial_s": t_serial, "group_s": t_group,
-              "speedup": t_serial / t_group, "same_val200_top1": same}
-    print(f"| runs | one process per run (s) | one group (s) | speed-up | same val200 top-1 |\n|---:|---:|---:|---:|---|\n"
-          f"| {len(points)} | {t_serial:.1f} | {t_group:.1f} | {t_serial / t_group:.2f} | {same} |")
+    result = {
+        "settings": vars(args),
+        "runs": len(points),
+        "serial_s": t_serial,
+        "group_s": t_group,
+        "speedup": t_serial / t_group,
+        "same_val200_top1": same,
+    }
+    print(
+        "| runs | one process per run (s) | one group (s) | speed-up | same val200 top-1 |\n"
+        "|---:|---:|---:|---:|---|\n"
+        f"| {len(points)} | {t_serial:.1f} | {t_group:.1f} | {t_serial / t_group:.2f} | {same} |"
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -25,6 +25,7 @@ What each number is, and why it is measured this way:
 
 Weights are random: the cost of a step does not depend on their values. Data is random uint8 images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,16 @@ from pae.loop import evaluate_runs, prepare_run, train_epoch
 from pae.methods import METHODS
 from pae.prompts import build_model
 
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 756.0,
-                    "A100": 312.0, "L40S": 362.0, "A10G": 70.0}  # dense, from the vendors' data sheets
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 80GB HBM3": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 756.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 70.0,
+}  # dense, from the vendors' data sheets
 PAE_ON = PAEOptions(koopman=True, lyapunov=True)
 
 
@@ -61,8 +70,11 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpuinfo = Path("/proc/cpuinfo")
-    models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
-              if line.startswith("model name")]
+    models = [
+        line.split(":", 1)[1].strip()
+        for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+        if line.startswith("model name")
+    ]
     return f"{models[0] if models else platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
@@ -85,7 +97,9 @@ def synthetic_task(cfg: TrainConfig, images: int, test_images: int, classes: int
 
     def split(n: int) -> ImageTensors:
         pixels = torch.randint(0, 256, (n, 3, cfg.img_size, cfg.img_size), generator=gen, dtype=torch.uint8)
-        return ImageTensors(pixels, torch.randint(0, classes, (n,), generator=gen), [str(c) for c in range(classes)]).to(device)
+        return ImageTensors(
+            pixels, torch.randint(0, classes, (n,), generator=gen), [str(c) for c in range(classes)]
+        ).to(device)
 
     spec = DataSpec("vtab1k", root="synthetic", name="synthetic")
     return LoadedTask(device, spec, split(images), {"test": split(test_images)}, seeded_backbone(cfg).to(device))
@@ -122,8 +136,8 @@ def plain_images_per_s(cfg: TrainConfig, task: LoadedTask, steps: int) -> float:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.method, task.backbone, task.num_classes, cfg.options).to(task.device)
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=cfg.lr, momentum=0.9)
-    x = normalize(task.train_data.images[:cfg.batch_size])
-    y = task.train_data.labels[:cfg.batch_size]
+    x = normalize(task.train_data.images[: cfg.batch_size])
+    y = task.train_data.labels[: cfg.batch_size]
     model.train()
     for step in range(steps + 1):
         if step == 1:
@@ -140,9 +154,9 @@ def plain_images_per_s(cfg: TrainConfig, task: LoadedTask, steps: int) -> float:
 def step_flops(cfg: TrainConfig, task: LoadedTask) -> float:
     """FLOPs of one training step (forward + backward) of the method, counted by torch on an eager step."""
     run = prepare_run(cfg, task)
-    x = normalize(task.train_data.images[:cfg.batch_size])
+    x = normalize(task.train_data.images[: cfg.batch_size])
     with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(run.model(x), task.train_data.labels[:cfg.batch_size]).backward()
+        F.cross_entropy(run.model(x), task.train_data.labels[: cfg.batch_size]).backward()
     return float(counter.get_total_flops())
 
 
@@ -153,8 +167,16 @@ def throughput_rows(args: argparse.Namespace, base: TrainConfig) -> list[dict]:
         cfg = replace(base, arch=arch, img_size=img_size)
         task = synthetic_task(cfg, cfg.batch_size * args.steps, args.batch)
         baseline = plain_images_per_s(replace(cfg, method="vpt_deep"), task, args.steps)
-        rows.append({"arch": arch, "img_size": img_size, "method": "vpt_deep", "pae": "none", "path": "plain fp32",
-                     "images_per_s": baseline})
+        rows.append(
+            {
+                "arch": arch,
+                "img_size": img_size,
+                "method": "vpt_deep",
+                "pae": "none",
+                "path": "plain fp32",
+                "images_per_s": baseline,
+            }
+        )
         print(f"{arch} plain fp32 vpt_deep: {baseline:.1f} img/s", flush=True)
         for method in args.methods:
             without = None
@@ -167,11 +189,22 @@ def throughput_rows(args: argparse.Namespace, base: TrainConfig) -> list[dict]:
                 flops = step_flops(run, task)
                 tflops = flops * speed / cfg.batch_size / 1e12
                 without = speed if without is None else without
-                rows.append({"arch": arch, "img_size": img_size, "method": method, "pae": run.pae.label, "path": "fast",
-                             "images_per_s": speed, "speedup_vs_plain": speed / baseline, "tflops": tflops,
-                             "mfu": tflops / peak if peak else None, "step_gflop": flops / 1e9,
-                             "compile_s": compile_s if run.compile else None,
-                             "pae_overhead": without / speed - 1 if pae.koopman else None})
+                rows.append(
+                    {
+                        "arch": arch,
+                        "img_size": img_size,
+                        "method": method,
+                        "pae": run.pae.label,
+                        "path": "fast",
+                        "images_per_s": speed,
+                        "speedup_vs_plain": speed / baseline,
+                        "tflops": tflops,
+                        "mfu": tflops / peak if peak else None,
+                        "step_gflop": flops / 1e9,
+                        "compile_s": compile_s if run.compile else None,
+                        "pae_overhead": without / speed - 1 if pae.koopman else None,
+                    }
+                )
                 print(f"{arch} fast {method}/{run.pae.label}: {speed:.1f} img/s", flush=True)
     return rows
 
@@ -183,8 +216,15 @@ def group_rows(args: argparse.Namespace, base: TrainConfig) -> list[dict]:
     for size in [1, *args.group]:
         runs = [replace(cfg, lr=cfg.lr * (i + 1), out_dir=f"run{i}") for i in range(size)]
         speed, _ = fast_images_per_s(runs, task)
-        rows.append({"arch": cfg.arch, "img_size": cfg.img_size, "runs": size, "images_per_s": speed,
-                     "speedup_vs_one_run": speed / rows[0]["images_per_s"] if rows else 1.0})
+        rows.append(
+            {
+                "arch": cfg.arch,
+                "img_size": cfg.img_size,
+                "runs": size,
+                "images_per_s": speed,
+                "speedup_vs_one_run": speed / rows[0]["images_per_s"] if rows else 1.0,
+            }
+        )
         print(f"group of {size}: {speed:.1f} img/s", flush=True)
     return rows
 
@@ -200,8 +240,14 @@ def mpa_rows(args: argparse.Namespace, base: TrainConfig) -> list[dict]:
         start = time.perf_counter()
         record = discover(cfg.pae, task.backbone, x, y, 10, cfg.options.num_tokens, cfg.seed)
         sync(task.device)
-        rows.append({"arch": arch, "img_size": img_size, "what": f"MPA search: {record['grid'] ** 2} bands x "
-                     f"{args.init_images} images", "seconds": time.perf_counter() - start})
+        rows.append(
+            {
+                "arch": arch,
+                "img_size": img_size,
+                "what": f"MPA search: {record['grid'] ** 2} bands x {args.init_images} images",
+                "seconds": time.perf_counter() - start,
+            }
+        )
         print(f"{arch}: {rows[-1]['what']} {rows[-1]['seconds']:.1f} s", flush=True)
     return rows
 
@@ -220,29 +266,46 @@ def task_rows(args: argparse.Namespace, base: TrainConfig) -> list[dict]:
             run_epoch([run], forward)
         evaluate_runs([run], forward)
         sync(task.device)
-        rows.append({"arch": arch, "img_size": img_size, "what": f"VTAB-1k task: {args.task_images} images x "
-                     f"{cfg.epochs} epochs + {args.test_images} test images", "seconds": time.perf_counter() - start})
+        rows.append(
+            {
+                "arch": arch,
+                "img_size": img_size,
+                "what": f"VTAB-1k task: {args.task_images} images x "
+                f"{cfg.epochs} epochs + {args.test_images} test images",
+                "seconds": time.perf_counter() - start,
+            }
+        )
         print(f"{arch}: {rows[-1]['what']} {rows[-1]['seconds']:.1f} s", flush=True)
     return rows
 
 
 def markdown(result: dict) -> str:
     fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
-    lines = [f"Device: {result['device']}; torch {result['torch']}; batch {result['batch']}; "
-             f"precision {result['precision']}; compile {result['compile']}", "",
-             "| backbone | px | method | PAE | path | img/s | x plain VPT-deep | TFLOP/s | MFU | PAE overhead | "
-             "compile s |", "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Device: {result['device']}; torch {result['torch']}; batch {result['batch']}; "
+        f"precision {result['precision']}; compile {result['compile']}",
+        "",
+        "| backbone | px | method | PAE | path | img/s | x plain VPT-deep | TFLOP/s | MFU | PAE overhead | compile s |",
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in result.get("throughput", []):
-        lines.append(f"| {r['arch']} | {r['img_size']} | {r['method']} | {r['pae']} | {r['path']} | "
-                     f"{r['images_per_s']:.1f} | {fmt(r.get('speedup_vs_plain'), '.2f')} | {fmt(r.get('tflops'), '.2f')} | "
-                     f"{fmt(r.get('mfu'), '.1%')} | {fmt(r.get('pae_overhead'), '+.1%')} | "
-                     f"{fmt(r.get('compile_s'), '.1f')} |")
+        lines.append(
+            f"| {r['arch']} | {r['img_size']} | {r['method']} | {r['pae']} | {r['path']} | "
+            f"{r['images_per_s']:.1f} | {fmt(r.get('speedup_vs_plain'), '.2f')} | {fmt(r.get('tflops'), '.2f')} | "
+            f"{fmt(r.get('mfu'), '.1%')} | {fmt(r.get('pae_overhead'), '+.1%')} | "
+            f"{fmt(r.get('compile_s'), '.1f')} |"
+        )
     lines += ["", "| backbone | px | runs in one group | img/s (all runs) | x one run |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['arch']} | {r['img_size']} | {r['runs']} | {r['images_per_s']:.1f} | {r['speedup_vs_one_run']:.2f} |"
-              for r in result.get("group", [])]
+    lines += [
+        f"| {r['arch']} | {r['img_size']} | {r['runs']} | {r['images_per_s']:.1f} | {r['speedup_vs_one_run']:.2f} |"
+        for r in result.get("group", [])
+    ]
     lines += ["", "| backbone | px | what | seconds |", "|---|---:|---|---:|"]
-    lines += [f"| {r['arch']} | {r['img_size']} | {r['what']} | {r['seconds']:.2f} |"
-              for part in ("mpa", "task") for r in result.get(part, [])]
+    lines += [
+        f"| {r['arch']} | {r['img_size']} | {r['what']} | {r['seconds']:.2f} |"
+        for part in ("mpa", "task")
+        for r in result.get(part, [])
+    ]
     return "\n".join(lines)
 
 
@@ -278,10 +341,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default="benchmarks/results/throughput.json")
     args = p.parse_args()
     gpu = args.device.startswith("cuda")
-    defaults = {"img_sizes": [224 if gpu else 2 * patch_size(a) for a in args.archs], "batch": 128 if gpu else 16,
-                "steps": 20 if gpu else 2, "group": [2, 4, 8] if gpu else [2], "task_images": 1000 if gpu else 64,
-                "task_epochs": 100 if gpu else 2, "test_images": 10000 if gpu else 64, "compile": gpu,
-                "init_images": 128 if gpu else 16}
+    defaults = {
+        "img_sizes": [224 if gpu else 2 * patch_size(a) for a in args.archs],
+        "batch": 128 if gpu else 16,
+        "steps": 20 if gpu else 2,
+        "group": [2, 4, 8] if gpu else [2],
+        "task_images": 1000 if gpu else 64,
+        "task_epochs": 100 if gpu else 2,
+        "test_images": 10000 if gpu else 64,
+        "compile": gpu,
+        "init_images": 128 if gpu else 16,
+    }
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -292,13 +362,26 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    base = TrainConfig(device=args.device, batch_size=args.batch, eval_batch_size=max(512, args.batch), lr=0.01,
-                       compile=args.compile, mlflow=False, options={"num_tokens": args.num_tokens},
-                       pae=PAEOptions(window=args.mpa_window, stride=args.mpa_stride))
+    base = TrainConfig(
+        device=args.device,
+        batch_size=args.batch,
+        eval_batch_size=max(512, args.batch),
+        lr=0.01,
+        compile=args.compile,
+        mlflow=False,
+        options={"num_tokens": args.num_tokens},
+        pae=PAEOptions(window=args.mpa_window, stride=args.mpa_stride),
+    )
     device = torch.device(args.device)
-    result = {"device": device_name(device), "torch": torch.__version__, "batch": args.batch, "compile": args.compile,
-              "precision": "bf16 autocast" if device.type == "cuda" else "fp32", "settings": vars(args),
-              **{part: PARTS[part](args, base) for part in args.parts}}
+    result = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "batch": args.batch,
+        "compile": args.compile,
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "settings": vars(args),
+        **{part: PARTS[part](args, base) for part in args.parts},
+    }
     table = markdown(result)
     print(table)
     out = Path(args.out)

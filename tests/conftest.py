@@ -1,4 +1,5 @@
 """Shared fixtures: the real offline backbone (imported once, cached under .cache/), vtab-mini, small random ViTs."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """A one-node SLURM cluster on localhost for the tests: munge, MariaDB + slurmdbd (so that sacct, the plugin's status
 command, answers as on a real cluster), slurmctld and slurmd. Each daemon runs in the foreground as a child of this
 process, with its files under one folder, and is stopped by its pid. Debian's packages are installed when missing."""
+
 from __future__ import annotations
 
 import os
@@ -92,8 +93,10 @@ def install() -> None:
         policy.write_text("#!/bin/sh\nexit 101\n")
         policy.chmod(0o755)
     try:
-        for cmd in (["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]):
+        for cmd in (
+            ["apt-get", "update", "-q"],
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES],
+        ):
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
             if done.returncode:
                 raise Unavailable(f"{' '.join(cmd)} failed: {done.stdout[-1000:]}{done.stderr[-1000:]}")
@@ -150,8 +153,18 @@ def _start_daemons(c: Cluster) -> None:
     db_port, dbd_port, ctld_port, slurmd_port = free_ports(4)
     cpus, memory = node_resources(env)
     host = socket.gethostname().split(".")[0]
-    values = {"root": root, "host": host, "node": host, "cpus": cpus, "memory": memory, "partition": c.partition,
-              "db_port": db_port, "dbd_port": dbd_port, "ctld_port": ctld_port, "slurmd_port": slurmd_port}
+    values = {
+        "root": root,
+        "host": host,
+        "node": host,
+        "cpus": cpus,
+        "memory": memory,
+        "partition": c.partition,
+        "db_port": db_port,
+        "dbd_port": dbd_port,
+        "ctld_port": ctld_port,
+        "slurmd_port": slurmd_port,
+    }
     for name in ("slurm.conf", "slurmdbd.conf"):
         (root / name).write_text(Template((TEMPLATES / name).read_text()).substitute(values))
     (root / "slurmdbd.conf").chmod(0o600)  # slurmdbd refuses a readable file holding a password
@@ -159,18 +172,47 @@ def _start_daemons(c: Cluster) -> None:
     sock = root / "run" / "munge.sock"
     subprocess.run(["mungekey", "--create", "--keyfile", str(root / "munge" / "munge.key")], check=True, env=env)
     # --force: munged's checks of who may reach its folders are for shared hosts; a test's temp folder fails them
-    munged = c.start("munged", "munged", "--foreground", "--force", f"--socket={sock}", f"--key-file={root}/munge/munge.key",
-                     f"--pid-file={root}/run/munged.pid", f"--log-file={root}/log/munged.log",
-                     f"--seed-file={root}/munge/seed")
+    munged = c.start(
+        "munged",
+        "munged",
+        "--foreground",
+        "--force",
+        f"--socket={sock}",
+        f"--key-file={root}/munge/munge.key",
+        f"--pid-file={root}/run/munged.pid",
+        f"--log-file={root}/log/munged.log",
+        f"--seed-file={root}/munge/seed",
+    )
     c.wait("munged", sock.exists, munged)
 
-    subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={root}/db", "--user=root",
-                    "--auth-root-authentication-method=normal", "--skip-test-db"],
-                   check=True, env=env, capture_output=True)
-    mariadb = c.start("mariadbd", "mariadbd", "--no-defaults", f"--datadir={root}/db", "--user=root",
-                      "--bind-address=127.0.0.1", f"--port={db_port}", f"--socket={root}/run/mariadb.sock",
-                      f"--pid-file={root}/run/mariadb.pid", f"--init-file={TEMPLATES}/mariadb-init.sql",
-                      "--skip-name-resolve", "--innodb-buffer-pool-size=256M", "--innodb-lock-wait-timeout=900")
+    subprocess.run(
+        [
+            "mariadb-install-db",
+            "--no-defaults",
+            f"--datadir={root}/db",
+            "--user=root",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    mariadb = c.start(
+        "mariadbd",
+        "mariadbd",
+        "--no-defaults",
+        f"--datadir={root}/db",
+        "--user=root",
+        "--bind-address=127.0.0.1",
+        f"--port={db_port}",
+        f"--socket={root}/run/mariadb.sock",
+        f"--pid-file={root}/run/mariadb.pid",
+        f"--init-file={TEMPLATES}/mariadb-init.sql",
+        "--skip-name-resolve",
+        "--innodb-buffer-pool-size=256M",
+        "--innodb-lock-wait-timeout=900",
+    )
     c.wait("MariaDB", lambda: listening(db_port), mariadb)
 
     dbd = c.start("slurmdbd", "slurmdbd", "-D")

@@ -1,5 +1,6 @@
 """Every catalogue backbone from a file in its official release layout (tiny random weights, nothing downloads):
 exact round trips, one-line refusals naming the first offending key, MoCo-v3's linear-probe file refused."""
+
 from __future__ import annotations
 
 import subprocess
@@ -104,5 +105,8 @@ def test_catalogue_entry_agrees_with_timm(name):
 
 
 def test_catalogue_imports_without_torch():
-    code = "import sys, pae.backbones.catalogue as c; assert c.CATALOGUE and 'torch' not in sys.modules, sorted(sys.modules)"
+    code = (
+        "import sys, pae.backbones.catalogue as c; assert c.CATALOGUE and 'torch' not in sys.modules, "
+        "sorted(sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

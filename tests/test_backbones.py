@@ -1,4 +1,5 @@
 """Backbone import and loading: the ONNX importer against onnxruntime, local files, wrong checkpoints."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,10 @@ from .release_files import write_google_npz
 
 
 def _real_images(vtab_mini, n: int = 4) -> np.ndarray:
-    files = sorted((vtab_mini / "clothing10" / "images").glob("*/*.jpg"))[:: 80][:n]
-    x = np.stack([np.asarray(Image.open(f).convert("RGB").resize((224, 224), Image.BILINEAR), np.float32) / 255 for f in files])
+    files = sorted((vtab_mini / "clothing10" / "images").glob("*/*.jpg"))[::80][:n]
+    x = np.stack(
+        [np.asarray(Image.open(f).convert("RGB").resize((224, 224), Image.BILINEAR), np.float32) / 255 for f in files]
+    )
     x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
@@ -105,7 +108,9 @@ def test_pickle_with_code_is_refused(tmp_path):
 def test_wrong_architecture_names_first_offending_key(tmp_path):
     path = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in random_vit("vit_tiny_patch16_224", 32).state_dict().items()}, str(path))
-    with pytest.raises(PaeError, match=r"does not fit 'vit_small_patch16_224': key 'cls_token' has shape \(1, 1, 192\)"):
+    with pytest.raises(
+        PaeError, match=r"does not fit 'vit_small_patch16_224': key 'cls_token' has shape \(1, 1, 192\)"
+    ):
         load_backbone("vit_small_patch16_224", path, 32)
 
 

@@ -1,4 +1,5 @@
 """BPT: whitening against its defining property, prompts against A @ B^T, counts against closed forms."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +25,7 @@ def _q_k_statistics(block, tokens: torch.Tensor) -> np.ndarray:
     x = block.norm1(tokens).detach().double().numpy()
     w = block.attn.qkv.weight.detach().double().numpy()
     d = x.shape[1]
-    wq, wk = w[:d].T, w[d:2 * d].T
+    wq, wk = w[:d].T, w[d : 2 * d].T
     return wq @ wk.T @ x.T
 
 
@@ -85,11 +86,14 @@ def test_shallow_prompts_only_before_the_first_block(backbone):
     assert method.trajectory().shape == (1, 4, 384)
 
 
-@pytest.mark.parametrize("name, per_layer", [
-    ("bpt_bilinear", lambda p, d, r: p * r + d * r),
-    ("bpt_fwhiten", lambda p, d, r: p * d),  # W is fixed
-    ("bpt_twhiten", lambda p, d, r: p * d + d * d),
-])
+@pytest.mark.parametrize(
+    "name, per_layer",
+    [
+        ("bpt_bilinear", lambda p, d, r: p * r + d * r),
+        ("bpt_fwhiten", lambda p, d, r: p * d),  # W is fixed
+        ("bpt_twhiten", lambda p, d, r: p * d + d * d),
+    ],
+)
 @pytest.mark.parametrize("deep", [True, False])
 def test_trainable_parameter_counts_match_closed_form(backbone, name, per_layer, deep):
     p, d, r, classes = 9, 384, 5, 7

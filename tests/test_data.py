@@ -1,4 +1,5 @@
 """Data layer: split files, protocol preprocessing, device-side crops, caching, and every bad-input message."""
+
 from __future__ import annotations
 
 import json
@@ -57,17 +58,20 @@ def test_cache_is_reused_and_invalidated(vtab_mini, tmp_path):
     assert int(again.images[0, 0].float().mean()) >= 250  # red channel of a solid red JPEG
 
 
-@pytest.mark.parametrize("breakage,message", [
-    ("no_folder", "task folder .* does not exist"),
-    ("no_split", r"split file .*val200.txt' is missing"),
-    ("bad_line", r"val200.txt:2: expected '<image path> <integer label>'"),
-    ("bad_label", r"label 12 of .* is outside 0..9"),
-    ("duplicate", r"val200.txt:2: .* is listed twice"),
-    ("empty", "lists no images"),
-    ("missing_image", "listed in the split file does not exist"),
-    ("corrupt_image", "cannot be decoded"),
-    ("no_classes_bad_other_split", r"test.txt:1: expected '<image path> <integer label>'"),
-])
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        ("no_folder", "task folder .* does not exist"),
+        ("no_split", r"split file .*val200.txt' is missing"),
+        ("bad_line", r"val200.txt:2: expected '<image path> <integer label>'"),
+        ("bad_label", r"label 12 of .* is outside 0..9"),
+        ("duplicate", r"val200.txt:2: .* is listed twice"),
+        ("empty", "lists no images"),
+        ("missing_image", "listed in the split file does not exist"),
+        ("corrupt_image", "cannot be decoded"),
+        ("no_classes_bad_other_split", r"test.txt:1: expected '<image path> <integer label>'"),
+    ],
+)
 def test_vtab_bad_input_messages(vtab_mini, tmp_path, breakage, message):
     root = _task(tmp_path, vtab_mini)
     split = root / "val200.txt"
@@ -191,3 +195,14 @@ def test_fgvc_eval_preprocessing_equals_torchvision(tmp_path):
     rel = next(iter(json.loads((root / "test.json").read_text())))
     ref = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.PILToTensor()])
     assert torch.equal(ours, ref(Image.open(root / "images" / rel).convert("RGB")))
+
+
+def test_a_balanced_subset_takes_the_classes_in_turn_in_split_order():
+    from pae.data.tensors import ImageTensors
+
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2, 2])
+    data = ImageTensors(torch.arange(10).view(10, 1, 1, 1).to(torch.uint8), labels, ["a", "b", "c"])
+    subset = data.balanced_subset(6)  # two of each class, each class's first images
+    assert subset.images.flatten().tolist() == [0, 1, 6, 7, 8, 9] and subset.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert data.balanced_subset(8).labels.bincount().tolist() == [4, 2, 2]  # the small classes run out first
+    assert data.balanced_subset(0) is data and data.balanced_subset(10) is data  # 0 or all: the split itself

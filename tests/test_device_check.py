@@ -1,5 +1,6 @@
 """The GPU check's planning (pure Python: planted throughput numbers -> a grid that fits the budget) and its
 refusal of a missing bundle. The check itself runs end to end at CPU sizes in CI (`make device-dry-run`)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,14 +18,19 @@ grid = importlib.util.module_from_spec(spec)
 sys.modules["device_grid"] = grid  # dataclasses look their module up there
 spec.loader.exec_module(grid)
 
-IMAGES = {"cifar10": {"train800": 800, "val200": 200, "test": 2000},
-          "gtsrb": {"train800": 800, "val200": 200, "test": 2000},
-          "clothing10": {"train800": 800, "val200": 200, "test": 713}}
+IMAGES = {
+    "cifar10": {"train800": 800, "val200": 200, "test": 2000},
+    "gtsrb": {"train800": 800, "val200": 200, "test": 2000},
+    "clothing10": {"train800": 800, "val200": 200, "test": 713},
+}
 
 
 def predicted(epochs: int, n_tasks: int, n_lrs: int, measured) -> float:
-    return sum(grid.group_seconds(grid.GPU, measured, epochs, n_lrs, IMAGES[t], v)
-               for t in grid.GPU.tasks[:n_tasks] for v in grid.VARIANTS)
+    return sum(
+        grid.group_seconds(grid.GPU, measured, epochs, n_lrs, IMAGES[t], v)
+        for t in grid.GPU.tasks[:n_tasks]
+        for v in grid.VARIANTS
+    )
 
 
 @pytest.mark.parametrize("images_per_s", [2_000.0, 8_000.0, 30_000.0, 200_000.0])
@@ -37,7 +43,7 @@ def test_the_plan_fits_the_budget_and_every_larger_grid_would_not(images_per_s):
     assert plan["seeds"] == [1, 2, 3] and plan["variants"] == list(grid.VARIANTS)
     assert plan["eval_every"] == max(1, plan["epochs"] // 10)
     preferred = [(e, t, n) for e in grid.GPU.epoch_options() for t in (3, 2, 1) for n in (3, 2, 1)]
-    for option in preferred[:preferred.index(chosen)]:  # more epochs, tasks or lr points: over the budget
+    for option in preferred[: preferred.index(chosen)]:  # more epochs, tasks or lr points: over the budget
         assert predicted(*option, measured) > 420.0, option
 
 

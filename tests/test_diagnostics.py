@@ -1,4 +1,5 @@
 """Convergence and oscillation statistics on hand-made series with known answers."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,10 @@ def test_convergence_epoch_skips_nan_epochs():
     assert convergence_epoch([NAN, 40.0, NAN, 100.0]) == 3
 
 
-@pytest.mark.parametrize("accuracies, fraction", [([], 0.99), ([NAN, NAN], 0.99), ([1.0, -2.0], 0.99),
-                                                  ([[1.0, 2.0]], 0.99), ([1.0, 2.0], 0.0), ([1.0, 2.0], 1.5)])
+@pytest.mark.parametrize(
+    "accuracies, fraction",
+    [([], 0.99), ([NAN, NAN], 0.99), ([1.0, -2.0], 0.99), ([[1.0, 2.0]], 0.99), ([1.0, 2.0], 0.0), ([1.0, 2.0], 1.5)],
+)
 def test_convergence_epoch_rejects_bad_input(accuracies, fraction):
     with pytest.raises(PaeError):
         convergence_epoch(accuracies, fraction)
@@ -86,8 +89,10 @@ def test_nan_rows_are_dropped_and_short_series_give_nan():
 def _history(series: np.ndarray) -> list[dict]:
     """train.py-style rows: an epoch-0 row with NaN gradient norms, then one row per epoch (as csv strings)."""
     rows = [{"epoch": 0, "val_top1": 10.0, **{f"grad_norm_l{i}": NAN for i in range(series.shape[1])}}]
-    rows += [{"epoch": t + 1, "val_top1": 50.0, **{f"grad_norm_l{i}": str(v) for i, v in enumerate(r)}}
-             for t, r in enumerate(series)]
+    rows += [
+        {"epoch": t + 1, "val_top1": 50.0, **{f"grad_norm_l{i}": str(v) for i, v in enumerate(r)}}
+        for t, r in enumerate(series)
+    ]
     return rows
 
 
@@ -114,7 +119,13 @@ def test_oscillation_summary_orders_layers_numerically():
 
 def test_oscillation_summary_of_short_or_single_layer_runs_is_nan_not_an_error():
     out = oscillation_summary(_history(np.array([[1.0], [2.0]])))
-    assert set(out) == {"grad_flip_rate_l0", "grad_cv_l0", "grad_flip_rate_shallow", "grad_flip_rate_deep",
-                        "grad_cv_shallow", "grad_cv_deep"}
+    assert set(out) == {
+        "grad_flip_rate_l0",
+        "grad_cv_l0",
+        "grad_flip_rate_shallow",
+        "grad_flip_rate_deep",
+        "grad_cv_shallow",
+        "grad_cv_deep",
+    }
     assert all(math.isnan(v) for v in out.values())
     assert all(math.isnan(v) for v in oscillation_summary([]).values())

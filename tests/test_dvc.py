@@ -70,11 +70,14 @@ def test_push_then_pull_into_a_fresh_clone_restores_the_experiment_without_train
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("edited,retrained", [
-    ("src/pae/methods/linear.py", {"linear"}),  # one method's file: its jobs only
-    ("src/pae/prompts/vpt.py", {"vpt_shallow", "vpt_deep"}),  # VPT's prompts: the methods built on them
-    ("src/pae/reports/tables.py", set()),  # report code: tables and figures, no job
-])
+@pytest.mark.parametrize(
+    "edited,retrained",
+    [
+        ("src/pae/methods/linear.py", {"linear"}),  # one method's file: its jobs only
+        ("src/pae/prompts/vpt.py", {"vpt_shallow", "vpt_deep"}),  # VPT's prompts: the methods built on them
+        ("src/pae/reports/tables.py", set()),  # report code: tables and figures, no job
+    ],
+)
 def test_an_edit_reruns_only_the_jobs_it_can_change(finished, edited, retrained):
     root, env = finished
     path = root / edited
@@ -85,8 +88,11 @@ def test_an_edit_reruns_only_the_jobs_it_can_change(finished, edited, retrained)
         jobs = dry_run_jobs(root, env)
     finally:
         path.write_text(original)
-    trained = {line.split("--method ")[1].split()[0] for line in planned.splitlines()
-               if "pae.cli train" in line and "--method " in line}
+    trained = {
+        line.split("--method ")[1].split()[0]
+        for line in planned.splitlines()
+        if "pae.cli train" in line and "--method " in line
+    }
     assert trained == retrained, planned[-3000:]
     assert not {"shortcuts", "init_prompts", "prepare_data", "import_backbone"} & set(jobs)
     assert {"table", "figure", "report"} <= set(jobs)

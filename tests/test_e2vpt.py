@@ -1,4 +1,5 @@
 """E2VPT's key/value prompts against timm's block (no prompts) and a hand-written attention (with prompts)."""
+
 from __future__ import annotations
 
 import math
@@ -68,5 +69,7 @@ def test_e2vpt_parameter_count_closed_form(backbone, p, n_kv):
 def test_gradients_reach_kv_prompts(backbone):
     model = build_model("e2vpt", backbone, 5, num_tokens=2, kv_tokens=3).train()
     F.cross_entropy(model(torch.randn(4, 3, 28, 28)), torch.tensor([0, 1, 2, 3])).backward()
-    assert model.method.key_prompts.grad is not None and bool((model.method.key_prompts.grad.flatten(1).norm(dim=1) > 0).all())
+    assert model.method.key_prompts.grad is not None and bool(
+        (model.method.key_prompts.grad.flatten(1).norm(dim=1) > 0).all()
+    )
     assert model.method.layer_grad_norms().shape == (12,)

@@ -92,7 +92,7 @@ def _planted_block(backbone):
     d, gen = 384, torch.Generator().manual_seed(3)
     weight = block.attn.qkv.weight.detach().clone()
     weight[:d] = torch.randn(d, d, generator=gen) / math.sqrt(d) + torch.eye(d)
-    weight[d:2 * d] = torch.randn(d, d, generator=gen) / math.sqrt(d)
+    weight[d : 2 * d] = torch.randn(d, d, generator=gen) / math.sqrt(d)
     block.attn.qkv.weight.data.copy_(weight)
     return block
 
@@ -112,7 +112,7 @@ def test_the_two_whitening_estimates_are_their_formulas_and_differ(backbone):
 
     official = (q @ k.T @ x.transpose(0, 2, 1)).mean(0)  # qkx = q @ k.T @ x^T, mean over images: (d, N)
     official = zca(official @ official.T / 384, np.finfo(np.float32).eps)  # Sigma = qkx qkx^T / d
-    paper = (q.T @ k @ x.reshape(-1, 384).T)  # W_q W_k^T x^T with W_q = weight[:d].T: every token a column
+    paper = q.T @ k @ x.reshape(-1, 384).T  # W_q W_k^T x^T with W_q = weight[:d].T: every token a column
     paper = zca(paper @ paper.T / paper.shape[1], 1e-4)
     got_official = whitening_matrix(block, tokens, "image_mean").numpy()
     got_paper = whitening_matrix(block, tokens, "per_token", 1e-4).numpy()
@@ -167,29 +167,67 @@ def test_pae_loss_under_the_official_defaults_is_the_official_formula(backbone):
         reg.K.copy_(torch.eye(16) + 0.3 * torch.randn(16, 16, generator=gen))
         reg.L.copy_(torch.eye(16) + 0.1 * torch.randn(16, 16, generator=gen))
     total = sum(w * v for w, v in pae.loss_terms(method).values()).item()
-    expected = _official_pae_loss(method.embeddings.detach().double().numpy(), reg.lift.weight.detach().double().T.numpy(),
-                                  reg.K.detach().double().numpy(), reg.L.detach().double().numpy())
+    expected = _official_pae_loss(
+        method.embeddings.detach().double().numpy(),
+        reg.lift.weight.detach().double().T.numpy(),
+        reg.K.detach().double().numpy(),
+        reg.L.detach().double().numpy(),
+    )
     assert total == pytest.approx(expected, rel=1e-5)
 
 
 def test_the_ours_profile_switches_every_declared_improvement_and_nothing_else():
     official, ours = make_config({"method": "bpt_bilinear"}), make_config({"method": "bpt_bilinear", "profile": "ours"})
     changed = {k for k, v in flatten(ours).items() if flatten(official)[k] != v}
-    assert changed == {"profile", "schedule_unit", "options.bpt_whitening", "options.bpt_columns",
-                       "options.prompt_dropout_mask", "pae.scorer", "pae.zero_prompt_scoring", "pae.lyapunov_form",
-                       "pae.chain_start"}
+    assert changed == {
+        "profile",
+        "schedule_unit",
+        "options.bpt_whitening",
+        "options.bpt_columns",
+        "options.prompt_dropout_mask",
+        "pae.scorer",
+        "pae.zero_prompt_scoring",
+        "pae.lyapunov_form",
+        "pae.chain_start",
+    }
     given = make_config({"method": "vpt_deep", "profile": "ours", "schedule_unit": "epoch"}, pae={"chain_start": 1})
     assert (given.schedule_unit, given.pae.chain_start, given.pae.lyapunov_form) == ("epoch", 1, "hinge")
 
 
 VFPT_ALPHA = {  # VFPT's paper, Tables S1-S4 (research/methods.md §6.1), in %
-    "cifar100": 70, "caltech101": 50, "dtd": 30, "oxford_flowers102": 50, "oxford_iiit_pet": 50, "svhn": 20,
-    "sun397": 50, "patch_camelyon": 100, "eurosat": 30, "resisc45": 100, "diabetic_retinopathy": 100,
-    "clevr_count": 100, "clevr_dist": 100, "dmlab": 70, "kitti": 50, "dsprites_loc": 100, "dsprites_ori": 70,
-    "smallnorb_azi": 100, "smallnorb_ele": 70, "cub": 50, "nabirds": 50, "oxfordflowers": 30, "stanforddogs": 50,
-    "stanfordcars": 0}
-E2VPT_LENGTHS = {"caltech101": (32, 5), "cifar100": (5, 5), "oxford_flowers102": (1, 1), "patch_camelyon": (10, 10),
-                 "dsprites_loc": (5, 5), "dsprites_ori": (5, 5)}  # E2VPT command.txt (visual, key/value)
+    "cifar100": 70,
+    "caltech101": 50,
+    "dtd": 30,
+    "oxford_flowers102": 50,
+    "oxford_iiit_pet": 50,
+    "svhn": 20,
+    "sun397": 50,
+    "patch_camelyon": 100,
+    "eurosat": 30,
+    "resisc45": 100,
+    "diabetic_retinopathy": 100,
+    "clevr_count": 100,
+    "clevr_dist": 100,
+    "dmlab": 70,
+    "kitti": 50,
+    "dsprites_loc": 100,
+    "dsprites_ori": 70,
+    "smallnorb_azi": 100,
+    "smallnorb_ele": 70,
+    "cub": 50,
+    "nabirds": 50,
+    "oxfordflowers": 30,
+    "stanforddogs": 50,
+    "stanfordcars": 0,
+}
+E2VPT_LENGTHS = {
+    "caltech101": (32, 5),
+    "cifar100": (5, 5),
+    "oxford_flowers102": (1, 1),
+    "patch_camelyon": (10, 10),
+    "dsprites_loc": (5, 5),
+    "dsprites_ori": (5, 5),
+}  # E2VPT command.txt (visual, key/value)
 FGVC = ("cub", "nabirds", "oxfordflowers", "stanforddogs", "stanfordcars")
 
 
@@ -222,8 +260,9 @@ def paper_jobs(config: dict) -> list[TrainConfig]:
                     settings = job_settings(config, task, method, variant)
                     options = {k: v for k, v in settings.items() if k in option_fields()}
                     shared = {k: v for k, v in settings.items() if k not in options}
-                    cfg = make_config({**shared, "method": method}, options,
-                                      {**config["pae"], **variant_parts(config, variant)}).resolved()
+                    cfg = make_config(
+                        {**shared, "method": method}, options, {**config["pae"], **variant_parts(config, variant)}
+                    ).resolved()
                     jobs.append((task, variant, cfg))
     return jobs
 
@@ -240,8 +279,10 @@ def test_params_paper_resolves_to_the_official_option_at_every_point(paper_confi
                 continue
             if d.setting == "options.prompt_dropout_mask" and not cfg.options.prompt_dropout:
                 continue  # no dropout, no mask
-            expected = {"options.fourier_fraction": VFPT_ALPHA[task] / 100,
-                        "options.kv_tokens": e2vpt_lengths(task)[1]}.get(d.setting, d.value)
+            expected = {
+                "options.fourier_fraction": VFPT_ALPHA[task] / 100,
+                "options.kv_tokens": e2vpt_lengths(task)[1],
+            }.get(d.setting, d.value)
             assert values[d.setting] == expected, (task, cfg.method, variant, d.point)
             checked.add(d.point)
         if cfg.method == "e2vpt":
@@ -268,9 +309,21 @@ def test_a_search_run_loads_and_evaluates_no_test_image(tiny_task, tmp_path, mon
         return data
 
     monkeypatch.setattr(pae.build, "load_split", counting)
-    cfg = TrainConfig(data_kind="vtab1k", data_root=str(tiny_task), img_size=28, protocol="tune", epochs=1,
-                      warmup_epochs=0, lr=0.01, batch_size=16, device="cpu", out_dir=str(tmp_path / "run"),
-                      cache_dir=str(tmp_path / "cache"), mlflow=False, options={"num_tokens": 2})
+    cfg = TrainConfig(
+        data_kind="vtab1k",
+        data_root=str(tiny_task),
+        img_size=28,
+        protocol="tune",
+        epochs=1,
+        warmup_epochs=0,
+        lr=0.01,
+        batch_size=16,
+        device="cpu",
+        out_dir=str(tmp_path / "run"),
+        cache_dir=str(tmp_path / "cache"),
+        mlflow=False,
+        options={"num_tokens": 2},
+    )
     metrics = train(cfg)
     assert sum(n for split, n in loaded if split == "test") == 0 and {s for s, _ in loaded} == {"train800", "val200"}
     assert "final_test_top1" not in metrics and metrics["final_val200_top1"] is not None
@@ -281,9 +334,17 @@ def test_a_search_run_loads_and_evaluates_no_test_image(tiny_task, tmp_path, mon
 
 
 def _curve_run(pae: str, seed: int, curve: list[float]) -> dict:
-    return {"task": "t", "method": "vpt_deep", "pae": pae, "seed": seed, "mlflow_run_id": f"{pae}{seed}",
-            "selection_curve": curve, "convergence_epoch": next(i for i, v in enumerate(curve) if v >= 0.99 * max(curve)),
-            "wall_time_s": 1.0, "pae_init_s": 0.0}
+    return {
+        "task": "t",
+        "method": "vpt_deep",
+        "pae": pae,
+        "seed": seed,
+        "mlflow_run_id": f"{pae}{seed}",
+        "selection_curve": curve,
+        "convergence_epoch": next(i for i, v in enumerate(curve) if v >= 0.99 * max(curve)),
+        "wall_time_s": 1.0,
+        "pae_init_s": 0.0,
+    }
 
 
 def test_common_target_convergence_disagrees_with_own_best_on_planted_curves():

@@ -1,4 +1,5 @@
 """Figures from synthetic run folders: the numbers drawn against an independent computation, empty states, errors."""
+
 from __future__ import annotations
 
 import csv
@@ -35,21 +36,48 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def write_run(root: Path, task: str, method: str, pae: str, seed: int, test_top1: list[float],
-              step_norms: np.ndarray | None = None, koopman: np.ndarray | None = None) -> Path:
+def write_run(
+    root: Path,
+    task: str,
+    method: str,
+    pae: str,
+    seed: int,
+    test_top1: list[float],
+    step_norms: np.ndarray | None = None,
+    koopman: np.ndarray | None = None,
+) -> Path:
     """A run folder as train.py writes it. ``step_norms`` is g[step, layer] (None: no prompts, like a linear probe)."""
     run = root / task / method / pae / f"seed{seed}"
     run.mkdir(parents=True)
-    (run / "metrics.json").write_text(json.dumps({"task": task, "method": method, "pae": pae, "seed": seed,
-                                                  "epochs": len(test_top1) - 1, "mlflow_run_id": f"id{seed}"}))
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {
+                "task": task,
+                "method": method,
+                "pae": pae,
+                "seed": seed,
+                "epochs": len(test_top1) - 1,
+                "mlflow_run_id": f"id{seed}",
+            }
+        )
+    )
     layers = 0 if step_norms is None else step_norms.shape[1]
-    history = [{"epoch": e, "lr": 0.1, "train_loss": NAN if e == 0 else 1.0 / e, "test_top1": acc,
-                **{f"grad_norm_l{i}": NAN if e == 0 else 1.0 for i in range(layers)}}
-               for e, acc in enumerate(test_top1)]
+    history = [
+        {
+            "epoch": e,
+            "lr": 0.1,
+            "train_loss": NAN if e == 0 else 1.0 / e,
+            "test_top1": acc,
+            **{f"grad_norm_l{i}": NAN if e == 0 else 1.0 for i in range(layers)},
+        }
+        for e, acc in enumerate(test_top1)
+    ]
     write_csv(run / "history.csv", history)
     if step_norms is not None:
-        write_csv(run / "grad_norms.csv", [{"step": t + 1, **{f"grad_norm_l{i}": v for i, v in enumerate(row)}}
-                                           for t, row in enumerate(step_norms)])
+        write_csv(
+            run / "grad_norms.csv",
+            [{"step": t + 1, **{f"grad_norm_l{i}": v for i, v in enumerate(row)}} for t, row in enumerate(step_norms)],
+        )
     tensors = {"head.weight": torch.zeros(2, 3)}
     if koopman is not None:
         tensors["pae.regularizer.K"] = torch.tensor(koopman, dtype=torch.float32)
@@ -78,8 +106,9 @@ def planted_operator(angles: list[float], radii: list[float], seed: int = 0) -> 
     k = 2 * len(angles)
     b = np.zeros((k, k))
     for i, (theta, r) in enumerate(zip(angles, radii)):
-        b[2 * i:2 * i + 2, 2 * i:2 * i + 2] = r * np.array([[math.cos(theta), -math.sin(theta)],
-                                                             [math.sin(theta), math.cos(theta)]])
+        b[2 * i : 2 * i + 2, 2 * i : 2 * i + 2] = r * np.array(
+            [[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]]
+        )
     q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(k, k)))
     eig = np.array([r * np.exp(s * 1j * theta) for theta, r in zip(angles, radii) for s in (1, -1)])
     return q @ b @ q.T, eig
@@ -87,10 +116,12 @@ def planted_operator(angles: list[float], radii: list[float], seed: int = 0) -> 
 
 def test_learning_curves_are_seed_means_and_match_their_csv(tmp_path: Path):
     seed_a, seed_b = [10.0, 40.0, 60.0, 70.0], [20.0, 50.0, NAN, 74.0]
-    runs = [write_run(tmp_path, "digits", "vpt_deep", "none", 42, seed_a),
-            write_run(tmp_path, "digits", "vpt_deep", "none", 43, seed_b),
-            write_run(tmp_path, "digits", "vpt_deep", "init", 42, [30.0, 55.0, 65.0, 80.0]),
-            write_run(tmp_path, "cifar", "linear", "none", 42, [5.0, 6.0])]
+    runs = [
+        write_run(tmp_path, "digits", "vpt_deep", "none", 42, seed_a),
+        write_run(tmp_path, "digits", "vpt_deep", "none", 43, seed_b),
+        write_run(tmp_path, "digits", "vpt_deep", "init", 42, [30.0, 55.0, 65.0, 80.0]),
+        write_run(tmp_path, "cifar", "linear", "none", 42, [5.0, 6.0]),
+    ]
     out = tmp_path / "figs" / "curves"
     rows = learning_curves(runs, out)
 
@@ -103,8 +134,11 @@ def test_learning_curves_are_seed_means_and_match_their_csv(tmp_path: Path):
     assert base[0]["top1_std"] == pytest.approx(np.std(both[:, 0], ddof=1))
     assert math.isnan(base[2]["top1_std"])
     # sorted: tasks by name, then methods, then PAE variants in the ablation's order
-    assert [(r["task"], r["pae"]) for r in rows if r["epoch"] == 0] == [("cifar", "none"), ("digits", "none"),
-                                                                         ("digits", "init")]
+    assert [(r["task"], r["pae"]) for r in rows if r["epoch"] == 0] == [
+        ("cifar", "none"),
+        ("digits", "none"),
+        ("digits", "init"),
+    ]
     with open(f"{out}.csv", newline="") as f:
         written = list(csv.DictReader(f))
     assert len(written) == len(rows)
@@ -112,14 +146,20 @@ def test_learning_curves_are_seed_means_and_match_their_csv(tmp_path: Path):
 
 
 def curve(task: str, method: str, pae: str, top1: list[float]) -> list[dict]:
-    return [{"task": task, "method": method, "pae": pae, "epoch": e, "top1_mean": v, "top1_std": NAN, "seeds": 1}
-            for e, v in enumerate(top1)]
+    return [
+        {"task": task, "method": method, "pae": pae, "epoch": e, "top1_mean": v, "top1_std": NAN, "seeds": 1}
+        for e, v in enumerate(top1)
+    ]
 
 
 def test_learning_curves_draw_one_panel_per_method_in_the_registry_order():
     methods = [spec.name for spec in ordered()][:6]
-    rows = [r for i, m in enumerate(reversed(methods)) for pae in ("none", "init")[:1 + i % 2]
-            for r in curve("digits", m, pae, [10.0 + i, 50.0, 70.0 + i])]  # alternate methods have a PAE variant
+    rows = [
+        r
+        for i, m in enumerate(reversed(methods))
+        for pae in ("none", "init")[: 1 + i % 2]
+        for r in curve("digits", m, pae, [10.0 + i, 50.0, 70.0 + i])
+    ]  # alternate methods have a PAE variant
     fig = learning_curve_figure(rows)
 
     axes = panels(fig)
@@ -131,24 +171,34 @@ def test_learning_curves_draw_one_panel_per_method_in_the_registry_order():
         planted = sorted({r["pae"] for r in rows if r["method"] == method}, key=("none", "init").index)
         assert len(ax.get_lines()) == len(planted)
         assert len({tuple(line.get_color()) for line in ax.get_lines()}) == 1  # a method's variants share a colour
-        assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "--"][:len(planted)]
-        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["base (no PAE)", "PAE init"][:len(planted)]
+        assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "--"][: len(planted)]
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["base (no PAE)", "PAE init"][: len(planted)]
         colours.append(tuple(ax.get_lines()[0].get_color()))
     assert len(set(colours)) == len(methods)  # and methods differ
     assert fig.get_supylabel() == "test top-1 (%)"
 
 
 def test_learning_curves_read_at_page_width(tmp_path: Path):
-    runs = [write_run(tmp_path, "digits", spec.name, pae, 42, [10.0, 40.0, 60.0])
-            for spec in ordered()[:7] for pae in ("none", "init+koopman+lyapunov")]
+    runs = [
+        write_run(tmp_path, "digits", spec.name, pae, 42, [10.0, 40.0, 60.0])
+        for spec in ordered()[:7]
+        for pae in ("none", "init+koopman+lyapunov")
+    ]
     out = tmp_path / "curves"
     learning_curves(runs, out)
     width, height = png_size(Path(f"{out}.png"))
     assert PAGE_WIDTH_PX[0] <= width <= PAGE_WIDTH_PX[1]
     assert width / height <= 2.5  # seven panels make two rows of four, not one strip
     with open(f"{out}.csv", newline="") as f:
-        assert tuple(csv.DictReader(f).fieldnames) == ("task", "method", "pae", "epoch", "top1_mean", "top1_std",
-                                                       "seeds")
+        assert tuple(csv.DictReader(f).fieldnames) == (
+            "task",
+            "method",
+            "pae",
+            "epoch",
+            "top1_mean",
+            "top1_std",
+            "seeds",
+        )
 
 
 def test_learning_curves_reject_a_split_the_runs_did_not_evaluate(tmp_path: Path):
@@ -169,11 +219,13 @@ def test_a_run_missing_a_file_raises_an_error_naming_it(tmp_path: Path, name: st
 def test_gradient_oscillation_draws_per_step_norms_deep_methods_first(tmp_path: Path):
     rng = np.random.default_rng(0)
     deep = rng.uniform(0.1, 2.0, size=(12, 4))
-    runs = [write_run(tmp_path, "digits", "vpt_shallow", "none", 42, [1.0, 2.0], rng.uniform(0.1, 2.0, (12, 1))),
-            write_run(tmp_path, "digits", "vpt_deep", "init", 43, [1.0, 2.0], rng.uniform(0.1, 2.0, (12, 4))),
-            write_run(tmp_path, "digits", "vpt_deep", "init", 42, [1.0, 2.0], deep),
-            write_run(tmp_path, "digits", "linear", "none", 42, [1.0, 2.0]),  # no prompts: left out
-            write_run(tmp_path, "zoo", "vpt_deep", "none", 42, [1.0, 2.0], rng.uniform(0.1, 2.0, (12, 4)))]
+    runs = [
+        write_run(tmp_path, "digits", "vpt_shallow", "none", 42, [1.0, 2.0], rng.uniform(0.1, 2.0, (12, 1))),
+        write_run(tmp_path, "digits", "vpt_deep", "init", 43, [1.0, 2.0], rng.uniform(0.1, 2.0, (12, 4))),
+        write_run(tmp_path, "digits", "vpt_deep", "init", 42, [1.0, 2.0], deep),
+        write_run(tmp_path, "digits", "linear", "none", 42, [1.0, 2.0]),  # no prompts: left out
+        write_run(tmp_path, "zoo", "vpt_deep", "none", 42, [1.0, 2.0], rng.uniform(0.1, 2.0, (12, 4))),
+    ]
     out = tmp_path / "grad"
     matrices = gradient_oscillation(runs, out)
 
@@ -183,8 +235,7 @@ def test_gradient_oscillation_draws_per_step_norms_deep_methods_first(tmp_path: 
 
 
 def test_gradient_oscillation_caps_the_panels(tmp_path: Path):
-    runs = [write_run(tmp_path, "digits", f"m{i}", "none", 42, [1.0, 2.0], np.ones((3, 1 + i % 3)))
-            for i in range(10)]
+    runs = [write_run(tmp_path, "digits", f"m{i}", "none", 42, [1.0, 2.0], np.ones((3, 1 + i % 3))) for i in range(10)]
     matrices = gradient_oscillation(runs, tmp_path / "grad")
     assert len(matrices) == 8
     assert [len(m) for m in matrices.values()] == [3, 3, 3, 2, 2, 2, 1, 1]
@@ -220,17 +271,20 @@ def test_koopman_eigenvalues_of_layerwise_operators(tmp_path: Path):
 def test_koopman_spectrum_shows_only_runs_with_koopman(tmp_path: Path):
     k_global, expected = planted_operator([0.4], [0.7])
     k_layers = np.stack([planted_operator([0.5], [0.6 + 0.1 * t])[0] for t in range(3)])
-    runs = [write_run(tmp_path, "digits", "vpt_deep", "koopman", 42, [1.0, 2.0], koopman=k_global),
-            write_run(tmp_path, "digits", "vpt_deep", "koopman", 43, [1.0, 2.0], koopman=np.eye(2)),
-            write_run(tmp_path, "digits", "vpt_deep", "init+koopman+lyapunov", 42, [1.0, 2.0], koopman=k_layers),
-            write_run(tmp_path, "digits", "vpt_deep", "none", 42, [1.0, 2.0])]
+    runs = [
+        write_run(tmp_path, "digits", "vpt_deep", "koopman", 42, [1.0, 2.0], koopman=k_global),
+        write_run(tmp_path, "digits", "vpt_deep", "koopman", 43, [1.0, 2.0], koopman=np.eye(2)),
+        write_run(tmp_path, "digits", "vpt_deep", "init+koopman+lyapunov", 42, [1.0, 2.0], koopman=k_layers),
+        write_run(tmp_path, "digits", "vpt_deep", "none", 42, [1.0, 2.0]),
+    ]
     out = tmp_path / "spectrum"
     spectra = koopman_spectrum(runs, out)
 
     assert_figure_files(out)
     assert list(spectra) == [("digits", "vpt_deep", "koopman"), ("digits", "vpt_deep", "init+koopman+lyapunov")]
-    np.testing.assert_allclose(np.sort_complex(spectra["digits", "vpt_deep", "koopman"]), np.sort_complex(expected),
-                               atol=1e-5)  # the lowest seed's K
+    np.testing.assert_allclose(
+        np.sort_complex(spectra["digits", "vpt_deep", "koopman"]), np.sort_complex(expected), atol=1e-5
+    )  # the lowest seed's K
     assert spectra["digits", "vpt_deep", "init+koopman+lyapunov"].shape == (3, 2)
 
 
@@ -243,12 +297,28 @@ def test_koopman_run_whose_checkpoint_lacks_k_or_is_corrupt_is_an_error(tmp_path
         koopman_spectrum([run], tmp_path / "spectrum")
 
 
-def write_shortcuts(path: Path, task: str, seed: int, n: int, band_losses: list[float], selected: list[int],
-                    class_maps: list | None) -> Path:
+def write_shortcuts(
+    path: Path, task: str, seed: int, n: int, band_losses: list[float], selected: list[int], class_maps: list | None
+) -> Path:
     classes = None if class_maps is None else [f"c{k}" for k in range(len(class_maps))]
-    path.write_text(json.dumps({"task": task, "seed": seed, "img_size": 28, "window": 2, "stride": 1, "grid": n,
-                                "scorer": "linear_probe", "band_losses": band_losses, "selected": selected,
-                                "classes": classes, "class_maps": class_maps, "seconds": 0.1}))
+    path.write_text(
+        json.dumps(
+            {
+                "task": task,
+                "seed": seed,
+                "img_size": 28,
+                "window": 2,
+                "stride": 1,
+                "grid": n,
+                "scorer": "linear_probe",
+                "band_losses": band_losses,
+                "selected": selected,
+                "classes": classes,
+                "class_maps": class_maps,
+                "seconds": 0.1,
+            }
+        )
+    )
     return path
 
 
@@ -259,9 +329,11 @@ def test_shortcut_maps_put_band_s_at_row_s_div_n_column_s_mod_n(tmp_path: Path):
     relied = [0.0] * n * n
     relied[13] = 5.0
     class_maps = [relied, None, *([[0.1] * n * n] * 10)]  # 12 classes: one absent, only 10 drawn
-    files = [write_shortcuts(tmp_path / "b.json", "digits", 43, n, [9.0] * n * n, [0], None),
-             write_shortcuts(tmp_path / "a.json", "digits", 42, n, losses, [planted, 3], class_maps),
-             write_shortcuts(tmp_path / "c.json", "cifar", 42, n, [2.0] * n * n, [1], None)]
+    files = [
+        write_shortcuts(tmp_path / "b.json", "digits", 43, n, [9.0] * n * n, [0], None),
+        write_shortcuts(tmp_path / "a.json", "digits", 42, n, losses, [planted, 3], class_maps),
+        write_shortcuts(tmp_path / "c.json", "cifar", 42, n, [2.0] * n * n, [1], None),
+    ]
     out = tmp_path / "shortcuts"
     maps = shortcut_maps(files, out)
 
@@ -298,14 +370,18 @@ def test_shortcut_maps_are_a_page_wide_grid_not_a_strip(tmp_path: Path):
 
 def test_shortcut_maps_stack_one_block_per_task_and_wrap_long_class_names(tmp_path: Path):
     n = 4
-    files = [write_shortcuts(tmp_path / f"{task}.json", task, 42, n, [1.0] * n * n, [0], [[0.5] * n * n] * 3)
-             for task in ("cifar", "digits")]
+    files = [
+        write_shortcuts(tmp_path / f"{task}.json", task, 42, n, [1.0] * n * n, [0], [[0.5] * n * n] * 3)
+        for task in ("cifar", "digits")
+    ]
     found = {task: load_shortcuts(f) for task, f in zip(("cifar", "digits"), files)}
     found["cifar"]["classes"] = ["aquarium_fish", "pickup_truck_and_trailer", "x"]
     fig = shortcut_figure(found)
 
-    assert [sub.get_suptitle() for sub in fig.subfigs] == ["cifar (seed 42): frequency shortcuts",
-                                                           "digits (seed 42): frequency shortcuts"]
+    assert [sub.get_suptitle() for sub in fig.subfigs] == [
+        "cifar (seed 42): frequency shortcuts",
+        "digits (seed 42): frequency shortcuts",
+    ]
     assert len(panels(fig)) == 2 * (1 + 3)
     assert "\n" in panels(fig)[2].get_title()  # 24 characters do not fit one panel's width
 

@@ -5,6 +5,7 @@ the centred spectrum (plus its conjugate mirror, so the pattern is a real image)
 white noise in all bands and a strong label-independent low-frequency distractor, so the band with the
 most energy is not the one that carries the label.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,7 @@ def _np_band_pass(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _box(size: int, r0: int, c0: int, w: int) -> np.ndarray:
     m = np.zeros((size, size), dtype=bool)
-    m[r0:r0 + w, c0:c0 + w] = True
+    m[r0 : r0 + w, c0 : c0 + w] = True
     return m
 
 
@@ -64,7 +65,7 @@ def planted_task(class_bands: list[int], per_class: int = 32, amp: float = 0.8, 
         p = _np_band_pass(np.real(np.fft.ifft2(coeffs)), masks[band]).real  # spectrum inside band + mirror
         patterns.append(p / p.std())
     yy, xx = np.mgrid[:SIZE, :SIZE] - SIZE // 2
-    low = np.real(_np_band_pass(rng.standard_normal((len(labels), 3, SIZE, SIZE)), yy ** 2 + xx ** 2 <= 9))
+    low = np.real(_np_band_pass(rng.standard_normal((len(labels), 3, SIZE, SIZE)), yy**2 + xx**2 <= 9))
     scale = rng.uniform(0.5, 1.5, (len(labels), 1, 1, 1))
     x = amp * scale * np.stack(patterns)[labels] + rng.standard_normal(low.shape) + 4.0 * low / low.std()
     return torch.tensor(x, dtype=torch.float32), torch.tensor(labels)
@@ -74,11 +75,12 @@ def planted_task(class_bands: list[int], per_class: int = 32, amp: float = 0.8, 
 def features_fn():
     """A fixed random linear projection: deterministic, cheap, and blind to where in the spectrum content sits."""
     pixels = 3 * SIZE * SIZE
-    proj = torch.randn(pixels, FEATURE_DIM, generator=torch.Generator().manual_seed(1)) / pixels ** 0.5
+    proj = torch.randn(pixels, FEATURE_DIM, generator=torch.Generator().manual_seed(1)) / pixels**0.5
     return lambda x: x.flatten(1) @ proj
 
 
 # ------------------------------------------------------------------------------------------- masks
+
 
 def test_band_masks_grid_and_placement_at_224():
     masks = band_masks(224, 16, 8)
@@ -107,6 +109,7 @@ def test_window_larger_than_the_image_is_refused():
 
 
 # --------------------------------------------------------------------------------------- band-pass
+
 
 @pytest.mark.parametrize("size", [7, 8])
 def test_band_pass_matches_a_numpy_loop_over_masks(size):
@@ -141,6 +144,7 @@ def test_conjugate_pairs_keep_a_real_band(size):
 
 
 # ------------------------------------------------------------------------------------------ scorers
+
 
 def _blobs(n_per_class: int = 40, dim: int = 20, classes: int = 3, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
@@ -213,6 +217,7 @@ def test_stratified_folds_split_every_class_evenly():
 
 
 # ------------------------------------------------------------------------------- scoring and discovery
+
 
 def test_score_bands_chunks_and_matches_a_per_mask_loop(features_fn):
     x, y = planted_task([BAND_A] * 4, per_class=4)

@@ -1,6 +1,7 @@
 """Several runs of one task as one group: the vmapped forward equals each run's own model, a group trains exactly
 its single runs, a diverging run stops alone, runs that cannot share are refused, and the CLI names each run's
 folder. Also the compile fallback and evaluation every k epochs."""
+
 from __future__ import annotations
 
 import csv
@@ -75,11 +76,23 @@ def weights(tmp_path_factory) -> Path:
 def config(task: Path, weights: Path, out: Path, **changes) -> TrainConfig:
     """VPT-deep with the full Koopman-Lyapunov regularizer on 48 images, without dropout (a group draws its dropout
     masks from one generator, so only without dropout can it equal its single runs bit for bit)."""
-    base = TrainConfig(data_kind="vtab1k", data_root=str(task), weights=str(weights), img_size=28, method="vpt_deep",
-                       epochs=2, warmup_epochs=1, lr=0.01, batch_size=16, threads=1, mlflow=False,
-                       cache_dir=str(out.parent / "cache"), out_dir=str(out),
-                       options={"num_tokens": 3, "prompt_dropout": 0.0},
-                       pae=PAEOptions(koopman=True, lyapunov=True, koopman_dim=8))
+    base = TrainConfig(
+        data_kind="vtab1k",
+        data_root=str(task),
+        weights=str(weights),
+        img_size=28,
+        method="vpt_deep",
+        epochs=2,
+        warmup_epochs=1,
+        lr=0.01,
+        batch_size=16,
+        threads=1,
+        mlflow=False,
+        cache_dir=str(out.parent / "cache"),
+        out_dir=str(out),
+        options={"num_tokens": 3, "prompt_dropout": 0.0},
+        pae=PAEOptions(koopman=True, lyapunov=True, koopman_dim=8),
+    )
     return replace(base, **changes)
 
 
@@ -109,7 +122,9 @@ def test_a_diverging_run_stops_alone_and_the_others_finish(tiny_task, weights, t
     assert (outs[0] / "metrics.json").is_file() and not outs[1].exists()
     # VPT's per-epoch schedule runs epoch 1 at lr 0 (warmup from 0), so the lr of 1e30 first acts in epoch 2
     assert sorted(p.name for p in (tmp_path / ".diverges.state").glob("state-*")) == [
-        "state-00000-000000.pt", "state-00001-000000.pt"]
+        "state-00000-000000.pt",
+        "state-00001-000000.pt",
+    ]
 
 
 def test_a_diverged_search_point_is_a_result_the_selection_skips(tiny_task, weights, tmp_path):
@@ -117,8 +132,12 @@ def test_a_diverged_search_point_is_a_result_the_selection_skips(tiny_task, weig
     from pae.selection import select_hparams
 
     outs = [tmp_path / "lr0.01", tmp_path / "lr1e30"]
-    metrics = train_runs([config(tiny_task, weights, outs[0], protocol="tune"),
-                          config(tiny_task, weights, outs[1], protocol="tune", lr=1e30)])
+    metrics = train_runs(
+        [
+            config(tiny_task, weights, outs[0], protocol="tune"),
+            config(tiny_task, weights, outs[1], protocol="tune", lr=1e30),
+        ]
+    )
     assert metrics[1]["diverged"] is True and metrics[1]["final_val200_top1"] is None
     assert "training diverged in epoch 2" in metrics[1]["error"]
     assert json.loads((outs[1] / "metrics.json").read_text()) == metrics[1]
@@ -137,11 +156,14 @@ def test_a_diverged_run_is_left_out_on_a_rerun_until_its_config_changes(tiny_tas
     assert not (tmp_path / ".run.state").exists()
 
 
-@pytest.mark.parametrize("change,message", [
-    (dict(method="vpt_shallow"), "runs of one group differ in 'method'"),
-    (dict(epochs=3), "runs of one group differ in 'epochs'"),
-    (dict(weights=None, seed=7), "without --weights the backbone is random"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(method="vpt_shallow"), "runs of one group differ in 'method'"),
+        (dict(epochs=3), "runs of one group differ in 'epochs'"),
+        (dict(weights=None, seed=7), "without --weights the backbone is random"),
+    ],
+)
 def test_runs_that_cannot_share_are_refused(tmp_path, change, message):
     first = config(tmp_path, tmp_path / "w", tmp_path / "a")
     if "weights" in change:
@@ -163,25 +185,53 @@ def _configs(*args: str) -> list[TrainConfig]:
 
 
 def test_the_cli_makes_one_run_per_combination_in_its_own_folder(tmp_path):
-    runs = _configs("--lr", "0.005", "1e-05", "--weight-decay", "0", "0.001", "--seed", "3",
-                    "--out-dir", str(tmp_path / "lr{lr}_wd{wd}_s{seed}"))
-    assert [(c.lr, c.weight_decay, c.seed) for c in runs] == [(0.005, 0.0, 3), (0.005, 0.001, 3), (1e-05, 0.0, 3),
-                                                              (1e-05, 0.001, 3)]
-    assert [Path(c.out_dir).name for c in runs] == ["lr0.005_wd0_s3", "lr0.005_wd0.001_s3", "lr1e-05_wd0_s3",
-                                                    "lr1e-05_wd0.001_s3"]  # the text as typed names the folder
+    runs = _configs(
+        "--lr",
+        "0.005",
+        "1e-05",
+        "--weight-decay",
+        "0",
+        "0.001",
+        "--seed",
+        "3",
+        "--out-dir",
+        str(tmp_path / "lr{lr}_wd{wd}_s{seed}"),
+    )
+    assert [(c.lr, c.weight_decay, c.seed) for c in runs] == [
+        (0.005, 0.0, 3),
+        (0.005, 0.001, 3),
+        (1e-05, 0.0, 3),
+        (1e-05, 0.001, 3),
+    ]
+    assert [Path(c.out_dir).name for c in runs] == [
+        "lr0.005_wd0_s3",
+        "lr0.005_wd0.001_s3",
+        "lr1e-05_wd0_s3",
+        "lr1e-05_wd0.001_s3",
+    ]  # the text as typed names the folder
     single = _configs("--lr", "0.1", "--out-dir", str(tmp_path / "plain{x}"))  # other braces are just characters
     assert len(single) == 1 and single[0].lr == 0.1 and single[0].out_dir == str(tmp_path / "plain{x}")
     seeds = _configs("--seed", "1", "2", "--out-dir", "s{seed}", "--init-prompts", "mpa/seed{seed}/prompts.safetensors")
-    assert [(c.seed, c.out_dir, c.init_prompts) for c in seeds] == [(1, "s1", "mpa/seed1/prompts.safetensors"),
-                                                                   (2, "s2", "mpa/seed2/prompts.safetensors")]
+    assert [(c.seed, c.out_dir, c.init_prompts) for c in seeds] == [
+        (1, "s1", "mpa/seed1/prompts.safetensors"),
+        (2, "s2", "mpa/seed2/prompts.safetensors"),
+    ]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--seed", "1", "2", "--out-dir", "runs/x"], "several --seed values are given, but --out-dir 'runs/x' has no {seed}"),
-    (["--lr", "0.1", "--out-dir", "runs/{wd}"], "--out-dir 'runs/{wd}' has {wd}, but no --weight-decay is given"),
-    (["--seed", "1", "2", "--out-dir", "r{seed}", "--init-prompts", "p.safetensors"],
-     "several --seed values are given, but --init-prompts 'p.safetensors' has no {seed}"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--seed", "1", "2", "--out-dir", "runs/x"],
+            "several --seed values are given, but --out-dir 'runs/x' has no {seed}",
+        ),
+        (["--lr", "0.1", "--out-dir", "runs/{wd}"], "--out-dir 'runs/{wd}' has {wd}, but no --weight-decay is given"),
+        (
+            ["--seed", "1", "2", "--out-dir", "r{seed}", "--init-prompts", "p.safetensors"],
+            "several --seed values are given, but --init-prompts 'p.safetensors' has no {seed}",
+        ),
+    ],
+)
 def test_the_cli_refuses_folder_templates_that_do_not_separate_the_runs(capsys, args, message):
     assert main(["train", *args]) == 2
     assert message in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The epoch-0 diagnosis of PAE's init: attention probabilities against timm's own attention and a planted answer,
 token norms and cosines on planted tokens, the hooked forward, the run checks, and the CLI on two tiny runs."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,9 @@ from pae.cli import main
 from pae.config.pae import PAEOptions
 from pae.config.train import TrainConfig
 from pae.errors import PaeError
-from pae.init_diagnosis import (
+from pae.prompts import build_model
+from pae.prompts.kv_attention import attention_with_kv
+from pae.reports.init_diagnosis import (
     attention_probabilities,
     check_pair,
     prompt_attention,
@@ -22,8 +25,6 @@ from pae.init_diagnosis import (
     token_norms,
     traced_forward,
 )
-from pae.prompts import build_model
-from pae.prompts.kv_attention import attention_with_kv
 
 from .conftest import random_vit
 
@@ -75,7 +76,7 @@ def test_attention_mass_on_planted_prompt_keys_is_the_softmax_answer(strength):
     n_prefix, n_prompt, n_patch = 1, 3, 4
     x = torch.randn(5, n_prefix + n_prompt + n_patch, 8)
     x[..., 0] = 0.0
-    x[:, n_prefix:n_prefix + n_prompt, 0] = 1.0
+    x[:, n_prefix : n_prefix + n_prompt, 0] = 1.0
     with torch.no_grad():
         mass = prompt_attention(attention_probabilities(planted_attention(strength), x), n_prefix, n_prompt)
     t = n_prefix + n_prompt + n_patch
@@ -119,12 +120,15 @@ def config(**changes) -> TrainConfig:
     return replace(TrainConfig(img_size=28, pae=PAEOptions(init=True)), **changes)
 
 
-@pytest.mark.parametrize("base, message", [
-    (config(), "--base-run .* has PAE's init on"),
-    (config(method="vpt_shallow", pae=PAEOptions()), "differ in 'method'"),
-    (config(seed=1, pae=PAEOptions()), "differ in 'seed'"),
-    (config(options={"num_tokens": 2}, pae=PAEOptions()), "2 prompt tokens"),
-])
+@pytest.mark.parametrize(
+    "base, message",
+    [
+        (config(), "--base-run .* has PAE's init on"),
+        (config(method="vpt_shallow", pae=PAEOptions()), "differ in 'method'"),
+        (config(seed=1, pae=PAEOptions()), "differ in 'seed'"),
+        (config(options={"num_tokens": 2}, pae=PAEOptions()), "2 prompt tokens"),
+    ],
+)
 def test_runs_that_are_no_pair_are_refused(base, message):
     with pytest.raises(PaeError, match=message):
         check_pair(config(), base)
@@ -135,16 +139,50 @@ def test_runs_that_are_no_pair_are_refused(base, message):
 def test_the_cli_diagnoses_two_tiny_runs_and_writes_json_markdown_and_figure(tiny_task, tmp_path, capsys):
     from pae.loop import train
 
-    base = TrainConfig(data_kind="vtab1k", data_root=str(tiny_task), img_size=28, method="vpt_deep", epochs=1,
-                       warmup_epochs=0, lr=0.01, batch_size=16, seed=3, device="cpu", mlflow=False,
-                       cache_dir=str(tmp_path / "cache"), options={"num_tokens": 2}, out_dir=str(tmp_path / "none"))
-    pae = replace(base, out_dir=str(tmp_path / "init"),
-                  pae=PAEOptions(init=True, scorer="ncm", window=14, stride=7, init_images=16, folds=1))
+    base = TrainConfig(
+        data_kind="vtab1k",
+        data_root=str(tiny_task),
+        img_size=28,
+        method="vpt_deep",
+        epochs=1,
+        warmup_epochs=0,
+        lr=0.01,
+        batch_size=16,
+        seed=3,
+        device="cpu",
+        mlflow=False,
+        cache_dir=str(tmp_path / "cache"),
+        options={"num_tokens": 2},
+        out_dir=str(tmp_path / "none"),
+    )
+    pae = replace(
+        base,
+        out_dir=str(tmp_path / "init"),
+        pae=PAEOptions(init=True, scorer="ncm", window=14, stride=7, init_images=16, folds=1),
+    )
     for cfg in (base, pae):
         train(cfg)
     out = tmp_path / "diag"
-    assert main(["diagnose-init", "--pae-run", pae.out_dir, "--base-run", base.out_dir, "--images", "32",
-                 "--out-json", f"{out}.json", "--out-md", f"{out}.md", "--out-png", f"{out}.png"]) == 0
+    assert (
+        main(
+            [
+                "diagnose-init",
+                "--pae-run",
+                pae.out_dir,
+                "--base-run",
+                base.out_dir,
+                "--images",
+                "32",
+                "--out-json",
+                f"{out}.json",
+                "--out-md",
+                f"{out}.md",
+                "--out-png",
+                f"{out}.png",
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "diag.json").read_text())
     assert result["same_head"] and result["images"] == 32 and result["num_tokens"] == 2
     for init in ("mpa", "random"):

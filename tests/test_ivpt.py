@@ -1,4 +1,5 @@
 """iVPT (our reconstruction): its limits are VPT-deep and VPT-shallow; AR and the gates against hand computations."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,14 +56,21 @@ def test_gate_matches_the_formula(backbone):
         t = t.numpy()
         return (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True) + 1e-5)
 
-    logit = method.gate_bias[2].detach().numpy() + ln(prev) @ method.gate_from_previous[2].detach().numpy() \
+    logit = (
+        method.gate_bias[2].detach().numpy()
+        + ln(prev) @ method.gate_from_previous[2].detach().numpy()
         + ln(new) @ method.gate_from_new[2].detach().numpy()
+    )
     expected = 1 / (1 + np.exp(-logit))
     np.testing.assert_allclose(method.gate(2, prev, new).squeeze(-1).detach().numpy(), expected, rtol=1e-5, atol=1e-6)
     own = method.embeddings[3].detach().expand(2, -1, -1)  # inside prompts() the new tokens are P_3
     g = method.gate(2, prev, own).detach().numpy()
-    np.testing.assert_allclose(method.prompts(3, 2, prev).detach().numpy(),
-                               g * prev.numpy() + (1 - g) * method.embeddings[3].detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        method.prompts(3, 2, prev).detach().numpy(),
+        g * prev.numpy() + (1 - g) * method.embeddings[3].detach().numpy(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_attentive_reinforcement_against_hand_computed_cls_attention(backbone):

@@ -1,4 +1,5 @@
 """KLD regularizer against known linear dynamics, hand-written numpy, and closed-form Lyapunov values."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,9 @@ def _seed_and_one_thread():
     torch.set_num_threads(threads)
 
 
-def _set(m: KoopmanLyapunov, U: torch.Tensor | None = None, K: torch.Tensor | None = None,
-         L: torch.Tensor | None = None) -> KoopmanLyapunov:
+def _set(
+    m: KoopmanLyapunov, U: torch.Tensor | None = None, K: torch.Tensor | None = None, L: torch.Tensor | None = None
+) -> KoopmanLyapunov:
     """Write U (d, k; z = P U), K and L into an unconstrained module."""
     with torch.no_grad():
         if U is not None:
@@ -65,8 +67,11 @@ def test_learned_K_is_the_generating_map_in_the_U_basis(basis):
     A = _contraction(d, 0.9, seed=1)
     traj = _linear_chain([A] * 5, tokens=8)
     g = torch.Generator().manual_seed(2)
-    U = torch.eye(d) if basis == "identity" else \
-        torch.linalg.qr(torch.randn(d, d, generator=g))[0] @ torch.diag(torch.linspace(0.5, 1.5, d))
+    U = (
+        torch.eye(d)
+        if basis == "identity"
+        else torch.linalg.qr(torch.randn(d, d, generator=g))[0] @ torch.diag(torch.linspace(0.5, 1.5, d))
+    )
     m = _set(KoopmanLyapunov(d, d), U=U)
     _fit_K(m, traj)
     # z_{l+1} = P_l A U = z_l (U^-1 A U): in the U basis the operator is U^-1 A U (A itself when U = I).
@@ -126,8 +131,11 @@ def test_hinge_is_zero_for_contraction_and_grows_with_expansion(target):
     for scale in (0.5, 2.0):
         # Under "prediction" K drives the step; under "next" the trajectory itself does (K stays at I).
         traj = _linear_chain([scale * torch.eye(d)] * 3, tokens=4) if target == "next" else z0.expand(4, -1, -1)
-        m = _set(KoopmanLyapunov(d, d, lyapunov_target=target), U=torch.eye(d),
-                 K=scale * torch.eye(d) if target == "prediction" else None)
+        m = _set(
+            KoopmanLyapunov(d, d, lyapunov_target=target),
+            U=torch.eye(d),
+            K=scale * torch.eye(d) if target == "prediction" else None,
+        )
         values[scale] = (m(traj)["lyapunov"].item(), traj)
     assert values[0.5][0] == 0.0
     # Q = I: V(2 z) - V(z) = 3 ||z||^2 per token, summed over the transitions' token means.
@@ -145,6 +153,7 @@ def test_official_form_matches_its_closed_form():
     # K = 0.5 I: no clamp, dV = 0.25 * 0.25 - 0.25 = -0.1875 per token.
     # K = 2 I: 2z has norm 1, on the clamp's edge, dV = 1 - 0.25 = 0.75 per token.
     z = torch.tensor([[0.3, 0.4], [0.0, 0.5]])
+
     def sp(x: float) -> float:
         return math.log1p(math.exp(x))
 
@@ -168,6 +177,7 @@ def test_official_form_cannot_see_scale_outside_the_unit_ball():
 
 def test_parameter_counts():
     d, k, T = 12, 5, 4
+
     def count(m) -> int:
         return sum(p.numel() for p in m.parameters())
 
@@ -269,21 +279,25 @@ def test_bf16_autocast_computes_in_fp32():
         assert out[key].dtype == torch.float32 and out[key].item() == pytest.approx(ref[key].item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(mode="shared"), "unknown mode"),
-    (dict(lyapunov_form="relu"), "unknown lyapunov_form"),
-    (dict(lyapunov_target="z_next"), "unknown lyapunov_target"),
-    (dict(koopman_dim=0), "koopman_dim=0"),
-    (dict(mode="layerwise"), "transitions is not set"),
-    (dict(transitions=-1), "negative"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(mode="shared"), "unknown mode"),
+        (dict(lyapunov_form="relu"), "unknown lyapunov_form"),
+        (dict(lyapunov_target="z_next"), "unknown lyapunov_target"),
+        (dict(koopman_dim=0), "koopman_dim=0"),
+        (dict(mode="layerwise"), "transitions is not set"),
+        (dict(transitions=-1), "negative"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(PaeError, match=match):
         KoopmanLyapunov(8, **kwargs)
 
 
-@pytest.mark.parametrize("shape, match", [((4, 3, 7), r"\(layers, prompts, 8\)"), ((3, 8), "got"),
-                                          ((5, 3, 8), "4 transitions")])
+@pytest.mark.parametrize(
+    "shape, match", [((4, 3, 7), r"\(layers, prompts, 8\)"), ((3, 8), "got"), ((5, 3, 8), "4 transitions")]
+)
 def test_bad_trajectory(shape, match):
     m = KoopmanLyapunov(8, 4, transitions=3, mode="layerwise")
     with pytest.raises(PaeError, match=match):

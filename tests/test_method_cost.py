@@ -1,4 +1,5 @@
 """The parameter table: our modules reproduce the papers' reported ViT-B/16 counts; the report is written."""
+
 from __future__ import annotations
 
 from pae.backbones import create_vit, freeze
@@ -20,7 +21,20 @@ def test_cost_report_lists_every_method_asked_for(tmp_path):
     assert [r["method"] for r in cost] == ["linear", "vpt_deep", "bpt_bilinear"]
     assert [r["prompt_params"] for r in cost] == [0, 12 * 3 * 384, 12 * (3 * 4 + 384 * 4)]
     assert all(r["step_time_s"] > 0 for r in cost)
-    report = write_cost_report([{"method": "vpt_shallow", "settings": "num_tokens=100", "ours": 76_800, "paper": 76_800,
-                                 "relative_difference": 0.0, "source": "x"}], cost, tmp_path, "test setting").read_text()
+    report = write_cost_report(
+        [
+            {
+                "method": "vpt_shallow",
+                "settings": "num_tokens=100",
+                "ours": 76_800,
+                "paper": 76_800,
+                "relative_difference": 0.0,
+                "source": "x",
+            }
+        ],
+        cost,
+        tmp_path,
+        "test setting",
+    ).read_text()
     assert "| vpt_deep | 13,824 |" in report and "test setting" in report
     assert (tmp_path / "cost.csv").read_text().count("\n") == 4

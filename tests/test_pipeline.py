@@ -1,5 +1,6 @@
 """The real DAG end to end on a tiny params file, in a fresh git + DVC project: every declared output, numbers that
 match the runs and MLflow, nothing recomputed on a rerun, and a changed param reruns only the jobs that read it."""
+
 from __future__ import annotations
 
 import csv
@@ -25,17 +26,45 @@ def tiny_params(task: Path, backbone: Path) -> dict:
     """The whole grid in miniature: 3 methods x +-PAE (shallow: init only), an ablation variant, a 2-lr search."""
     return {
         "experiment": EXPERIMENT,
-        "backbone": {"arch": "vit_small_patch14_dinov2", "source": str(backbone), "file": "data/backbones/tiny.safetensors"},
+        "backbone": {
+            "arch": "vit_small_patch14_dinov2",
+            "source": str(backbone),
+            "file": "data/backbones/tiny.safetensors",
+        },
         "img_size": 28,
         "tasks": {"tiny": {"kind": "vtab1k", "root": str(task), "group": "natural"}},
-        "pae_variants": {"none": {}, "init": {"init": True}, "koopman": {"koopman": True},
-                         "all": {"init": True, "koopman": True, "lyapunov": True}},
-        "run": {"tasks": ["tiny"], "methods": ["linear", "vpt_shallow", "vpt_deep"], "pae": ["none", "all"], "seeds": [1]},
+        "pae_variants": {
+            "none": {},
+            "init": {"init": True},
+            "koopman": {"koopman": True},
+            "all": {"init": True, "koopman": True, "lyapunov": True},
+        },
+        "run": {
+            "tasks": ["tiny"],
+            "methods": ["linear", "vpt_shallow", "vpt_deep"],
+            "pae": ["none", "all"],
+            "seeds": [1],
+        },
         "ablation": {"methods": ["vpt_deep"], "pae": ["none", "koopman", "all"]},
         "search": {"lr": [0.01, 0.05], "weight_decay": [0.0], "seed": 1, "lrs_per_job": 2},
-        "train": {"epochs": 2, "warmup_epochs": 0, "lr": 0.01, "batch_size": 16, "num_tokens": 2, "prompt_dropout": 0.0},
-        "pae": {"scorer": "ncm", "window": 14, "stride": 7, "init_images": 16, "folds": 1, "koopman_dim": 8,
-                "koopman_weight": 0.5, "lyapunov_weight": 0.2},
+        "train": {
+            "epochs": 2,
+            "warmup_epochs": 0,
+            "lr": 0.01,
+            "batch_size": 16,
+            "num_tokens": 2,
+            "prompt_dropout": 0.0,
+        },
+        "pae": {
+            "scorer": "ncm",
+            "window": 14,
+            "stride": 7,
+            "init_images": 16,
+            "folds": 1,
+            "koopman_dim": 8,
+            "koopman_weight": 0.5,
+            "lyapunov_weight": 0.2,
+        },
         "resources": {"train": {"threads": 1, "gpus": 0, "mem_mb": 2000}},
     }
 
@@ -44,24 +73,36 @@ def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
     if check and done.returncode:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((cwd / "logs").rglob("*.log"))[-3:])
-        raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}\n{logs}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}\n{logs}"
+        )
     return done
 
 
 def make_project(root: Path, params: dict) -> dict:
     """A copy of the repository's files at ``root`` with ``params`` as its default params, under git and DVC; the
     environment to run its jobs in."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         wanted = name.startswith(("src/", "workflow/", "params/")) or "/" not in name
         if wanted and (ROOT / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, root / name)
     (root / "params" / "default.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns.db",
-           "PYTHONPATH": str(root / "src"), "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns.db",
+        "PYTHONPATH": str(root / "src"),
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     run([sys.executable, "-m", "pae.cli", "dvc-yaml"], root, env)  # the stages of these params
     run(["git", "init", "-q"], root, env)
     run(["dvc", "init", "-q"], root, env)
@@ -103,16 +144,27 @@ def test_every_declared_output_exists_and_tables_hold_the_runs_numbers(project):
     root, env = project
     outputs = declared_outputs(root, env)
     assert len(outputs) > 30 and not [p for p in outputs if not (root / p).exists()]
-    runs = {p: json.loads((root / p).read_text()) for p in outputs if p.startswith(f"results/{EXPERIMENT}/runs/")
-            and p.endswith("metrics.json")}
+    runs = {
+        p: json.loads((root / p).read_text())
+        for p in outputs
+        if p.startswith(f"results/{EXPERIMENT}/runs/") and p.endswith("metrics.json")
+    }
     # 3 methods x (none, PAE) with shallow taking init only, + the ablation's koopman variant of vpt_deep
     labels = sorted((r["method"], r["pae"]) for r in runs.values())
-    assert labels == [("linear", "none"), ("vpt_deep", "init+koopman+lyapunov"), ("vpt_deep", "koopman"),
-                      ("vpt_deep", "none"), ("vpt_shallow", "init"), ("vpt_shallow", "none")]
+    assert labels == [
+        ("linear", "none"),
+        ("vpt_deep", "init+koopman+lyapunov"),
+        ("vpt_deep", "koopman"),
+        ("vpt_deep", "none"),
+        ("vpt_shallow", "init"),
+        ("vpt_shallow", "none"),
+    ]
     summary = json.loads((root / f"reports/{EXPERIMENT}/accuracy.json").read_text())
     for r in runs.values():
         if (r["method"], r["pae"]) != ("vpt_deep", "koopman"):  # the accuracy table holds the main grid
-            assert summary["tiny"][r["method"]][r["pae"]]["final_test_top1"] == pytest.approx(r["final_test_top1"], abs=1e-3)
+            assert summary["tiny"][r["method"]][r["pae"]]["final_test_top1"] == pytest.approx(
+                r["final_test_top1"], abs=1e-3
+            )
         assert math.isfinite(r["final_test_top1"])
     with open(root / f"reports/{EXPERIMENT}/accuracy.csv") as f:
         ids = {i for row in csv.DictReader(f) for i in row["mlflow_run_ids"].split()}
@@ -130,8 +182,16 @@ def test_every_declared_output_exists_and_tables_hold_the_runs_numbers(project):
         ev = json.loads((root / f"results/{EXPERIMENT}/evaluations/{'/'.join(task_method)}.json").read_text())
         assert ev[run_dir]["test_top1"] == pytest.approx(r["final_test_top1"], abs=1e-6)
     index = (root / f"reports/{EXPERIMENT}/README.md").read_text()
-    for name in ("accuracy.md", "convergence.md", "ablation.md", "cost.md", "learning_curves.png",
-                 "gradient_oscillation.png", "shortcut_maps.png", "koopman_spectrum.png"):
+    for name in (
+        "accuracy.md",
+        "convergence.md",
+        "ablation.md",
+        "cost.md",
+        "learning_curves.png",
+        "gradient_oscillation.png",
+        "shortcut_maps.png",
+        "koopman_spectrum.png",
+    ):
         assert name in index
 
 
@@ -165,7 +225,7 @@ def dry_run_jobs(root: Path, env: dict) -> dict[str, int]:
     out = run(["snakemake", "--cores", "2", "-n", "reproduce_all"], root, env).stdout
     if "Nothing to be done" in out:
         return {}
-    stats = out[out.index("Job stats:"):].splitlines()[3:]
+    stats = out[out.index("Job stats:") :].splitlines()[3:]
     counts = {}
     for line in stats:
         m = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
@@ -207,11 +267,25 @@ def test_the_slurm_profile_plans_the_same_dag(project):
     """The cluster profile is valid for Snakemake and the official plugin, and schedules every job but local ones;
     without grouping, the search is one job per (lr, wd) point."""
     root, env = project
-    out = run(["snakemake", "-n", "--forceall", "--profile", "workflow/profiles/slurm", "reproduce_all"], root, env).stdout
+    out = run(
+        ["snakemake", "-n", "--forceall", "--profile", "workflow/profiles/slurm", "reproduce_all"], root, env
+    ).stdout
     assert re.search(r"^train\s+6$", out, re.M) and re.search(r"^tune_group0\s+6$", out, re.M)
     params = yaml.safe_load((root / "params/default.yaml").read_text())
     params["search"]["lrs_per_job"] = 0
     (root / "pointwise.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = run(["snakemake", "-n", "--forceall", "--profile", "workflow/profiles/slurm", "reproduce_all",
-               "--configfile", "pointwise.yaml"], root, env).stdout
+    out = run(
+        [
+            "snakemake",
+            "-n",
+            "--forceall",
+            "--profile",
+            "workflow/profiles/slurm",
+            "reproduce_all",
+            "--configfile",
+            "pointwise.yaml",
+        ],
+        root,
+        env,
+    ).stdout
     assert re.search(r"^train\s+6$", out, re.M) and re.search(r"^tune\s+12$", out, re.M)

@@ -1,4 +1,5 @@
 """The orchestration-overhead benchmark runs end to end and its table and JSON are well formed (not how fast)."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,13 @@ COMPONENTS = {"start-up", "snakemake", "mlflow", "dvc"}
 @pytest.mark.slow
 def test_quick_benchmark_reports_every_component(tmp_path):
     out = tmp_path / "o.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_overhead.py"), "--quick", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "pipeline_overhead.py"), "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["settings"] == {"repeats": 2, "jobs": 4, "epochs": 5}

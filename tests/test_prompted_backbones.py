@@ -1,6 +1,7 @@
 """Every ViT method on every ViT backbone family of the catalogue (tiny random configs of the real timm
 architectures): zero prompts give timm's own forward_features / forward_head, each method trains, and prompts sit
 after all prefix tokens (DINOv2's registers)."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,9 +36,14 @@ def _images(bb: nn.Module, n: int = 2) -> torch.Tensor:
 
 def _zero_prompt_methods(bb: nn.Module) -> list[PromptMethod]:
     depth, d, patch, heads = len(bb.blocks), bb.embed_dim, bb.patch_embed.patch_size[0], bb.blocks[0].attn.num_heads
-    return [PromptMethod(), VPT(depth, d, patch, 0, deep=True), VPT(depth, d, patch, 0, deep=False),
-            VFPT(depth, d, patch, 0, 0.5), E2VPT(depth, d, patch, heads, 0, 0), IVPT(depth, d, patch, 0)] + [
-            BPT(depth, d, 0, deep=deep, variant=v) for v in ("bilinear", "fwhiten", "twhiten") for deep in (True, False)]
+    return [
+        PromptMethod(),
+        VPT(depth, d, patch, 0, deep=True),
+        VPT(depth, d, patch, 0, deep=False),
+        VFPT(depth, d, patch, 0, 0.5),
+        E2VPT(depth, d, patch, heads, 0, 0),
+        IVPT(depth, d, patch, 0),
+    ] + [BPT(depth, d, 0, deep=deep, variant=v) for v in ("bilinear", "fwhiten", "twhiten") for deep in (True, False)]
 
 
 def test_backbone_family_is_what_the_seam_expects(backbone):
@@ -88,12 +94,15 @@ def test_deep_prompts_sit_after_every_prefix_token(backbone):
         x = backbone._pos_embed(backbone.patch_embed(img))
         x = torch.cat([x[:, :k], prompts[0].expand(2, -1, -1), x[:, k:]], dim=1)
         for layer, block in enumerate(backbone.blocks):
-            x = block(torch.cat([x[:, :k], prompts[layer].expand(2, -1, -1), x[:, k + 3:]], dim=1))
+            x = block(torch.cat([x[:, :k], prompts[layer].expand(2, -1, -1), x[:, k + 3 :]], dim=1))
         torch.testing.assert_close(model.forward_features(img), backbone.norm(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("overrides", [{"global_pool": "avg"}, {"class_token": False, "global_pool": "avg"}],
-                         ids=["mae-finetune-avg-pool", "no-class-token"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{"global_pool": "avg"}, {"class_token": False, "global_pool": "avg"}],
+    ids=["mae-finetune-avg-pool", "no-class-token"],
+)
 def test_backbones_without_a_cls_readout_are_refused(overrides):
     """MAE's fine-tuning config (avg pool + fc_norm) and class-token-free ViTs: the seam classifies from [CLS]."""
     bb = tiny("vit_base_patch16_224.mae", **overrides)

@@ -1,4 +1,5 @@
 """The prompted forward against timm's own forward and against a hand-written ViT (independent reference)."""
+
 from __future__ import annotations
 
 import math
@@ -30,16 +31,20 @@ def _ref_block(x: torch.Tensor, blk) -> torch.Tensor:
 
 
 def _ref_vpt(model: PromptedViT, img: torch.Tensor, prompts: torch.Tensor, deep: bool) -> torch.Tensor:
-    """VPT as the paper states it: [CLS, P_1, E] into block 1; for deep, P_l replaces the prompt slots before block l."""
+    """VPT as the paper states it: [CLS, P_1, E] into block 1; deep: P_l replaces the prompt slots before block l."""
     bb = model.backbone
-    e = F.conv2d(img, bb.patch_embed.proj.weight, bb.patch_embed.proj.bias, stride=bb.patch_embed.patch_size).flatten(2).transpose(1, 2)
+    e = (
+        F.conv2d(img, bb.patch_embed.proj.weight, bb.patch_embed.proj.bias, stride=bb.patch_embed.patch_size)
+        .flatten(2)
+        .transpose(1, 2)
+    )
     x = torch.cat([bb.cls_token.expand(img.shape[0], -1, -1), e], dim=1) + bb.pos_embed
     p = prompts.shape[1]
     for layer, blk in enumerate(bb.blocks):
         if layer == 0:
             x = torch.cat([x[:, :1], prompts[0].expand(img.shape[0], -1, -1), x[:, 1:]], dim=1)
         elif deep:
-            x = torch.cat([x[:, :1], prompts[layer].expand(img.shape[0], -1, -1), x[:, 1 + p:]], dim=1)
+            x = torch.cat([x[:, :1], prompts[layer].expand(img.shape[0], -1, -1), x[:, 1 + p :]], dim=1)
         x = _ref_block(x, blk)
     x = F.layer_norm(x, (x.shape[-1],), bb.norm.weight, bb.norm.bias, bb.norm.eps)
     return x[:, 0] @ model.head.weight.T + model.head.bias
@@ -54,7 +59,11 @@ def test_zero_prompts_reproduce_timm_forward(backbone):
     img = torch.randn(3, 3, 28, 28)
     with torch.no_grad():
         expected = backbone(img)  # timm: pooled [CLS] after the final norm
-        for method in (build_method("linear", backbone), VPT(12, 384, 14, 0, deep=True), VPT(12, 384, 14, 0, deep=False)):
+        for method in (
+            build_method("linear", backbone),
+            VPT(12, 384, 14, 0, deep=True),
+            VPT(12, 384, 14, 0, deep=False),
+        ):
             got = PromptedViT(backbone, method, 5).forward_features(img)[:, 0]
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
@@ -64,7 +73,9 @@ def test_hand_written_reference_matches_timm(backbone):
     model = build_model("linear", backbone, 7)
     img = torch.randn(2, 3, 28, 28)
     with torch.no_grad():
-        torch.testing.assert_close(_ref_vpt(model, img, torch.zeros(12, 0, 384), deep=True), model(img), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            _ref_vpt(model, img, torch.zeros(12, 0, 384), deep=True), model(img), rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("deep", [True, False])
@@ -74,7 +85,9 @@ def test_vpt_matches_independent_reference(backbone, deep):
         model.method.embeddings.normal_()  # large prompts so any misplacement shows
     img = torch.randn(2, 3, 28, 28)
     with torch.no_grad():
-        torch.testing.assert_close(model(img), _ref_vpt(model, img, model.method.embeddings, deep), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            model(img), _ref_vpt(model, img, model.method.embeddings, deep), rtol=1e-4, atol=1e-4
+        )
 
 
 def test_deep_prompts_differ_from_shallow(backbone):

@@ -51,8 +51,9 @@ class ToyPrompts(LayerPrompts):
         self.base.copy_(prompts[0])
 
 
-@register_method("toy", summary="toy: one prompt set decayed over depth (the registry's test plugin)",
-                 options=ToyOptions, order=50)
+@register_method(
+    "toy", summary="toy: one prompt set decayed over depth (the registry's test plugin)", options=ToyOptions, order=50
+)
 def toy(backbone: nn.Module, o: ToyOptions) -> ToyPrompts:
     depth, dim, _ = dims(backbone)
     return ToyPrompts(depth, dim, o.num_tokens, o.toy_decay, o.prompt_dropout)
@@ -77,19 +78,65 @@ def test_the_registry_describes_a_method_to_the_cli_and_the_params_check(capsys)
 def test_a_method_of_a_plugin_trains_and_reloads_through_the_cli(tiny_task, tmp_path):
     env = {**os.environ, PLUGINS_ENV: str(HERE), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}"}
     out = tmp_path / "run"
-    train = [sys.executable, "-m", "pae.cli", "train", "--kind", "vtab1k", "--root", str(tiny_task), "--img-size", "28",
-             "--method", "toy", "--toy-decay", "0.8", "--kv-tokens", "3", "--pae-koopman", "--pae-koopman-dim", "8",
-             "--epochs", "2", "--warmup-epochs", "0", "--lr", "0.01", "--batch-size", "16", "--device", "cpu",
-             "--out-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--experiment", "toy"]
+    train = [
+        sys.executable,
+        "-m",
+        "pae.cli",
+        "train",
+        "--kind",
+        "vtab1k",
+        "--root",
+        str(tiny_task),
+        "--img-size",
+        "28",
+        "--method",
+        "toy",
+        "--toy-decay",
+        "0.8",
+        "--kv-tokens",
+        "3",
+        "--pae-koopman",
+        "--pae-koopman-dim",
+        "8",
+        "--epochs",
+        "2",
+        "--warmup-epochs",
+        "0",
+        "--lr",
+        "0.01",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--experiment",
+        "toy",
+    ]
     done = subprocess.run(train, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "method 'toy' does not read --kv-tokens; ignored" in done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["method"], metrics["pae"], metrics["prompt_params"]) == ("toy", "koopman", 2 * 384)
-    assert json.loads((out / "config.json").read_text())["options"] == {"num_tokens": 2, "prompt_dropout": 0.0,
-                                                                         "toy_decay": 0.8}
-    evaluate = [sys.executable, "-m", "pae.cli", "evaluate", "--run-dir", str(out), "--out", str(tmp_path / "e.json"),
-                "--device", "cpu"]
+    assert json.loads((out / "config.json").read_text())["options"] == {
+        "num_tokens": 2,
+        "prompt_dropout": 0.0,
+        "toy_decay": 0.8,
+    }
+    evaluate = [
+        sys.executable,
+        "-m",
+        "pae.cli",
+        "evaluate",
+        "--run-dir",
+        str(out),
+        "--out",
+        str(tmp_path / "e.json"),
+        "--device",
+        "cpu",
+    ]
     done = subprocess.run(evaluate, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     measured = json.loads((tmp_path / "e.json").read_text())[str(out)]
@@ -110,7 +157,11 @@ def test_a_method_of_a_plugin_runs_through_a_tiny_dag(tiny_task, tmp_path):
     runs = sorted((root / f"results/{EXPERIMENT}/runs/tiny").glob("*/*/seed1/metrics.json"))
     labels = [(p.parts[-4], p.parts[-3]) for p in runs]
     assert labels == [("linear", "none"), ("toy", "all"), ("toy", "none")]  # a deep method: PAE's every part
-    assert json.loads((root / f"results/{EXPERIMENT}/runs/tiny/toy/all/seed1/config.json").read_text())[
-        "options"]["toy_decay"] == 0.7
+    assert (
+        json.loads((root / f"results/{EXPERIMENT}/runs/tiny/toy/all/seed1/config.json").read_text())["options"][
+            "toy_decay"
+        ]
+        == 0.7
+    )
     accuracy = (root / f"reports/{EXPERIMENT}/accuracy.md").read_text()
     assert accuracy.index("| linear |") < accuracy.index("| toy |")  # the table's order is the registry's

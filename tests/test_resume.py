@@ -1,6 +1,7 @@
 """Reliability of training jobs, as real processes: SIGKILL or SIGTERM anywhere and a restart gives exactly the
 uninterrupted run's numbers in the same MLflow run; a damaged state falls back to the one before; divergence keeps
 the last finite state and writes no results; eight jobs logging to one SQLite store at once each appear once."""
+
 from __future__ import annotations
 
 import json
@@ -25,11 +26,48 @@ def env(tmp_path: Path) -> dict:
 
 def command(task: Path, out: Path, cache: Path, *extra: str, epochs: int = EPOCHS, seed: int = 5) -> list[str]:
     """VPT-deep + Koopman with prompt dropout on 48 images: every kind of state (optimizer, PAE, RNG) matters."""
-    return [sys.executable, "-m", "pae.cli", "train", "--kind", "vtab1k", "--root", str(task), "--img-size", "28",
-            "--method", "vpt_deep", "--epochs", str(epochs), "--warmup-epochs", "1", "--lr", "0.01", "--batch-size", "8",
-            "--seed", str(seed), "--device", "cpu", "--threads", "1", "--num-tokens", "3", "--prompt-dropout", "0.1",
-            "--pae-koopman", "--pae-koopman-dim", "8", "--out-dir", str(out), "--cache-dir", str(cache),
-            "--experiment", "resume", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "pae.cli",
+        "train",
+        "--kind",
+        "vtab1k",
+        "--root",
+        str(task),
+        "--img-size",
+        "28",
+        "--method",
+        "vpt_deep",
+        "--epochs",
+        str(epochs),
+        "--warmup-epochs",
+        "1",
+        "--lr",
+        "0.01",
+        "--batch-size",
+        "8",
+        "--seed",
+        str(seed),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--num-tokens",
+        "3",
+        "--prompt-dropout",
+        "0.1",
+        "--pae-koopman",
+        "--pae-koopman-dim",
+        "8",
+        "--out-dir",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--experiment",
+        "resume",
+        *extra,
+    ]
 
 
 def states(out: Path) -> list[Path]:
@@ -74,7 +112,9 @@ def reference(tiny_task, tmp_path, env) -> Path:
     return out
 
 
-def test_sigkill_anywhere_then_restart_gives_the_uninterrupted_run_in_the_same_mlflow_run(tiny_task, tmp_path, env, reference):
+def test_sigkill_anywhere_then_restart_gives_the_uninterrupted_run_in_the_same_mlflow_run(
+    tiny_task, tmp_path, env, reference
+):
     from mlflow import MlflowClient
 
     out = tmp_path / "killed"
@@ -122,8 +162,13 @@ def test_a_changed_config_does_not_resume_another_experiments_state(tiny_task, t
 
 def test_divergence_stops_with_the_last_finite_state_kept_and_no_results(tiny_task, tmp_path, env):
     out = tmp_path / "diverged"
-    done = subprocess.run(command(tiny_task, out, tmp_path / "cache", "--lr", "1e30", epochs=3), env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        command(tiny_task, out, tmp_path / "cache", "--lr", "1e30", epochs=3),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     # VPT's per-epoch schedule runs epoch 1 at lr 0 (warmup from 0): the lr of 1e30 first acts in epoch 2
     assert done.returncode == 2 and "training diverged in epoch 2" in done.stderr
     assert "the last finite state (epoch 1) is kept in" in done.stderr and "lower the learning rate" in done.stderr
@@ -133,6 +178,7 @@ def test_divergence_stops_with_the_last_finite_state_kept_and_no_results(tiny_ta
 def test_a_group_resumes_exactly_even_when_killed_between_its_runs_saves(tiny_task, tmp_path, env):
     """A group saves its runs one after another: a kill in between leaves one run a save ahead. The restart aligns
     them on the position both still hold and ends with the uninterrupted group's numbers (dropout masks included)."""
+
     def group(folder: str) -> list[str]:
         return command(tiny_task, tmp_path / folder / "lr{lr}", tmp_path / "cache", "--lr", "0.01", "0.02")
 
@@ -152,8 +198,16 @@ def test_eight_jobs_logging_to_one_sqlite_store_at_once_each_appear_once(tiny_ta
     from mlflow import MlflowClient
 
     outs = [tmp_path / f"job{i}" for i in range(8)]
-    procs = [subprocess.Popen(command(tiny_task, out, tmp_path / "cache", epochs=2, seed=i), env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i, out in enumerate(outs)]
+    procs = [
+        subprocess.Popen(
+            command(tiny_task, out, tmp_path / "cache", epochs=2, seed=i),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, out in enumerate(outs)
+    ]
     results = [(*p.communicate(timeout=600), p.returncode) for p in procs]
     assert all(rc == 0 for _, _, rc in results), [err[-2000:] for _, err, rc in results if rc]
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
@@ -181,11 +235,37 @@ def test_a_broken_dataset_stops_each_stage_with_its_message_and_no_declared_outp
     edit, message = BROKEN[breakage]
     split = task / "train800val200.txt"
     split.write_text("\n".join(edit(split.read_text().splitlines())) + "\n")
-    prepare = subprocess.run([sys.executable, "-m", "pae.cli", "prepare-data", "--kind", "vtab1k", "--root", str(task),
-                              "--img-size", "28", "--cache-dir", str(tmp_path / "cache"), "--summary",
-                              str(tmp_path / "prepared.json")], env=env, capture_output=True, text=True, timeout=300)
-    trained = subprocess.run(command(task, tmp_path / "run", tmp_path / "cache", epochs=2), env=env,
-                             capture_output=True, text=True, timeout=300)
+    prepare = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pae.cli",
+            "prepare-data",
+            "--kind",
+            "vtab1k",
+            "--root",
+            str(task),
+            "--img-size",
+            "28",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--summary",
+            str(tmp_path / "prepared.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    trained = subprocess.run(
+        command(task, tmp_path / "run", tmp_path / "cache", epochs=2),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     for done in (prepare, trained):
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "prepared.json").exists() and not (tmp_path / "run").exists() and not states(tmp_path / "run")
+    assert (
+        not (tmp_path / "prepared.json").exists() and not (tmp_path / "run").exists() and not states(tmp_path / "run")
+    )

@@ -2,6 +2,7 @@
 Snakemake's SLURM executor plugin with the profile users copy: the tables of a local run, one completed sacct job per
 Snakemake job with the resources asked for, and a training job preempted mid-run (SIGTERM), resubmitted by
 Snakemake's retry, that resumes to exactly the uninterrupted run's numbers in one MLflow run."""
+
 from __future__ import annotations
 
 import csv
@@ -39,8 +40,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
             pytest.fail(f"no SLURM test cluster: {exc}")
         pytest.skip(f"no SLURM test cluster on this machine: {exc}")
     with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
-        print(f"\nSLURM test cluster: {started.version}, snakemake-executor-plugin-slurm "
-              f"{version('snakemake-executor-plugin-slurm')}, snakemake {version('snakemake')}")
+        print(
+            f"\nSLURM test cluster: {started.version}, snakemake-executor-plugin-slurm "
+            f"{version('snakemake-executor-plugin-slurm')}, snakemake {version('snakemake')}"
+        )
     yield started
     started.stop()
 
@@ -71,8 +74,9 @@ def run_id(output: str) -> str:
 def sacct(cluster: Cluster, name: str) -> list[dict[str, str]]:
     """The accounting records of a run's jobs, oldest first."""
     fields = ["JobIDRaw", "Partition", "AllocCPUS", "ReqMem", "State", "ExitCode", "Comment"]
-    out = cluster.run("sacct", "-X", "-P", "-n", "--starttime", "2000-01-01", "--name", name,
-                      f"--format={','.join(fields)}")
+    out = cluster.run(
+        "sacct", "-X", "-P", "-n", "--starttime", "2000-01-01", "--name", name, f"--format={','.join(fields)}"
+    )
     rows = [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines() if line]
     return sorted(rows, key=lambda r: int(r["JobIDRaw"]))
 
@@ -84,11 +88,15 @@ def rule_of(comment: str) -> str:
 
 def numbers(csv_text: dict[str, str]) -> dict[str, list[dict[str, str]]]:
     """Every table's rows as written, timings and run ids left out."""
-    return {name: [{k: v for k, v in row.items() if not NOT_NUMBERS.search(k)} for row in csv.DictReader(text.splitlines())]
-            for name, text in csv_text.items()}
+    return {
+        name: [{k: v for k, v in row.items() if not NOT_NUMBERS.search(k)} for row in csv.DictReader(text.splitlines())]
+        for name, text in csv_text.items()
+    }
 
 
-def test_the_tiny_dag_through_slurm_gives_the_local_tables_one_completed_job_each(slurm_project, cluster, tiny_pipeline):
+def test_the_tiny_dag_through_slurm_gives_the_local_tables_one_completed_job_each(
+    slurm_project, cluster, tiny_pipeline
+):
     root, env = slurm_project
     done = run(slurm("reproduce_all"), root, env)
     log = done.stdout + done.stderr
@@ -127,16 +135,37 @@ def test_a_preempted_training_job_is_resubmitted_by_snakemake_and_resumes_exactl
     run_dir = "runs/tiny/vpt_deep/koopman/seed1"
     for experiment in ("preempted", "uninterrupted"):
         grid = {"methods": ["vpt_deep"], "pae": ["koopman"]}
-        params = {"experiment": experiment, "run": grid, "ablation": grid, "search": {"lr": [], "weight_decay": []},
-                  "train": {"epochs": PREEMPTED_EPOCHS}}
+        params = {
+            "experiment": experiment,
+            "run": grid,
+            "ablation": grid,
+            "search": {"lr": [], "weight_decay": []},
+            "train": {"epochs": PREEMPTED_EPOCHS},
+        }
         (root / f"{experiment}.yaml").write_text(yaml.safe_dump(params))
-    run(["snakemake", "--cores", "2", f"results/uninterrupted/{run_dir}/metrics.json",
-         "--configfile", "uninterrupted.yaml"], root, env)  # --configfile takes a list: last
+    run(
+        [
+            "snakemake",
+            "--cores",
+            "2",
+            f"results/uninterrupted/{run_dir}/metrics.json",
+            "--configfile",
+            "uninterrupted.yaml",
+        ],
+        root,
+        env,
+    )  # --configfile takes a list: last
 
     out = root / f"results/preempted/{run_dir}"
     target = f"results/preempted/{run_dir}/metrics.json"
-    snakemake = subprocess.Popen(slurm(target, "--configfile", "preempted.yaml"), cwd=root, env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    snakemake = subprocess.Popen(
+        slurm(target, "--configfile", "preempted.yaml"),
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     job = running_train_job(cluster, out, snakemake, after_epoch=2)
     cluster.run("scancel", f"--signal={signal.SIGTERM.name[3:]}", "--full", job)
     deadline = time.monotonic() + 120

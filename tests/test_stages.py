@@ -1,5 +1,6 @@
 """The stages around training: MPA as its own jobs gives exactly the inline result, VPT's selection rule, and the
 evaluate stage that rebuilds a run from its checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,24 @@ from pae.selection import select_hparams
 @pytest.fixture(scope="module")
 def config(tiny_task, tmp_path_factory) -> TrainConfig:
     cache = tmp_path_factory.mktemp("cache")
-    return TrainConfig(data_kind="vtab1k", data_root=str(tiny_task), img_size=28, method="vpt_deep", epochs=2,
-                       warmup_epochs=0, lr=0.01, batch_size=16, seed=3, device="cpu", mlflow=False, cache_dir=str(cache),
-                       options={"num_tokens": 3, "prompt_dropout": 0.1},
-                       pae=PAEOptions(init=True, koopman=True, scorer="ncm", window=14, stride=7, init_images=16,
-                                      folds=1, koopman_dim=8))
+    return TrainConfig(
+        data_kind="vtab1k",
+        data_root=str(tiny_task),
+        img_size=28,
+        method="vpt_deep",
+        epochs=2,
+        warmup_epochs=0,
+        lr=0.01,
+        batch_size=16,
+        seed=3,
+        device="cpu",
+        mlflow=False,
+        cache_dir=str(cache),
+        options={"num_tokens": 3, "prompt_dropout": 0.1},
+        pae=PAEOptions(
+            init=True, koopman=True, scorer="ncm", window=14, stride=7, init_images=16, folds=1, koopman_dim=8
+        ),
+    )
 
 
 def test_mpa_as_its_own_stages_trains_exactly_like_mpa_inside_the_run(config, tmp_path):
@@ -36,9 +50,17 @@ def test_mpa_as_its_own_stages_trains_exactly_like_mpa_inside_the_run(config, tm
     assert len(record["class_maps"]) == 10 and all(m is None or len(m) == 9 for m in record["class_maps"])
     assert record["class_map_images"] == 16
     inline = train(replace(config, out_dir=str(tmp_path / "inline")))
-    staged = train(replace(config, out_dir=str(tmp_path / "staged"), init_prompts=str(tmp_path / "prompts.safetensors")))
-    assert staged["final_test_top1"] == inline["final_test_top1"] and staged["final_train_loss"] == inline["final_train_loss"]
-    a, b = load_file(str(tmp_path / "inline/checkpoint.safetensors")), load_file(str(tmp_path / "staged/checkpoint.safetensors"))
+    staged = train(
+        replace(config, out_dir=str(tmp_path / "staged"), init_prompts=str(tmp_path / "prompts.safetensors"))
+    )
+    assert (
+        staged["final_test_top1"] == inline["final_test_top1"]
+        and staged["final_train_loss"] == inline["final_train_loss"]
+    )
+    a, b = (
+        load_file(str(tmp_path / "inline/checkpoint.safetensors")),
+        load_file(str(tmp_path / "staged/checkpoint.safetensors")),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     recorded = json.loads((tmp_path / "staged/shortcuts.json").read_text())
     assert recorded["selected"] == record["selected"] and recorded["seconds"] >= record["seconds"]
@@ -59,14 +81,27 @@ def config_root(cfg: TrainConfig):
 
 def _tune_run(path, lr, wd, val, protocol="tune"):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"task": "t", "method": "vpt_deep", "protocol": protocol, "lr": lr, "weight_decay": wd,
-                                "final_val200_top1": val, "mlflow_run_id": f"id-{lr}-{wd}"}))
+    path.write_text(
+        json.dumps(
+            {
+                "task": "t",
+                "method": "vpt_deep",
+                "protocol": protocol,
+                "lr": lr,
+                "weight_decay": wd,
+                "final_val200_top1": val,
+                "mlflow_run_id": f"id-{lr}-{wd}",
+            }
+        )
+    )
     return path
 
 
 def test_selection_takes_the_best_val200_and_breaks_ties_toward_the_smaller_lr(tmp_path):
-    runs = [_tune_run(tmp_path / f"{i}/metrics.json", lr, wd, val) for i, (lr, wd, val) in
-            enumerate([(0.1, 0.0, 60.0), (0.05, 0.001, 71.5), (0.01, 0.0, 71.5), (0.5, 0.0, None)])]
+    runs = [
+        _tune_run(tmp_path / f"{i}/metrics.json", lr, wd, val)
+        for i, (lr, wd, val) in enumerate([(0.1, 0.0, 60.0), (0.05, 0.001, 71.5), (0.01, 0.0, 71.5), (0.5, 0.0, None)])
+    ]
     chosen = select_hparams(runs, tmp_path / "selected.json")
     assert (chosen["lr"], chosen["weight_decay"], chosen["val200_top1"]) == (0.01, 0.0, 71.5)
     assert json.loads((tmp_path / "selected.json").read_text()) == chosen and len(chosen["candidates"]) == 4

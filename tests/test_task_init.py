@@ -1,4 +1,5 @@
 """Task-aware prompt init against hand-written patch embedding, energy pooling and a hand-written timm block."""
+
 from __future__ import annotations
 
 import pytest
@@ -77,8 +78,9 @@ def test_task_aware_prompts_end_to_end(backbone):
     images, labels = torch.randn(16, 3, 28, 28, generator=g), torch.arange(4).repeat(4)
     backbone.train()  # the caller's mode must survive; the reads themselves run in eval mode
     try:
-        prompts, result = task_aware_prompts(backbone, images, labels, num_classes=4, num_tokens=3, depth=2,
-                                             window=14, stride=7, scorer="ncm", seed=0)
+        prompts, result = task_aware_prompts(
+            backbone, images, labels, num_classes=4, num_tokens=3, depth=2, window=14, stride=7, scorer="ncm", seed=0
+        )
         assert backbone.training
     finally:
         backbone.eval()
@@ -88,8 +90,19 @@ def test_task_aware_prompts_end_to_end(backbone):
     torch.testing.assert_close(prompts[0], energy_pooled_tokens(backbone, bands), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(prompts[1], propagate(backbone, prompts[0], 2)[1], atol=1e-5, rtol=1e-5)
     # The default features are the backbone's [CLS] after its final norm.
-    _, explicit = task_aware_prompts(backbone, images, labels, 4, 3, 1, 14, 7, scorer="ncm", seed=0,
-                                     features_fn=lambda x: backbone.forward_features(x)[:, 0])
+    _, explicit = task_aware_prompts(
+        backbone,
+        images,
+        labels,
+        4,
+        3,
+        1,
+        14,
+        7,
+        scorer="ncm",
+        seed=0,
+        features_fn=lambda x: backbone.forward_features(x)[:, 0],
+    )
     torch.testing.assert_close(explicit.losses, result.losses)
 
 

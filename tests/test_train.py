@@ -1,4 +1,5 @@
 """Training: the schedule equation, an end-to-end VPT-deep run on real data, MLflow, and CLI error handling."""
+
 from __future__ import annotations
 
 import csv
@@ -35,8 +36,16 @@ def mlflow_store(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_vpt_deep_on_cifar10_learns_and_writes_everything(vtab_mini, dinov2_weights, tmp_path, mlflow_store):
     """Real data, real backbone, reduced resolution (28 px) and epochs so it runs on 2 CPU cores."""
-    common = dict(data_kind="vtab1k", data_root=str(vtab_mini / "cifar10"), weights=str(dinov2_weights), img_size=28,
-                  batch_size=64, cache_dir=str(tmp_path / "cache"), experiment="test", lr=0.005)
+    common = dict(
+        data_kind="vtab1k",
+        data_root=str(vtab_mini / "cifar10"),
+        weights=str(dinov2_weights),
+        img_size=28,
+        batch_size=64,
+        cache_dir=str(tmp_path / "cache"),
+        experiment="test",
+        lr=0.005,
+    )
     probe = train(TrainConfig(**common, method="linear", epochs=1, warmup_epochs=0, out_dir=str(tmp_path / "linear")))
     out = tmp_path / "vpt"
     metrics = train(TrainConfig(**common, method="vpt_deep", epochs=4, warmup_epochs=1, out_dir=str(out)))
@@ -44,8 +53,13 @@ def test_vpt_deep_on_cifar10_learns_and_writes_everything(vtab_mini, dinov2_weig
     start = probe["initial_test_top1"]  # the linear probe's starting point: frozen features, untrained head
     assert 5.0 < start < 20.0  # about chance on 10 classes
     assert metrics["final_test_top1"] > start + 10.0, (start, metrics)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "config.json", "grad_norms.csv", "history.csv",
-                                                    "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.safetensors",
+        "config.json",
+        "grad_norms.csv",
+        "history.csv",
+        "metrics.json",
+    ]
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4]
@@ -54,16 +68,20 @@ def test_vpt_deep_on_cifar10_learns_and_writes_everything(vtab_mini, dinov2_weig
     assert json.loads((out / "metrics.json").read_text()) == metrics
 
     from safetensors.torch import load_file
+
     ckpt = load_file(str(out / "checkpoint.safetensors"))
     assert ckpt["method.embeddings"].shape == (12, 10, 384) and ckpt["head.weight"].shape == (10, 384)
 
     from mlflow import MlflowClient
+
     client = MlflowClient(mlflow_store)
     run = client.get_run(metrics["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.params["method"] == "vpt_deep"
     assert run.data.metrics["final_test_top1"] == pytest.approx(metrics["final_test_top1"])
     logged = sorted(client.get_metric_history(run.info.run_id, "test_top1"), key=lambda m: m.step)
-    assert [(m.step, m.value) for m in logged] == [(int(r["epoch"]), pytest.approx(float(r["test_top1"]))) for r in rows]
+    assert [(m.step, m.value) for m in logged] == [
+        (int(r["epoch"]), pytest.approx(float(r["test_top1"]))) for r in rows
+    ]
     assert run.data.tags["backbone_sha256"] and run.data.tags["pae.arch"] == "vit_small_patch14_dinov2"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"metrics.json", "history.csv"}
 
@@ -76,31 +94,68 @@ def _cli_error(capsys, args):
     return err
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--method", "vpt_deeep"], "unknown method 'vpt_deeep'"),
-    (["--kind", "vtab1k", "--root", "/nonexistent/task"], "task folder '/nonexistent/task' does not exist"),
-    (["--weights", "/nonexistent/w.safetensors"], "does not exist"),
-    (["--lr", "-1"], "lr must be positive"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--method", "vpt_deeep"], "unknown method 'vpt_deeep'"),
+        (["--kind", "vtab1k", "--root", "/nonexistent/task"], "task folder '/nonexistent/task' does not exist"),
+        (["--weights", "/nonexistent/w.safetensors"], "does not exist"),
+        (["--lr", "-1"], "lr must be positive"),
+    ],
+)
 def test_train_cli_bad_input(capsys, tmp_path, mlflow_store, args, message):
     out = tmp_path / "out"
-    err = _cli_error(capsys, ["train", "--epochs", "1", "--warmup-epochs", "0", "--img-size", "14", "--out-dir", str(out),
-                              "--cache-dir", str(tmp_path / "c"), *args])
+    err = _cli_error(
+        capsys,
+        [
+            "train",
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "0",
+            "--img-size",
+            "14",
+            "--out-dir",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "c"),
+            *args,
+        ],
+    )
     assert message in err
     assert not out.exists() and not (tmp_path / "mlruns.db").exists()  # nothing half-written, no run recorded
 
 
 def test_train_cli_wrong_architecture_checkpoint(capsys, tmp_path, dinov2_weights, mlflow_store):
-    err = _cli_error(capsys, ["train", "--weights", str(dinov2_weights), "--arch", "vit_tiny_patch16_224",
-                              "--img-size", "32", "--out-dir", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")])
+    err = _cli_error(
+        capsys,
+        [
+            "train",
+            "--weights",
+            str(dinov2_weights),
+            "--arch",
+            "vit_tiny_patch16_224",
+            "--img-size",
+            "32",
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+    )
     assert "written for architecture 'vit_small_patch14_dinov2', not 'vit_tiny_patch16_224'" in err
     assert not (tmp_path / "o").exists()
 
 
 def test_cli_process_exit_code_and_one_line(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
-    proc = subprocess.run([sys.executable, "-m", "pae.cli", "train", "--method", "nope", "--out-dir", str(tmp_path / "o")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pae.cli", "train", "--method", "nope", "--out-dir", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "unknown method 'nope'" in proc.stderr
 
@@ -109,8 +164,22 @@ def test_out_dir_with_foreign_files_is_refused_before_any_work(capsys, tmp_path,
     out = tmp_path / "results"
     out.mkdir()
     (out / "notes.txt").write_text("precious")
-    err = _cli_error(capsys, ["train", "--epochs", "1", "--warmup-epochs", "0", "--img-size", "14",
-                              "--out-dir", str(out), "--cache-dir", str(tmp_path / "c")])
+    err = _cli_error(
+        capsys,
+        [
+            "train",
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "0",
+            "--img-size",
+            "14",
+            "--out-dir",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+    )
     assert "holds files that are not a run's outputs (first: 'notes.txt')" in err
     assert (out / "notes.txt").read_text() == "precious" and not (tmp_path / "mlruns.db").exists()
 
@@ -119,10 +188,17 @@ def test_parallel_jobs_share_a_fresh_mlflow_store(tmp_path):
     """Parallel Snakemake jobs create the SQLite store at once; every one must get its run."""
     code = "from pae.tracking import Tracker; t = Tracker('race', 'job'); t.finish('FINISHED'); print(t.run_id)"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}"}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
     results = [(*p.communicate(timeout=300), p.returncode) for p in procs]
     assert all(rc == 0 for _, _, rc in results), [err[-500:] for _, err, rc in results if rc]
     from mlflow import MlflowClient
-    runs = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs([MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment_by_name("race").experiment_id])
+
+    runs = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs(
+        [MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment_by_name("race").experiment_id]
+    )
     assert sorted(r.info.run_id for r in runs) == sorted(out.strip() for out, _, _ in results)

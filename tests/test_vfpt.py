@@ -1,4 +1,5 @@
 """VFPT against VPT-deep (alpha=0) and against numpy's 2-D FFT (independent of torch.fft)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,7 +46,9 @@ def test_partial_fraction_prepends_fourier_prompts(backbone):
     _, vfpt = _pair(backbone, 0.5, tokens=5)  # floor(0.5 * 5) = 2 Fourier prompts, then 3 ordinary ones
     raw = vfpt.method.embeddings[3].detach()
     got = vfpt.method.prompts(3, 1)[0].detach()
-    np.testing.assert_allclose(got[:2].double().numpy(), np.fft.fft2(raw[:2].double().numpy()).real, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        got[:2].double().numpy(), np.fft.fft2(raw[:2].double().numpy()).real, rtol=1e-4, atol=1e-4
+    )
     assert torch.equal(got[2:], raw[2:])
 
 

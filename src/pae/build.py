@@ -90,13 +90,15 @@ def augmentation_draws(spec: DataSpec, n: int, generator: torch.Generator) -> to
     return torch.rand(n, 3, generator=generator) if spec.kind == "fgvc" else None
 
 
-def sample_batch(task: LoadedTask, n: int, img_size: int, seed: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_batch(
+    task: LoadedTask, n: int, img_size: int, seed: int, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` random training images as model input (training augmentation) and their labels, fixed by ``seed``.
 
     ``offset`` skips that many images of the same permutation: a batch disjoint from the one at offset 0."""
     data = task.train_data
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data), generator=gen)[offset:offset + n].to(data.labels.device)
+    idx = torch.randperm(len(data), generator=gen)[offset : offset + n].to(data.labels.device)
     sizes = None if data.sizes is None else data.sizes[idx]
     draws = augmentation_draws(task.spec, len(idx), gen)
     return train_input(task.spec, data.images[idx], sizes, img_size, draws), data.labels[idx]
@@ -106,8 +108,9 @@ def run_model(cfg: TrainConfig, task: LoadedTask) -> PromptedViT:
     """The prompted model of a run on the task's backbone, fitted to the data where its method needs it; its init
     depends on the seed alone, not on how the backbone was made."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.method, task.backbone, task.num_classes, cfg.options, cfg.head_init,
-                        cfg.pae.enabled).to(task.device)
+    model = build_model(cfg.method, task.backbone, task.num_classes, cfg.options, cfg.head_init, cfg.pae.enabled).to(
+        task.device
+    )
     method = model.method
     if method.fit_images:
         method.fit_to_data(model.backbone, sample_batch(task, method.fit_images, cfg.img_size, cfg.seed)[0])
@@ -122,8 +125,9 @@ def load_init_prompts(path: str | Path) -> tuple[torch.Tensor, dict]:
         with safe_open(str(path), "pt") as f:
             return f.get_tensor("prompts"), json.loads(f.metadata()["record"])
     except (OSError, KeyError, ValueError, SafetensorError) as exc:
-        raise PaeError(f"initial prompts '{path}' cannot be read ({exc}).",
-                       "rerun `pae.cli init-prompts` for this task and seed.") from exc
+        raise PaeError(
+            f"initial prompts '{path}' cannot be read ({exc}).", "rerun `pae.cli init-prompts` for this task and seed."
+        ) from exc
 
 
 def initial_prompts(cfg: TrainConfig, task: LoadedTask, model: PromptedViT) -> tuple[torch.Tensor, dict]:

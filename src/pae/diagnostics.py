@@ -8,6 +8,7 @@
 Series are arrays g[t, l] (t = epochs or steps, l = prompt layer) or the training loop's history rows with
 ``grad_norm_l{i}`` columns.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,16 +27,18 @@ def convergence_epoch(accuracies: Sequence[float], fraction: float = 0.99) -> in
     """The first epoch whose accuracy reaches ``fraction`` of the run's best: PAE's "epochs to converge".
 
     ``accuracies[e]`` is the accuracy after ``e`` training epochs. Element 0 is the evaluation of the
-    untrained model, as in the training loop's history (pae.loop), so the result counts training epochs. A result of 0 means
-    the run was already there before training, e.g. after a task-aware init. NaN entries (epochs that were
+    untrained model, as in the training loop's history (pae.loop), so the result counts training epochs. A result of
+    0 means the run was already there before training, e.g. after a task-aware init. NaN entries (epochs that were
     not evaluated) never count.
     """
     acc = np.asarray(accuracies, dtype=float)
     if not 0.0 < fraction <= 1.0:
         raise PaeError(f"fraction={fraction} is outside (0, 1].", "pass a share of the best accuracy, e.g. 0.99.")
     if acc.ndim != 1 or not np.isfinite(acc).any() or np.nanmin(acc) < 0:
-        raise PaeError("convergence needs a 1-D series of non-negative accuracies with at least one finite value.",
-                       "pass one accuracy per epoch, epoch 0 (before training) first.")
+        raise PaeError(
+            "convergence needs a 1-D series of non-negative accuracies with at least one finite value.",
+            "pass one accuracy per epoch, epoch 0 (before training) first.",
+        )
     return int(np.flatnonzero(acc >= fraction * np.nanmax(acc))[0])
 
 
@@ -56,8 +59,10 @@ def speedup(base_epochs: float, pae_epochs: float) -> float:
     PAE converging at epoch 0 (its init is already good enough) gives inf, or 1.0 if the base did too.
     """
     if base_epochs < 0 or pae_epochs < 0:
-        raise PaeError(f"epochs to converge cannot be negative (base {base_epochs}, PAE {pae_epochs}).",
-                       "pass the results of convergence_epoch.")
+        raise PaeError(
+            f"epochs to converge cannot be negative (base {base_epochs}, PAE {pae_epochs}).",
+            "pass the results of convergence_epoch.",
+        )
     if pae_epochs == 0:
         return math.inf if base_epochs > 0 else 1.0
     return base_epochs / pae_epochs
@@ -94,7 +99,9 @@ def coefficient_of_variation(series: np.ndarray | Sequence, window: int = 5) -> 
         return (w.std(axis=-1) / w.mean(axis=-1)).mean(axis=0)
 
 
-def oscillation_summary(history: Sequence[Mapping[str, object]] | np.ndarray | Sequence, window: int = 5) -> dict[str, float]:
+def oscillation_summary(
+    history: Sequence[Mapping[str, object]] | np.ndarray | Sequence, window: int = 5
+) -> dict[str, float]:
     """MLflow-ready oscillation metrics: flip rate and CV per layer, and their means over the shallow and deep halves.
 
     Keys: ``grad_flip_rate_l{i}``, ``grad_cv_l{i}`` (i = column position, 0 = first prompt layer),
@@ -127,8 +134,10 @@ def _as_series(series: np.ndarray | Sequence) -> np.ndarray:
     if g.ndim == 1:
         g = g[:, None]
     if g.ndim != 2:
-        raise PaeError(f"a gradient-norm series must be (steps, layers) or (steps,); got shape {g.shape}.",
-                       "pass one row per epoch or step, one column per prompt layer.")
+        raise PaeError(
+            f"a gradient-norm series must be (steps, layers) or (steps,); got shape {g.shape}.",
+            "pass one row per epoch or step, one column per prompt layer.",
+        )
     return g[np.isfinite(g).all(axis=1)]
 
 

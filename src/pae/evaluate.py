@@ -1,5 +1,6 @@
 """Evaluation: top-1 during training, and the pipeline's evaluate stage, which rebuilds a finished run from its
 saved checkpoint alone and re-measures it, so a table never rests on a model that cannot be reloaded."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -13,15 +14,16 @@ from .prompts import build_model
 
 
 @torch.no_grad()
-def predictions(classify: Callable[[torch.Tensor], torch.Tensor], data: ImageTensors, batch_size: int,
-                autocast: bool) -> torch.Tensor:
+def predictions(
+    classify: Callable[[torch.Tensor], torch.Tensor], data: ImageTensors, batch_size: int, autocast: bool
+) -> torch.Tensor:
     """Predicted classes (..., N) of a whole split, kept on its device (no host sync per batch).
 
     ``classify`` maps a batch to classes (..., B): one run's (B,), or a group's (R, B) for R runs at once."""
     out = []
     for i in range(0, len(data), batch_size):
         with torch.autocast(data.images.device.type, dtype=torch.bfloat16, enabled=autocast):
-            out.append(classify(eval_input(data.images[i:i + batch_size])))
+            out.append(classify(eval_input(data.images[i : i + batch_size])))
     return torch.cat(out, dim=-1)
 
 
@@ -55,8 +57,9 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", tolerance: float = 0
     spec = data_spec(cfg)
     splits = {s: load_split(spec, s, cfg.img_size, cfg.cache_dir).to(dev) for s in protocol_splits(cfg)[1]}
     num_classes = len(next(iter(splits.values())).classes)
-    model = build_model(cfg.method, seeded_backbone(cfg), num_classes, cfg.options, cfg.head_init,
-                        cfg.pae.enabled).to(dev)
+    model = build_model(cfg.method, seeded_backbone(cfg), num_classes, cfg.options, cfg.head_init, cfg.pae.enabled).to(
+        dev
+    )
     load_checkpoint(model, tensors, run_dir / CHECKPOINT)
     autocast = uses_bf16(cfg.precision, dev)
     out: dict = {"run_dir": str(run_dir), "mlflow_run_id": metrics.get("mlflow_run_id")}
@@ -65,9 +68,11 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", tolerance: float = 0
         measured = top1(pred, data.labels).item()
         recorded = metrics[top1_key(split)]
         if abs(measured - recorded) > tolerance:
-            raise PaeError(f"the checkpoint in '{run_dir}' gives {split} top-1 {measured:.2f}, but the run recorded "
-                           f"{recorded:.2f}.", "the checkpoint does not belong to this run or is damaged; rerun the "
-                           "training job.")
+            raise PaeError(
+                f"the checkpoint in '{run_dir}' gives {split} top-1 {measured:.2f}, but the run recorded "
+                f"{recorded:.2f}.",
+                "the checkpoint does not belong to this run or is damaged; rerun the training job.",
+            )
         out[f"{split}_top1"] = measured
         out[f"recorded_{split}_top1"] = recorded
         out[f"{split}_per_class_top1"] = dict(zip(data.classes, per_class_top1(pred, data.labels, num_classes)))

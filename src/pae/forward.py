@@ -9,6 +9,7 @@ disjoint tensors, each run's gradients are exactly its own. Evaluation images ar
 Both forwards answer the same two calls, so the training loop does not know how many runs it drives:
 ``train(xs)`` -> one logits tensor per run, ``classify(x)`` -> (R, B) predicted classes for a shared batch.
 """
+
 from __future__ import annotations
 
 import sys
@@ -48,8 +49,11 @@ class Compiled:
     def _fall_back(self, exc: Exception) -> None:
         if self.backend not in Compiled.failed:
             Compiled.failed[self.backend] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-            print(f"warning: torch.compile is unavailable here ({Compiled.failed[self.backend]}); running eagerly "
-                  "(the same function, slower) from now on in this process.", file=sys.stderr)
+            print(
+                f"warning: torch.compile is unavailable here ({Compiled.failed[self.backend]}); running eagerly "
+                "(the same function, slower) from now on in this process.",
+                file=sys.stderr,
+            )
         self.fn = self.eager
 
     def __call__(self, *args: Any) -> Any:

@@ -85,8 +85,11 @@ class TrainingRun:
 
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         """Everything training changes, by group: what a state must hold to resume exactly, and the checkpoint."""
-        return {"trainable": {n: p for n, p in self.model.named_parameters() if p.requires_grad},
-                "buffers": dict(self.model.method.named_buffers()), "pae": dict(self.pae.named_parameters())}
+        return {
+            "trainable": {n: p for n, p in self.model.named_parameters() if p.requires_grad},
+            "buffers": dict(self.model.method.named_buffers()),
+            "pae": dict(self.pae.named_parameters()),
+        }
 
     def save(self) -> None:
         save_state(self.state, self.progress, self.config, self.tensors(), self.optimizer)
@@ -137,8 +140,10 @@ def train_runs(cfgs: list[TrainConfig]) -> list[dict]:
                         run.save()
                         run.status = "KILLED"
                     p = active[0].progress
-                    raise Preempted(f"stopped by SIGTERM in epoch {p.epoch + 1} at step {p.step}; the state is saved "
-                                    f"in '{active[0].state}': run the same command again to resume.")
+                    raise Preempted(
+                        f"stopped by SIGTERM in epoch {p.epoch + 1} at step {p.step}; the state is saved "
+                        f"in '{active[0].state}': run the same command again to resume."
+                    )
                 due = evaluation_due(cfg, active[0].progress.epoch + 1)
                 scores = evaluate_runs(active, forward) if due else [unevaluated(task) for _ in active]
                 elapsed = time.perf_counter() - began
@@ -164,6 +169,7 @@ def train_runs(cfgs: list[TrainConfig]) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- building the runs
 
+
 def prepare_run(cfg: TrainConfig, task: LoadedTask, out_dir: Path | None = None) -> TrainingRun:
     """A run's model (fitted to the data), PAE (with its init) and optimizer on the task's backbone, at its start.
 
@@ -172,15 +178,30 @@ def prepare_run(cfg: TrainConfig, task: LoadedTask, out_dir: Path | None = None)
     pae, record = run_pae(cfg, task, model)
     steps, layers = math.ceil(len(task.train_data) / cfg.batch_size), len(model.method.layer_grad_norms())
     progress = Progress.start(cfg.seed, cfg.epochs * steps, layers, len(pae.terms), task.device)
-    return TrainingRun(cfg, task, model, pae, make_optimizer(model, pae, cfg), record, steps, layers, progress,
-                       Tracker(cfg.experiment, "", enabled=False), out_dir or Path(cfg.out_dir).resolve(), {})
+    return TrainingRun(
+        cfg,
+        task,
+        model,
+        pae,
+        make_optimizer(model, pae, cfg),
+        record,
+        steps,
+        layers,
+        progress,
+        Tracker(cfg.experiment, "", enabled=False),
+        out_dir or Path(cfg.out_dir).resolve(),
+        {},
+    )
 
 
 def make_optimizer(model: PromptedViT, pae: PAE, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Weight decay on all trainable tensors except the head's bias (VPT); the plug-in brings its own groups."""
     decay = [p for n, p in model.named_parameters() if p.requires_grad and n != "head.bias"]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": [model.head.bias], "weight_decay": 0.0},
-              *pae.parameter_groups(cfg.weight_decay, cfg.optimizer)]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": [model.head.bias], "weight_decay": 0.0},
+        *pae.parameter_groups(cfg.weight_decay, cfg.optimizer),
+    ]
     fused = {"fused": True} if next(model.parameters()).is_cuda else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fused)
@@ -204,8 +225,15 @@ def run_key(out_dir: Path, config: str) -> str:
 def run_tags(run: TrainingRun, shared: tuple[dict[str, str], dict[str, str]]) -> dict[str, str]:
     """A run's MLflow tags; its own ``tags`` override the data and git tags, the backbone's provenance wins."""
     cfg, (data, backbone) = run.cfg, shared
-    return {"method": cfg.method, "task": run.task.spec.label, "task_group": cfg.task_group, "pae": cfg.variant,
-            **data, **cfg.tags, **backbone}
+    return {
+        "method": cfg.method,
+        "task": run.task.spec.label,
+        "task_group": cfg.task_group,
+        "pae": cfg.variant,
+        **data,
+        **cfg.tags,
+        **backbone,
+    }
 
 
 def resume(runs: list[TrainingRun]) -> None:
@@ -222,6 +250,7 @@ def resume(runs: list[TrainingRun]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- one epoch
+
 
 def lr_at(t: int, total: int, warmup: int, base: float) -> float:
     """VPT's WarmupCosineSchedule: linear from 0 over ``warmup`` units, then cosine to 0 at ``total``."""
@@ -249,8 +278,8 @@ def next_batch(run: TrainingRun) -> tuple[torch.Tensor, torch.Tensor]:
         p.perm = torch.randperm(len(data), generator=p.generator).to(task.device)
         draws = augmentation_draws(task.spec, len(data), p.generator)
         p.draws = None if draws is None else draws.to(task.device)
-    idx = p.perm[p.step * bs:(p.step + 1) * bs]
-    draws = None if p.draws is None else p.draws[p.step * bs:(p.step + 1) * bs]
+    idx = p.perm[p.step * bs : (p.step + 1) * bs]
+    draws = None if p.draws is None else p.draws[p.step * bs : (p.step + 1) * bs]
     sizes = None if data.sizes is None else data.sizes[idx]
     return train_input(task.spec, data.images[idx], sizes, run.cfg.img_size, draws), data.labels[idx]
 
@@ -319,13 +348,22 @@ def close_epoch(run: TrainingRun, scores: dict[str, float]) -> dict:
     terms = dict(zip(run.pae.terms, term_losses))
     if not math.isfinite(train_loss + sum(term_losses)):
         parts = "".join(f", {name} term {value}" for name, value in terms.items())
-        raise PaeError(f"training diverged in epoch {p.epoch + 1}: the loss is {train_loss}{parts}; the last finite "
-                       f"state (epoch {p.epoch}) is kept in '{run.state}'.", DIVERGED_FIX)
-    epoch_norms = p.step_grad_norms[p.epoch * run.steps:(p.epoch + 1) * run.steps].mean(0).tolist()
-    row = {"epoch": p.epoch + 1, "lr": run.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-           "train_top1": 100.0 * p.correct.item() / n, **{f"{name}_loss": v for name, v in terms.items()},
-           **scores, **{f"grad_norm_l{i}": v for i, v in enumerate(epoch_norms)},
-           **run.pae.diagnostics(run.model.method)}
+        raise PaeError(
+            f"training diverged in epoch {p.epoch + 1}: the loss is {train_loss}{parts}; the last finite "
+            f"state (epoch {p.epoch}) is kept in '{run.state}'.",
+            DIVERGED_FIX,
+        )
+    epoch_norms = p.step_grad_norms[p.epoch * run.steps : (p.epoch + 1) * run.steps].mean(0).tolist()
+    row = {
+        "epoch": p.epoch + 1,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "train_loss": train_loss,
+        "train_top1": 100.0 * p.correct.item() / n,
+        **{f"{name}_loss": v for name, v in terms.items()},
+        **scores,
+        **{f"grad_norm_l{i}": v for i, v in enumerate(epoch_norms)},
+        **run.pae.diagnostics(run.model.method),
+    }
     p.epoch, p.step, p.perm, p.draws = p.epoch + 1, 0, None, None
     p.sums.zero_()
     p.correct.zero_()
@@ -336,11 +374,20 @@ def close_epoch(run: TrainingRun, scores: dict[str, float]) -> dict:
 def start_row(run: TrainingRun, scores: dict[str, float]) -> dict:
     """Epoch 0: the untrained starting point (after PAE's init, if on), where every learning curve starts."""
     nan = float("nan")
-    return {"epoch": 0, "lr": 0.0, "train_loss": nan, "train_top1": nan, **{f"{t}_loss": nan for t in run.pae.terms},
-            **scores, **{f"grad_norm_l{i}": nan for i in range(run.layers)}, **run.pae.diagnostics(run.model.method)}
+    return {
+        "epoch": 0,
+        "lr": 0.0,
+        "train_loss": nan,
+        "train_top1": nan,
+        **{f"{t}_loss": nan for t in run.pae.terms},
+        **scores,
+        **{f"grad_norm_l{i}": nan for i in range(run.layers)},
+        **run.pae.diagnostics(run.model.method),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- results
+
 
 def write_results(runs: list[TrainingRun]) -> list[dict]:
     """Every run's folder, then (only then: a kill between two runs' outputs must not lose the other runs' states)
@@ -356,8 +403,10 @@ def write_results(runs: list[TrainingRun]) -> list[dict]:
             raise failed[0].error
         names = ", ".join(f"'{r.out_dir.name}'" for r in failed)
         others = "the other runs finished and wrote their outputs" if len(failed) < len(runs) else "no run finished"
-        raise PaeError(f"{len(failed)} of {len(runs)} runs diverged ({names}); {others}. First: "
-                       f"{failed[0].error.problem}", failed[0].error.fix)
+        raise PaeError(
+            f"{len(failed)} of {len(runs)} runs diverged ({names}); {others}. First: {failed[0].error.problem}",
+            failed[0].error.fix,
+        )
     return results
 
 
@@ -365,12 +414,24 @@ def finish(run: TrainingRun, group_size: int) -> dict:
     """Write a finished run's folder and final metrics, and log them."""
     metrics = final_metrics(run, group_size)
     p = run.progress
-    write_run(run.out_dir, run.cfg, metrics, p.history, p.step_grad_norms.tolist() if run.layers else None,
-              run.tensors(), run.init_record)
+    write_run(
+        run.out_dir,
+        run.cfg,
+        metrics,
+        p.history,
+        p.step_grad_norms.tolist() if run.layers else None,
+        run.tensors(),
+        run.init_record,
+    )
     record = metrics.to_json()
-    run.tracker.log_metrics({k: v for k, v in record.items()  # per-epoch series are logged already
-                             if isinstance(v, (int, float)) and math.isfinite(v) and k not in p.history[-1]},
-                            step=run.cfg.epochs)
+    run.tracker.log_metrics(
+        {
+            k: v
+            for k, v in record.items()  # per-epoch series are logged already
+            if isinstance(v, (int, float)) and math.isfinite(v) and k not in p.history[-1]
+        },
+        step=run.cfg.epochs,
+    )
     run.tracker.log_artifacts(run.out_dir)
     run.status = "FINISHED"
     return record
@@ -379,8 +440,14 @@ def finish(run: TrainingRun, group_size: int) -> dict:
 def write_diverged(run: TrainingRun) -> dict:
     """A search point whose loss diverged is a result ("this lr is too high"), not a failed job: its metrics say
     so, with no accuracy, and the selection skips it (VPT's search grids reach lrs that diverge)."""
-    metrics = RunMetrics.of(run.cfg, run.task.spec.label, run.tracker.run_id, diverged=True, error=run.error.problem,
-                            **{top1_key(s): None for s in run.task.evals})
+    metrics = RunMetrics.of(
+        run.cfg,
+        run.task.spec.label,
+        run.tracker.run_id,
+        diverged=True,
+        error=run.error.problem,
+        **{top1_key(s): None for s in run.task.evals},
+    )
     write_run(run.out_dir, run.cfg, metrics)
     return metrics.to_json()
 
@@ -393,17 +460,22 @@ def final_metrics(run: TrainingRun, group_size: int) -> RunMetrics:
         return [r[f"{split}_top1"] for r in history]  # NaN where an epoch was not evaluated
 
     return RunMetrics.of(
-        cfg, run.task.spec.label, run.tracker.run_id,
-        backbone=cfg.arch, backbone_source=run.tags.get("pae.source", "random weights"),
+        cfg,
+        run.task.spec.label,
+        run.tracker.run_id,
+        backbone=cfg.arch,
+        backbone_source=run.tags.get("pae.source", "random weights"),
         trainable_params=sum(t.numel() for t in run.model.trainable_parameters()),
         prompt_params=sum(t.numel() for t in method.parameters() if t.requires_grad),
         pae_params=sum(t.numel() for t in run.pae.parameters()),
-        wall_time_s=run.progress.elapsed, group_size=group_size,  # a group's runs share its wall time
+        wall_time_s=run.progress.elapsed,
+        group_size=group_size,  # a group's runs share its wall time
         pae_init_s=run.init_record.get("seconds", 0.0),
         **{top1_key(s): history[-1][f"{s}_top1"] for s in evals},
         **{top1_key(s, "best"): max(v for v in curve(s)[1:] if math.isfinite(v)) for s in evals},
         **{top1_key(s, "initial"): history[0][f"{s}_top1"] for s in evals},
-        selection_split=selection_split, convergence_epoch=convergence_epoch(curve(selection_split)),
+        selection_split=selection_split,
+        convergence_epoch=convergence_epoch(curve(selection_split)),
         selection_curve=curve(selection_split),  # the convergence table's common-target columns read it
         final_train_loss=history[-1]["train_loss"],
         # oscillation over epochs (per-epoch mean norms): per-step norms mostly measure minibatch noise

@@ -46,10 +46,18 @@ def find_task_shortcuts(cfg: TrainConfig, out: str | Path) -> dict:
         with torch.no_grad():
             features = mpa_features(backbone, cfg.options.num_tokens, cfg.pae.zero_prompt_scoring)
             scorer = fit_scorer(cfg.pae.scorer, features(x), y, classes, cfg.seed)
-            maps = dominant_frequency_maps(features, held_x, held_y, classes, record["window"], record["stride"],
-                                           scorer).tolist()
-    record.update(task=task.spec.label, seed=cfg.seed, protocol=cfg.protocol, classes=task.train_data.classes,
-                  class_maps=maps, class_map_images=len(held_y), class_map_seconds=time.perf_counter() - start)
+            maps = dominant_frequency_maps(
+                features, held_x, held_y, classes, record["window"], record["stride"], scorer
+            ).tolist()
+    record.update(
+        task=task.spec.label,
+        seed=cfg.seed,
+        protocol=cfg.protocol,
+        classes=task.train_data.classes,
+        class_maps=maps,
+        class_map_images=len(held_y),
+        class_map_seconds=time.perf_counter() - start,
+    )
     write_json(record, out)
     return record
 
@@ -59,8 +67,11 @@ def build_init_prompts(cfg: TrainConfig, shortcuts: str | Path, out: str | Path)
     start = time.perf_counter()
     record = read_json(shortcuts, "rerun the shortcut search (pae.cli shortcuts) for this task and seed.")
     if record.get("seed") != cfg.seed or record.get("task") != data_spec(cfg).label:
-        raise PaeError(f"shortcut record '{shortcuts}' is for task {record.get('task')} seed {record.get('seed')}, "
-                       f"not this run's.", "pass the record of the same task and seed.")
+        raise PaeError(
+            f"shortcut record '{shortcuts}' is for task {record.get('task')} seed {record.get('seed')}, "
+            f"not this run's.",
+            "pass the record of the same task and seed.",
+        )
     task = training_task(cfg)
     x, _ = sample_batch(task, cfg.pae.init_images, cfg.img_size, cfg.seed)
     prompts = record_prompts(task.backbone, x, record, len(task.backbone.blocks)).float().cpu().contiguous()

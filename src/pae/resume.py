@@ -7,6 +7,7 @@ current epoch's permutation and running sums, and the history so far. It is writ
 temporary file and renamed into place, read back with ``weights_only=True``, and the two newest states are kept,
 so a truncated file falls back to the one before it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,10 +45,17 @@ class Progress:
     @classmethod
     def start(cls, seed: int, steps: int, layers: int, terms: int, device: torch.device) -> Progress:
         """Before the first step: ``steps`` in all, ``layers`` with gradient norms, ``terms`` loss terms beside CE."""
-        return cls(epoch=0, step=0, perm=None, draws=None, sums=torch.zeros(1 + terms, device=device),
-                   correct=torch.zeros((), dtype=torch.int64, device=device), history=[],
-                   step_grad_norms=torch.full((steps, layers), float("nan"), device=device),
-                   generator=torch.Generator().manual_seed(seed))
+        return cls(
+            epoch=0,
+            step=0,
+            perm=None,
+            draws=None,
+            sums=torch.zeros(1 + terms, device=device),
+            correct=torch.zeros((), dtype=torch.int64, device=device),
+            history=[],
+            step_grad_norms=torch.full((steps, layers), float("nan"), device=device),
+            generator=torch.Generator().manual_seed(seed),
+        )
 
 
 def state_dir(out_dir: Path) -> Path:
@@ -59,22 +67,36 @@ def _state_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("state-*.pt"))  # zero-padded names: newest last
 
 
-def save_state(folder: Path, progress: Progress, config: str, tensors: dict[str, dict[str, torch.Tensor]],
-               optimizer: torch.optim.Optimizer) -> Path:
+def save_state(
+    folder: Path,
+    progress: Progress,
+    config: str,
+    tensors: dict[str, dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+) -> Path:
     """Write one state atomically (temp file, fsync, rename) and drop all but the newest ``KEEP``."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {
-        "format": FORMAT, "config": config, "epoch": progress.epoch, "step": progress.step,
-        "perm": _cpu(progress.perm), "draws": _cpu(progress.draws), "sums": _cpu(progress.sums),
-        "correct": _cpu(progress.correct), "history": json.dumps(progress.history),
-        "step_grad_norms": _cpu(progress.step_grad_norms), "generator": progress.generator.get_state(),
-        "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "format": FORMAT,
+        "config": config,
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "perm": _cpu(progress.perm),
+        "draws": _cpu(progress.draws),
+        "sums": _cpu(progress.sums),
+        "correct": _cpu(progress.correct),
+        "history": json.dumps(progress.history),
+        "step_grad_norms": _cpu(progress.step_grad_norms),
+        "generator": progress.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "elapsed": progress.elapsed,
         "tensors": {group: {k: _cpu(v) for k, v in named.items()} for group, named in tensors.items()},
         "optimizer": optimizer.state_dict(),
     }
-    path = atomic_write(folder / f"state-{progress.epoch:05d}-{progress.step:06d}.pt",
-                        lambda tmp: torch.save(state, tmp), durable=True)
+    path = atomic_write(
+        folder / f"state-{progress.epoch:05d}-{progress.step:06d}.pt", lambda tmp: torch.save(state, tmp), durable=True
+    )
     for old in _state_files(folder)[:-KEEP]:
         old.unlink()
     return path
@@ -89,8 +111,10 @@ def _read(path: Path) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        print(f"warning: training state '{path}' is damaged ({type(exc).__name__}); trying the one before it.",
-              file=sys.stderr)
+        print(
+            f"warning: training state '{path}' is damaged ({type(exc).__name__}); trying the one before it.",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -128,8 +152,10 @@ def load_states(folders: list[Path], configs: list[str]) -> list[dict | None]:
     common = set.intersection(*({position for position, _, _ in f} for f in found)) if found else set()
     if not common:
         if any(found):
-            print("note: the runs of this group hold no saved position in common; the group starts afresh.",
-                  file=sys.stderr)
+            print(
+                "note: the runs of this group hold no saved position in common; the group starts afresh.",
+                file=sys.stderr,
+            )
             for folder in folders:
                 discard(folder)
         return [None] * len(folders)
@@ -161,8 +187,9 @@ def diverged(folder: Path, config: str) -> str | None:
     return mark["message"]
 
 
-def restore(state: dict, device: torch.device, tensors: dict[str, dict[str, torch.Tensor]],
-            optimizer: torch.optim.Optimizer) -> Progress:
+def restore(
+    state: dict, device: torch.device, tensors: dict[str, dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer
+) -> Progress:
     """Copy a loaded state into the live tensors, optimizer and generators, and return the progress it records."""
     for group, named in tensors.items():
         for name, target in named.items():
@@ -173,12 +200,22 @@ def restore(state: dict, device: torch.device, tensors: dict[str, dict[str, torc
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     generator = torch.Generator()
     generator.set_state(state["generator"])
+
     def to(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(device)
 
-    return Progress(epoch=state["epoch"], step=state["step"], perm=to(state["perm"]), draws=to(state["draws"]),
-                    sums=to(state["sums"]), correct=to(state["correct"]), history=json.loads(state["history"]),
-                    step_grad_norms=to(state["step_grad_norms"]), generator=generator, elapsed=state["elapsed"])
+    return Progress(
+        epoch=state["epoch"],
+        step=state["step"],
+        perm=to(state["perm"]),
+        draws=to(state["draws"]),
+        sums=to(state["sums"]),
+        correct=to(state["correct"]),
+        history=json.loads(state["history"]),
+        step_grad_norms=to(state["step_grad_norms"]),
+        generator=generator,
+        elapsed=state["elapsed"],
+    )
 
 
 def discard(folder: Path) -> None:

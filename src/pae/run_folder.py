@@ -58,9 +58,20 @@ class RunMetrics:
 
     @classmethod
     def of(cls, cfg: TrainConfig, task: str, mlflow_run_id: str | None, **numbers: Any) -> RunMetrics:
-        return cls(task, cfg.task_group, cfg.method, cfg.variant, cfg.seed, cfg.epochs, cfg.lr, cfg.weight_decay,
-                   cfg.protocol, cfg.profile, mlflow_run_id,
-                   {"settings": {k: v for k, v in flatten(cfg).items() if not k.startswith("tags")}, **numbers})
+        return cls(
+            task,
+            cfg.task_group,
+            cfg.method,
+            cfg.variant,
+            cfg.seed,
+            cfg.epochs,
+            cfg.lr,
+            cfg.weight_decay,
+            cfg.protocol,
+            cfg.profile,
+            mlflow_run_id,
+            {"settings": {k: v for k, v in flatten(cfg).items() if not k.startswith("tags")}, **numbers},
+        )
 
     def to_json(self) -> dict[str, Any]:
         """One flat mapping; undefined statistics (NaN, inf), at any depth, are null, as JSON has no NaN."""
@@ -79,8 +90,11 @@ def check_out_dir(out_dir: str | Path) -> Path:
         raise PaeError(f"output path '{out}' is a file, not a folder.", "choose a new --out-dir.")
     foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES) if out.is_dir() else []
     if foreign:
-        raise PaeError(f"output folder '{out}' holds files that are not a run's outputs (first: '{foreign[0]}'); "
-                       "a run replaces its whole folder.", "choose an empty or new --out-dir; nothing was touched.")
+        raise PaeError(
+            f"output folder '{out}' holds files that are not a run's outputs (first: '{foreign[0]}'); "
+            "a run replaces its whole folder.",
+            "choose an empty or new --out-dir; nothing was touched.",
+        )
     return out
 
 
@@ -90,9 +104,15 @@ def checkpoint_tensors(groups: dict[str, dict[str, torch.Tensor]]) -> dict[str, 
     return {prefix[group] + name: t for group, named in groups.items() for name, t in named.items()}
 
 
-def write_run(out_dir: Path, cfg: TrainConfig, metrics: RunMetrics, history: list[dict] | None = None,
-              grad_norms: list[list[float]] | None = None, groups: dict[str, dict[str, torch.Tensor]] | None = None,
-              shortcuts: dict | None = None) -> None:
+def write_run(
+    out_dir: Path,
+    cfg: TrainConfig,
+    metrics: RunMetrics,
+    history: list[dict] | None = None,
+    grad_norms: list[list[float]] | None = None,
+    groups: dict[str, dict[str, torch.Tensor]] | None = None,
+    shortcuts: dict | None = None,
+) -> None:
     """Write the run folder whole: a crash never leaves half a run. A diverged search point has metrics and config
     only."""
     from safetensors.torch import save_file
@@ -107,8 +127,13 @@ def write_run(out_dir: Path, cfg: TrainConfig, metrics: RunMetrics, history: lis
         if history is not None:
             write_csv(history, folder / HISTORY)
         if grad_norms:
-            write_csv([{"step": i + 1, **{f"grad_norm_l{layer}": v for layer, v in enumerate(row)}}
-                       for i, row in enumerate(grad_norms)], folder / GRAD_NORMS)
+            write_csv(
+                [
+                    {"step": i + 1, **{f"grad_norm_l{layer}": v for layer, v in enumerate(row)}}
+                    for i, row in enumerate(grad_norms)
+                ],
+                folder / GRAD_NORMS,
+            )
         if groups is not None:
             tensors = {k: v.detach().float().cpu().contiguous() for k, v in checkpoint_tensors(groups).items()}
             save_file(tensors, str(folder / CHECKPOINT), metadata={"config": json.dumps(config)})
@@ -124,12 +149,16 @@ def read_run(run_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
     run_dir = Path(run_dir)
     missing = [name for name in (CONFIG, CHECKPOINT, METRICS) if not (run_dir / name).is_file()]
     if missing:
-        raise PaeError(f"run folder '{run_dir}' has no {missing[0]}.", "rerun the training job that writes this folder.")
+        raise PaeError(
+            f"run folder '{run_dir}' has no {missing[0]}.", "rerun the training job that writes this folder."
+        )
     try:
         tensors = load_file(str(run_dir / CHECKPOINT))
     except (SafetensorError, OSError) as exc:
-        raise PaeError(f"checkpoint '{run_dir / CHECKPOINT}' cannot be read ({exc}).",
-                       "it is damaged or truncated; rerun the training job.") from exc
+        raise PaeError(
+            f"checkpoint '{run_dir / CHECKPOINT}' cannot be read ({exc}).",
+            "it is damaged or truncated; rerun the training job.",
+        ) from exc
     return read_json(run_dir / CONFIG, RERUN), tensors, read_metrics(run_dir / METRICS)
 
 
@@ -139,9 +168,14 @@ def load_checkpoint(model: Any, tensors: dict[str, torch.Tensor], source: str | 
     expected.update({METHOD_PREFIX + n: b for n, b in model.method.named_buffers()})
     for name, target in expected.items():
         if name not in tensors:
-            raise PaeError(f"checkpoint '{source}' lacks '{name}' that this model needs.",
-                           "the run was made with another method or version; rerun it.")
+            raise PaeError(
+                f"checkpoint '{source}' lacks '{name}' that this model needs.",
+                "the run was made with another method or version; rerun it.",
+            )
         if tensors[name].shape != target.shape:
-            raise PaeError(f"checkpoint '{source}': '{name}' has shape {tuple(tensors[name].shape)}, "
-                           f"the model expects {tuple(target.shape)}.", "rebuild the model with the run's own config.json.")
+            raise PaeError(
+                f"checkpoint '{source}': '{name}' has shape {tuple(tensors[name].shape)}, "
+                f"the model expects {tuple(target.shape)}.",
+                "rebuild the model with the run's own config.json.",
+            )
         target.data.copy_(tensors[name].to(target.dtype))

@@ -21,17 +21,27 @@ def select_hparams(metrics_files: list[str | Path], out: str | Path) -> dict:
     not_tune = [r for r in runs if r.get("protocol") != "tune" or SCORE not in r]
     if not_tune:
         r = not_tune[0]
-        raise PaeError(f"run {r.get('task')}/{r.get('method')}/lr {r.get('lr')} was not trained on the tune "
-                       "protocol (train800 -> val200).", "select only among runs made with --protocol tune.")
+        raise PaeError(
+            f"run {r.get('task')}/{r.get('method')}/lr {r.get('lr')} was not trained on the tune "
+            "protocol (train800 -> val200).",
+            "select only among runs made with --protocol tune.",
+        )
     scored = [r for r in runs if r[SCORE] is not None and math.isfinite(r[SCORE])]
     if not scored:
-        raise PaeError(f"every search run ended without a finite {SELECTION_SPLIT} top-1.",
-                       "widen the search toward smaller lrs.")
+        raise PaeError(
+            f"every search run ended without a finite {SELECTION_SPLIT} top-1.", "widen the search toward smaller lrs."
+        )
     best = min(scored, key=lambda r: (-r[SCORE], r["lr"], r["weight_decay"]))
-    record = {"lr": best["lr"], "weight_decay": best["weight_decay"], f"{SELECTION_SPLIT}_top1": best[SCORE],
-              "mlflow_run_id": best.get("mlflow_run_id"),
-              "candidates": [{k: r.get(k) for k in ("lr", "weight_decay", SCORE, "mlflow_run_id")}
-                             for r in sorted(runs, key=lambda r: (r["lr"], r["weight_decay"]))]}
+    record = {
+        "lr": best["lr"],
+        "weight_decay": best["weight_decay"],
+        f"{SELECTION_SPLIT}_top1": best[SCORE],
+        "mlflow_run_id": best.get("mlflow_run_id"),
+        "candidates": [
+            {k: r.get(k) for k in ("lr", "weight_decay", SCORE, "mlflow_run_id")}
+            for r in sorted(runs, key=lambda r: (r["lr"], r["weight_decay"]))
+        ],
+    }
     write_json(record, out)
     return record
 

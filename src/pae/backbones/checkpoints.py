@@ -4,6 +4,7 @@ Files: safetensors (preferred), Google's ``.npz``, and torch pickles loaded with
 arbitrary code); their release layouts are mapped in ``formats.py``. Position embeddings are resampled to the
 model's grid.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,8 @@ def save_backbone(state_dict: dict[str, torch.Tensor], path: str | Path, metadat
 
 
 def read_checkpoint(path: Path) -> object:
-    """What a checkpoint file holds: a dict of numpy arrays (npz), of tensors (safetensors), or a weights-only pickle."""
+    """What a checkpoint file holds: a dict of numpy arrays (npz), of tensors (safetensors), or a weights-only
+    pickle."""
     try:
         if path.suffix == ".npz":
             with np.load(path) as archive:
@@ -63,13 +65,15 @@ def read_checkpoint(path: Path) -> object:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # any parse failure means the same thing to the user
-        raise PaeError(f"backbone checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}).",
-                       "re-download or re-export it; only npz, safetensors and weights-only torch checkpoints are "
-                       "accepted.") from exc
+        raise PaeError(
+            f"backbone checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}).",
+            "re-download or re-export it; only npz, safetensors and weights-only torch checkpoints are accepted.",
+        ) from exc
 
 
 def read_release(path: str | Path) -> tuple[str, dict[str, torch.Tensor]]:
-    """(release format, state dict in timm's layout) of a checkpoint file; unwraps ``{'model': ...}``-style containers."""
+    """(release format, state dict in timm's layout) of a checkpoint file; unwraps ``{'model': ...}``-style
+    containers."""
     path = Path(path)
     obj = read_checkpoint(path)
     if path.suffix == ".npz":
@@ -93,16 +97,22 @@ def load_weights(model: nn.Module, path: str | Path, arch: str) -> None:
     """
     path = Path(path)
     if not path.is_file():
-        raise PaeError(f"backbone checkpoint '{path}' does not exist.",
-                       "pass the path of a .safetensors/.pth/.npz file, or run `python -m pae.cli import-backbone` first.")
+        raise PaeError(
+            f"backbone checkpoint '{path}' does not exist.",
+            "pass the path of a .safetensors/.pth/.npz file, or run `python -m pae.cli import-backbone` first.",
+        )
     try:
         meta = read_metadata(path)
     except Exception as exc:  # a truncated or foreign file
-        raise PaeError(f"backbone checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}).",
-                       "re-download or re-import it (`python -m pae.cli import-backbone`).") from exc
+        raise PaeError(
+            f"backbone checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}).",
+            "re-download or re-import it (`python -m pae.cli import-backbone`).",
+        ) from exc
     if meta.get(META_ARCH) and meta[META_ARCH] != arch:
-        raise PaeError(f"backbone checkpoint '{path}' was written for architecture '{meta[META_ARCH]}', not '{arch}'.",
-                       f"set the backbone architecture to '{meta[META_ARCH]}' or pass a checkpoint made for '{arch}'.")
+        raise PaeError(
+            f"backbone checkpoint '{path}' was written for architecture '{meta[META_ARCH]}', not '{arch}'.",
+            f"set the backbone architecture to '{meta[META_ARCH]}' or pass a checkpoint made for '{arch}'.",
+        )
     release, state = read_release(path)
     expected = model.state_dict()
     state = cast_like(state, expected)
@@ -143,16 +153,19 @@ def timm_filter(model: nn.Module, state: dict[str, torch.Tensor], antialias: boo
 
 
 def fit_error(path: Path, arch: str, release: str, problem: str) -> PaeError:
-    return PaeError(f"backbone checkpoint '{path}' ({release} format) does not fit '{arch}': {problem}.",
-                    f"pass a checkpoint of '{arch}' (or set the architecture the checkpoint was trained as).")
+    return PaeError(
+        f"backbone checkpoint '{path}' ({release} format) does not fit '{arch}': {problem}.",
+        f"pass a checkpoint of '{arch}' (or set the architecture the checkpoint was trained as).",
+    )
 
 
 def shape_problem(key: str, got: torch.Tensor, want: torch.Tensor) -> str:
     return f"key '{key}' has shape {tuple(got.shape)}, the model expects {tuple(want.shape)}"
 
 
-def check_fits(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path, arch: str,
-               release: str = "timm") -> None:
+def check_fits(
+    expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path, arch: str, release: str = "timm"
+) -> None:
     """Raise naming the first missing, unexpected or mis-shaped key (timm names, after the format's mapping)."""
     for key, value in expected.items():
         if key not in state:
@@ -166,5 +179,8 @@ def check_fits(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
 
 def describe(path: str | Path) -> dict[str, str]:
     """Provenance of a backbone file for logs and MLflow tags."""
-    return {"backbone_file": str(path), "backbone_sha256": sha256_of(path), **{k: v for k, v in read_metadata(path).items()}}
-
+    return {
+        "backbone_file": str(path),
+        "backbone_sha256": sha256_of(path),
+        **{k: v for k, v in read_metadata(path).items()},
+    }

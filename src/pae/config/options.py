@@ -33,8 +33,14 @@ def option(
     ``ours`` profile (``profile_values``) switches every such field at once. ``flag`` overrides the name (``--kind``
     for ``data_kind``); ``choices`` are checked by ``check_choices``; ``several`` takes a list on the command line
     (a group of runs); ``cli=False`` keeps the field off it."""
-    metadata = {"help": help, "flag": flag, "choices": tuple(choices) if choices else None, "several": several,
-                "cli": cli, "ours": ours}
+    metadata = {
+        "help": help,
+        "flag": flag,
+        "choices": tuple(choices) if choices else None,
+        "several": several,
+        "cli": cli,
+        "ours": ours,
+    }
     return field(default=default, metadata=metadata)
 
 
@@ -79,8 +85,12 @@ def typed_text(kind: type) -> Callable[[str], str]:
     return check
 
 
-def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, prefix: str = "",
-                  only: Iterable[str] | None = None) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    prefix: str = "",
+    only: Iterable[str] | None = None,
+) -> None:
     """One flag per command-line field of ``cls`` (or of its fields named in ``only``); an omitted flag is None, so
     the dataclass default applies."""
     for f in cli_fields(cls):
@@ -88,8 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
             add_flag(parser, f, prefix)
 
 
-def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, f: Field, prefix: str = "",
-             note: str = "") -> None:
+def add_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, f: Field, prefix: str = "", note: str = ""
+) -> None:
     """The flag of one field: ``--prefix-name``, booleans as ``--name/--no-name``; ``note`` ends its help."""
     dest, meta = prefix + f.name, f.metadata
     text = " ".join(filter(None, [meta.get("help", ""), note]))
@@ -98,20 +109,40 @@ def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, f: Field
     if ours is not MISSING:
         text += f" [--profile ours: {ours}]"
     if kind is bool:
-        parser.add_argument(flag_of(f, prefix), dest=dest, action=argparse.BooleanOptionalAction, default=None,
-                            help=f"{text} (default: {'on' if f.default else 'off'})")
+        parser.add_argument(
+            flag_of(f, prefix),
+            dest=dest,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=f"{text} (default: {'on' if f.default else 'off'})",
+        )
     elif meta.get("several"):
-        parser.add_argument(flag_of(f, prefix), dest=dest, nargs="+", type=typed_text(kind), default=None,
-                            help=f"{text}; several values: a group of runs (default: {f.default})")
+        parser.add_argument(
+            flag_of(f, prefix),
+            dest=dest,
+            nargs="+",
+            type=typed_text(kind),
+            default=None,
+            help=f"{text}; several values: a group of runs (default: {f.default})",
+        )
     else:
-        parser.add_argument(flag_of(f, prefix), dest=dest, type=kind, default=None, choices=meta.get("choices"),
-                            help=f"{text} (default: {f.default})")
+        parser.add_argument(
+            flag_of(f, prefix),
+            dest=dest,
+            type=kind,
+            default=None,
+            choices=meta.get("choices"),
+            help=f"{text} (default: {f.default})",
+        )
 
 
 def given_arguments(cls: type, args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
     """The fields of ``cls`` that were given on the command line, by field name."""
-    return {f.name: getattr(args, prefix + f.name) for f in cli_fields(cls)
-            if getattr(args, prefix + f.name, None) is not None}
+    return {
+        f.name: getattr(args, prefix + f.name)
+        for f in cli_fields(cls)
+        if getattr(args, prefix + f.name, None) is not None
+    }
 
 
 def check_choices(settings: Any, prefix: str = "") -> None:
@@ -140,6 +171,8 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise PaeError(f"'{unknown[0]}' is not a {cls.__name__} setting.",
-                       "the file comes from another version; rerun the job that wrote it.")
+        raise PaeError(
+            f"'{unknown[0]}' is not a {cls.__name__} setting.",
+            "the file comes from another version; rerun the job that wrote it.",
+        )
     return cls(**values)

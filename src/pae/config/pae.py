@@ -31,11 +31,18 @@ class PAEOptions:
     init: bool = option(False, "MPA: frequency-shortcut discovery + task-aware prompt init")
     koopman: bool = option(False, "Koopman consistency over the prompt trajectory")
     lyapunov: bool = option(False, "Lyapunov stability regularizer (needs koopman)")
-    scorer: str = option("random_head", "band scorer: random_head (the official code: an untrained fan-out head, "
-                         "in-sample) | linear_probe | ncm (fitted, cross-fitted over `folds`)", choices=SCORERS,
-                         ours="linear_probe")
-    zero_prompt_scoring: bool = option(True, "score bands through the model with all-zero prompts (the official "
-                                       "code) rather than the prompt-free backbone", ours=False)
+    scorer: str = option(
+        "random_head",
+        "band scorer: random_head (the official code: an untrained fan-out head, "
+        "in-sample) | linear_probe | ncm (fitted, cross-fitted over `folds`)",
+        choices=SCORERS,
+        ours="linear_probe",
+    )
+    zero_prompt_scoring: bool = option(
+        True,
+        "score bands through the model with all-zero prompts (the official code) rather than the prompt-free backbone",
+        ours=False,
+    )
     window: int = option(0, "band size on the centred spectrum; 0: 16 at 224 px, scaled with the resolution")
     stride: int = option(0, "band stride; 0: window // 2")
     init_images: int = option(128, "training images for MPA (the official code: one batch of 128)")
@@ -44,15 +51,25 @@ class PAEOptions:
     koopman_dim: int = option(256, "Koopman lift dimension k")
     koopman_weight: float = option(0.5, "alpha, the weight of L_kp")
     lyapunov_weight: float = option(0.2, "beta, the weight of L_stab")
-    koopman_mode: str = option("global", "global (one K) | layerwise (one K per transition, ablation)",
-                               choices=KOOPMAN_MODES)
-    lyapunov_form: str = option("official", "official (the Feb-2026 code: Q/||Q||, norm clamp, softplus, tanh) | "
-                                "hinge (the paper's relu(V(zK) - V(z)))", choices=LYAPUNOV_FORMS, ours="hinge")
-    lyapunov_target: str = option("prediction", "prediction: V(z_l K) as the code | next: V(z_{l+1}) as its README",
-                                  choices=LYAPUNOV_TARGETS)
+    koopman_mode: str = option(
+        "global", "global (one K) | layerwise (one K per transition, ablation)", choices=KOOPMAN_MODES
+    )
+    lyapunov_form: str = option(
+        "official",
+        "official (the Feb-2026 code: Q/||Q||, norm clamp, softplus, tanh) | hinge (the paper's relu(V(zK) - V(z)))",
+        choices=LYAPUNOV_FORMS,
+        ours="hinge",
+    )
+    lyapunov_target: str = option(
+        "prediction", "prediction: V(z_l K) as the code | next: V(z_{l+1}) as its README", choices=LYAPUNOV_TARGETS
+    )
     norm_preserving: bool = option(False, "keep U orthonormal against the collapse U -> 0 (a deviation)")
-    chain_start: int = option(1, "first prompt layer of the Koopman chain: 1, the deep prompts only (the official "
-                              "code); 0 also chains the first layer's prompts", ours=0)
+    chain_start: int = option(
+        1,
+        "first prompt layer of the Koopman chain: 1, the deep prompts only (the official "
+        "code); 0 also chains the first layer's prompts",
+        ours=0,
+    )
     clip: float = option(10.0, "gradient-norm clip of the regularizer's parameters (official: 10)")
 
     @property
@@ -74,5 +91,7 @@ class PAEOptions:
             if getattr(self, name) <= 0:
                 raise PaeError(f"pae_{name} must be positive, got {getattr(self, name)}.", f"set pae_{name} > 0.")
         if self.lyapunov and not self.koopman:
-            raise PaeError("the Lyapunov regularizer acts on the Koopman step, but pae_koopman is off.",
-                           "turn pae_koopman on too, or pae_lyapunov off.")
+            raise PaeError(
+                "the Lyapunov regularizer acts on the Koopman step, but pae_koopman is off.",
+                "turn pae_koopman on too, or pae_lyapunov off.",
+            )

@@ -25,34 +25,50 @@ class TrainConfig:
     are another method's options (``dataclasses.replace(cfg, method=...)``): the settings the two share carry over."""
 
     data_kind: str = option("digits", "dataset reader", flag="--kind", choices=DATA_KINDS)
-    data_root: str | None = option(None, "dataset folder (vtab1k task folder, or FGVC folder with VPT jsons)",
-                                   flag="--root")
+    data_root: str | None = option(
+        None, "dataset folder (vtab1k task folder, or FGVC folder with VPT jsons)", flag="--root"
+    )
     data_name: str | None = option(None, "dataset name (FGVC image sub-folder; display name)", flag="--name")
     task_group: str = option("other", "natural | specialized | structured | fgvc | other: the table's group means")
-    protocol: str = option("final", "final: train800val200 -> test (VTAB); tune: train800 -> val200",
-                           choices=("final", "tune"))
+    protocol: str = option(
+        "final", "final: train800val200 -> test (VTAB); tune: train800 -> val200", choices=("final", "tune")
+    )
     arch: str = option(DEFAULT_ARCH, "timm architecture")
     weights: str | None = option(None, "backbone safetensors from import-backbone (omit: random weights)")
     img_size: int = option(224, "image size the model sees")
     method: str = option("vpt_deep", "the prompt method (see `pae.cli methods`)")
-    profile: str = option("official", "official: every method's and PAE's official settings; ours: our documented "
-                          "improvements (README, Deviations) wherever a setting is not given", choices=PROFILES)
+    profile: str = option(
+        "official",
+        "official: every method's and PAE's official settings; ours: our documented "
+        "improvements (README, Deviations) wherever a setting is not given",
+        choices=PROFILES,
+    )
     options: Any = field(default=None, metadata=NOT_A_FLAG)
     pae: PAEOptions = field(default_factory=PAEOptions, metadata=NOT_A_FLAG)  # all parts off: the base method
     init_prompts: str | None = option(None, "MPA prompts from `init-prompts` (with --pae-init; else computed here)")
-    train_images: int = option(0, "train on this many images of the training split: a fixed class-balanced subset, "
-                               "the same for every run (0: all; a CPU smoke test's budget, not VPT's protocol)")
+    train_images: int = option(
+        0,
+        "train on this many images of the training split: a fixed class-balanced subset, "
+        "the same for every run (0: all; a CPU smoke test's budget, not VPT's protocol)",
+    )
     epochs: int = option(100, "training epochs")
     warmup_epochs: int = option(10, "linear warmup epochs")
     lr: float = option(0.25, "actual learning rate (no batch/256 scaling)", several=True)
     weight_decay: float = option(1e-4, "weight decay (VPT's default)", several=True)
     optimizer: str = option("sgd", "optimizer", choices=("sgd", "adamw"))
     momentum: float = option(0.9, "SGD momentum")
-    schedule_unit: str = option("epoch", "epoch: VPT's warmup/cosine stepped once per epoch (its first epoch runs at "
-                                "lr 0); step: per iteration", choices=("step", "epoch"), ours="step")
-    head_init: str = option("official", "the head's init: official (the method's: VPT's kaiming fan_out, BPT's "
-                            "trunc_normal) | kaiming_fan_out | kaiming_fan_in | trunc_normal",
-                            choices=("official", *HEAD_INITS))
+    schedule_unit: str = option(
+        "epoch",
+        "epoch: VPT's warmup/cosine stepped once per epoch (its first epoch runs at lr 0); step: per iteration",
+        choices=("step", "epoch"),
+        ours="step",
+    )
+    head_init: str = option(
+        "official",
+        "the head's init: official (the method's: VPT's kaiming fan_out, BPT's "
+        "trunc_normal) | kaiming_fan_out | kaiming_fan_in | trunc_normal",
+        choices=("official", *HEAD_INITS),
+    )
     batch_size: int = option(128, "training batch size")
     eval_batch_size: int = option(512, "evaluation batch size")
     seed: int = option(42, "seed of the run's init, data order and dropout", several=True)
@@ -61,8 +77,11 @@ class TrainConfig:
     precision: str = option("auto", "auto: bf16 on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16"))
     compile: bool = option(False, "torch.compile the prompted forward (eager fallback if it cannot compile)")
     eval_every: int = option(1, "evaluate every k epochs and the last: VTAB's test sets hold up to 26k images")
-    tune_test: bool = option(False, "under --protocol tune, evaluate the test split too (VPT's search builds no test "
-                             "loader: selecting on val200 needs none)")
+    tune_test: bool = option(
+        False,
+        "under --protocol tune, evaluate the test split too (VPT's search builds no test "
+        "loader: selecting on val200 needs none)",
+    )
     out_dir: str = option("results/run", "the run's output folder")
     cache_dir: str = option("data/prepared", "where decoded uint8 tensors are cached")
     mlflow: bool = option(True, "log the run to MLflow")
@@ -86,8 +105,11 @@ class TrainConfig:
         from ..methods.registry import resolve_options
 
         spec = method_spec(self.method)
-        return replace(self, options=resolve_options(spec, self.options, self.pae.enabled),
-                       head_init=spec.head_init if self.head_init == "official" else self.head_init)
+        return replace(
+            self,
+            options=resolve_options(spec, self.options, self.pae.enabled),
+            head_init=spec.head_init if self.head_init == "official" else self.head_init,
+        )
 
     @property
     def variant(self) -> str:
@@ -113,11 +135,18 @@ class TrainConfig:
         check_choices(self)
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}", "set epochs to a positive integer"),
-            (0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
-             f"warmup_epochs={self.warmup_epochs} must be below epochs={self.epochs}", "reduce warmup_epochs"),
+            (
+                0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
+                f"warmup_epochs={self.warmup_epochs} must be below epochs={self.epochs}",
+                "reduce warmup_epochs",
+            ),
             (self.lr > 0, f"lr must be positive, got {self.lr}", "set a positive learning rate"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}", "set weight_decay >= 0"),
-            (self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1", "set positive batch sizes"),
+            (
+                self.batch_size >= 1 and self.eval_batch_size >= 1,
+                "batch sizes must be >= 1",
+                "set positive batch sizes",
+            ),
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}", "evaluate every k >= 1 epochs"),
             (self.img_size >= 14, f"img_size {self.img_size} is too small", "use at least one patch, e.g. 224"),
         ]
@@ -140,39 +169,52 @@ def check_group(cfgs: list[TrainConfig]) -> None:
     for cfg in cfgs[1:]:
         for key, value in asdict(cfg).items():
             if key not in GROUP_FREE and value != first[key]:
-                raise PaeError(f"runs of one group differ in '{key}' ({first[key]!r} vs {value!r}); a group shares "
-                               "its data, backbone, method and schedule.",
-                               "give one value for it, or train the runs separately.")
+                raise PaeError(
+                    f"runs of one group differ in '{key}' ({first[key]!r} vs {value!r}); a group shares "
+                    "its data, backbone, method and schedule.",
+                    "give one value for it, or train the runs separately.",
+                )
     if len(cfgs) > 1 and method_spec(cfgs[0].method).trains_backbone:
-        raise PaeError(f"method '{cfgs[0].method}' fine-tunes the backbone, so its runs cannot share one.",
-                       "train them one by one.")
+        raise PaeError(
+            f"method '{cfgs[0].method}' fine-tunes the backbone, so its runs cannot share one.",
+            "train them one by one.",
+        )
     if len(cfgs) > 1 and cfgs[0].weights is None and len({c.seed for c in cfgs}) > 1:
-        raise PaeError("without --weights the backbone is random and differs per seed, so these runs cannot share "
-                       "one.", "give --weights (pae.cli import-backbone), or group runs of one seed only.")
+        raise PaeError(
+            "without --weights the backbone is random and differs per seed, so these runs cannot share one.",
+            "give --weights (pae.cli import-backbone), or group runs of one seed only.",
+        )
     outs = [Path(c.out_dir).resolve() for c in cfgs]
     if len(set(outs)) < len(outs):
-        raise PaeError("two runs of the group write the same --out-dir.",
-                       "give each run its own folder, e.g. --out-dir 'runs/lr{lr}_wd{wd}_seed{seed}'.")
+        raise PaeError(
+            "two runs of the group write the same --out-dir.",
+            "give each run its own folder, e.g. --out-dir 'runs/lr{lr}_wd{wd}_seed{seed}'.",
+        )
 
 
-def make_config(settings: dict[str, Any], options: dict[str, Any] | None = None,
-                pae: dict[str, Any] | None = None) -> TrainConfig:
+def make_config(
+    settings: dict[str, Any], options: dict[str, Any] | None = None, pae: dict[str, Any] | None = None
+) -> TrainConfig:
     """A run's config from the settings given: the profile's values fill in what is not given, the official
     defaults the rest."""
     from ..methods import method_spec
 
     profile = settings.get("profile", "official")
     options_class = method_spec(settings.get("method", TrainConfig.method)).options
-    return TrainConfig(**{**profile_values(TrainConfig, profile), **settings},
-                       options={**profile_values(options_class, profile), **(options or {})},
-                       pae=PAEOptions(**{**profile_values(PAEOptions, profile), **(pae or {})}))
+    return TrainConfig(
+        **{**profile_values(TrainConfig, profile), **settings},
+        options={**profile_values(options_class, profile), **(options or {})},
+        pae=PAEOptions(**{**profile_values(PAEOptions, profile), **(pae or {})}),
+    )
 
 
-def group_configs(settings: dict[str, Any], options: dict[str, Any], pae: dict[str, Any],
-                  values: dict[str, list[str] | None]) -> list[TrainConfig]:
+def group_configs(
+    settings: dict[str, Any], options: dict[str, Any], pae: dict[str, Any], values: dict[str, list[str] | None]
+) -> list[TrainConfig]:
     """One config per (seed, lr, weight decay) combination of ``values`` (texts as typed, keyed seed/lr/wd).
 
-    ``settings`` are the other TrainConfig fields given (``options`` the method's, ``pae`` PAE's: ``make_config``); its ``out_dir`` and ``init_prompts`` may hold the placeholders
+    ``settings`` are the other TrainConfig fields given (``options`` the method's, ``pae`` PAE's: ``make_config``);
+    its ``out_dir`` and ``init_prompts`` may hold the placeholders
     {seed}, {lr}, {wd}, filled in with the values as typed (a pipeline names the folders so). With several values of
     an axis, the output folder must name it; with several seeds, so must the initial prompts (they are per seed)."""
     axes = {key: values.get(key) or [None] for key in GROUP_AXES}
@@ -193,14 +235,18 @@ def fill_placeholders(name: str, template: str, combo: dict[str, str | None], re
     missing = [k for k in required if "{" + k + "}" not in template]
     if missing:
         axis = GROUP_AXES[missing[0]][0].replace("_", "-")
-        raise PaeError(f"several --{axis} values are given, but {flag} '{template}' has no {{{missing[0]}}}: every "
-                       "run would use the same path.",
-                       f"put the placeholder in it, e.g. {flag} 'runs/lr{{lr}}_wd{{wd}}_seed{{seed}}'.")
+        raise PaeError(
+            f"several --{axis} values are given, but {flag} '{template}' has no {{{missing[0]}}}: every "
+            "run would use the same path.",
+            f"put the placeholder in it, e.g. {flag} 'runs/lr{{lr}}_wd{{wd}}_seed{{seed}}'.",
+        )
     for key, value in combo.items():
         if "{" + key + "}" in template:
             if value is None:
                 axis = GROUP_AXES[key][0].replace("_", "-")
-                raise PaeError(f"{flag} '{template}' has {{{key}}}, but no --{axis} is given.",
-                               "give the flag, or remove the placeholder.")
+                raise PaeError(
+                    f"{flag} '{template}' has {{{key}}}, but no --{axis} is given.",
+                    "give the flag, or remove the placeholder.",
+                )
             template = template.replace("{" + key + "}", value)
     return template

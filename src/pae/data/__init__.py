@@ -4,6 +4,7 @@
 following the dataset's protocol (VPT's), and returns it. ``augment`` turns a uint8 training batch
 into the float model input (``evaluate_input`` does so for evaluation).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,10 +31,16 @@ from .tensors import (
 KINDS = DATA_KINDS
 SPLITS_OF = {"vtab1k": vtab1k.SPLITS, "fgvc": fgvc.SPLITS, "digits": digits.SPLITS}
 # (training split, evaluation splits) of the final protocol: VTAB retrains on 1,000 images; FGVC trains on train.
-FINAL_SPLITS = {"vtab1k": ("train800val200", ("test",)), "digits": ("train800val200", ("test",)),
-                "fgvc": ("train", ("val", "test"))}
-TUNE_SPLITS = {"vtab1k": ("train800", ("val200", "test")), "digits": ("train800", ("val200", "test")),
-               "fgvc": ("train", ("val", "test"))}
+FINAL_SPLITS = {
+    "vtab1k": ("train800val200", ("test",)),
+    "digits": ("train800val200", ("test",)),
+    "fgvc": ("train", ("val", "test")),
+}
+TUNE_SPLITS = {
+    "vtab1k": ("train800", ("val200", "test")),
+    "digits": ("train800", ("val200", "test")),
+    "fgvc": ("train", ("val", "test")),
+}
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,9 @@ def _fgvc_resize(img_size: int) -> int:
     return round(img_size * 256 / 224)  # Resize(256) before a 224 crop, scaled with the resolution
 
 
-def load_split(spec: DataSpec, split: str, img_size: int, cache_dir: str | Path, for_training: bool = False) -> ImageTensors:
+def load_split(
+    spec: DataSpec, split: str, img_size: int, cache_dir: str | Path, for_training: bool = False
+) -> ImageTensors:
     """One split as uint8 tensors at the model resolution, decoded once and cached under ``cache_dir``.
 
     FGVC training splits keep the shorter-side-resized images (random crops come later, per step);
@@ -107,16 +116,21 @@ def prepare(cfg: TrainConfig, splits: list[str] | None = None, summary_path: str
     for split in splits or SPLITS_OF[spec.kind]:
         data = load_split(spec, split, cfg.img_size, cfg.cache_dir, for_training=split in training)
         summary["classes"] = data.classes
-        summary["splits"][split] = {"images": len(data), "shape": list(data.images.shape[1:]),
-                                    "sha256": content_sha256(data)}
+        summary["splits"][split] = {
+            "images": len(data),
+            "shape": list(data.images.shape[1:]),
+            "sha256": content_sha256(data),
+        }
     if summary_path:
         write_json(summary, summary_path)
     return summary
 
 
-def train_input(spec: DataSpec, images: torch.Tensor, sizes: torch.Tensor | None, img_size: int,
-                draws: torch.Tensor | None = None) -> torch.Tensor:
-    """A training batch as model input: FGVC gets RandomCrop + flip (VPT) from ``draws`` (B, 3); VTAB and digits none."""
+def train_input(
+    spec: DataSpec, images: torch.Tensor, sizes: torch.Tensor | None, img_size: int, draws: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A training batch as model input: FGVC gets RandomCrop + flip (VPT) from ``draws`` (B, 3); VTAB and digits
+    none."""
     if spec.kind == "fgvc":
         if draws is None:
             raise ValueError("FGVC training input needs augmentation draws")
@@ -128,4 +142,16 @@ def eval_input(images: torch.Tensor) -> torch.Tensor:
     return normalize(images)
 
 
-__all__ = ["FINAL_SPLITS", "KINDS", "SPLITS_OF", "TUNE_SPLITS", "DataSpec", "ImageTensors", "content_sha256", "eval_input", "load_split", "prepare", "train_input"]
+__all__ = [
+    "FINAL_SPLITS",
+    "KINDS",
+    "SPLITS_OF",
+    "TUNE_SPLITS",
+    "DataSpec",
+    "ImageTensors",
+    "content_sha256",
+    "eval_input",
+    "load_split",
+    "prepare",
+    "train_input",
+]

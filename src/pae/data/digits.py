@@ -3,6 +3,7 @@
 Split like VTAB-1k so the same protocol runs on it: a fixed stratified train800 / val200 and the
 remaining 797 images as test.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ for a DataLoader. Two storage layouts exist because the two protocols differ:
 ``square`` (VTAB: resize to SxS, no augmentation) and ``shorter`` (FGVC training: shorter side to S,
 random crops taken on the device from a bottom/right zero-padded tensor with per-image sizes).
 """
+
 from __future__ import annotations
 
 import functools
@@ -72,11 +73,15 @@ def _decode(path: Path) -> Image.Image:
         with Image.open(path) as im:
             return im.convert("RGB")
     except FileNotFoundError:
-        raise PaeError(f"image '{path}' listed in the split file does not exist.",
-                       "restore the file or remove its line from the split file.") from None
+        raise PaeError(
+            f"image '{path}' listed in the split file does not exist.",
+            "restore the file or remove its line from the split file.",
+        ) from None
     except Exception as exc:
-        raise PaeError(f"image '{path}' cannot be decoded ({type(exc).__name__}: {exc}).",
-                       "replace the corrupt file or remove its line from the split file.") from exc
+        raise PaeError(
+            f"image '{path}' cannot be decoded ({type(exc).__name__}: {exc}).",
+            "replace the corrupt file or remove its line from the split file.",
+        ) from exc
 
 
 def _square(path: Path, size: int) -> torch.Tensor:
@@ -97,8 +102,9 @@ def _shorter(path: Path, size: int, crop: int | None) -> torch.Tensor:
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def decode_files(paths: list[Path], layout: str, size: int, crop: int | None = None,
-                 desc: str = "decode") -> tuple[torch.Tensor, torch.Tensor | None]:
+def decode_files(
+    paths: list[Path], layout: str, size: int, crop: int | None = None, desc: str = "decode"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Decode and resize images in parallel threads (PIL releases the GIL while decoding)."""
     from tqdm import tqdm
 
@@ -165,14 +171,17 @@ def load_cache(path: Path, key: str) -> ImageTensors | None:
 
 
 @functools.cache
-def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _channel_stats(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std as (1, 3, 1, 1) tensors, made once per device: building them from Python numbers every batch
     would be a host-to-device copy, which waits for the GPU."""
     return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
 
 
-def normalize(images: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
-              std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float, scaled to [0, 1] and standardised per channel."""
     m, s = _channel_stats(mean, std, images.device)
     return (images.float() / 255.0 - m) / s
@@ -195,4 +204,6 @@ def random_crop_flip(images: torch.Tensor, sizes: torch.Tensor | None, crop: int
     rows = (top[:, None] + ar)[:, None, :, None]
     cols = left[:, None] + ar
     cols = torch.where(rand[:, 2:3] < 0.5, cols.flip(1), cols)[:, None, None, :]
-    return images[torch.arange(b, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None], rows, cols]
+    return images[
+        torch.arange(b, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None], rows, cols
+    ]

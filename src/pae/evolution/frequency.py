@@ -10,6 +10,7 @@ transform is kept, which implicitly symmetrises the band at half amplitude:
 Re(ifft(X * M)) = ifft(X * (M + mirror(M)) / 2) for real images. ``conjugate_pairs=True`` keeps the
 point-mirrored band as well (Wang et al., ICCV 2023), so the kept band is conjugate-symmetric.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -43,6 +44,7 @@ class ShortcutResult:
 
 # ---------------------------------------------------------------------------------------------- masks
 
+
 def scaled_window(img_size: int) -> tuple[int, int]:
     """(window, stride): the paper's 16/8 at 224 px scaled to ``img_size``; a band keeps its share of the spectrum.
 
@@ -57,11 +59,15 @@ def scaled_window(img_size: int) -> tuple[int, int]:
 def band_masks(size: int, window: int, stride: int) -> torch.Tensor:
     """Bool (S, size, size): mask s = i*n + j is 1 on rows [i*stride, i*stride+window) x cols [j*stride, ...)."""
     if stride < 1 or window < 1:
-        raise PaeError(f"band window {window} and stride {stride} must both be at least 1.",
-                       "use positive values, e.g. scaled_window(img_size).")
+        raise PaeError(
+            f"band window {window} and stride {stride} must both be at least 1.",
+            "use positive values, e.g. scaled_window(img_size).",
+        )
     if window > size:
-        raise PaeError(f"band window {window} is larger than the {size}x{size} spectrum.",
-                       f"use a window of at most {size}, e.g. scaled_window({size}) = {scaled_window(size)}.")
+        raise PaeError(
+            f"band window {window} is larger than the {size}x{size} spectrum.",
+            f"use a window of at most {size}, e.g. scaled_window({size}) = {scaled_window(size)}.",
+        )
     n = (size - window) // stride + 1
     pos = torch.arange(size)
     starts = torch.arange(n)[:, None] * stride
@@ -78,6 +84,7 @@ def conjugate_pair(masks: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ band-pass
+
 
 def centred_spectrum(images: torch.Tensor) -> torch.Tensor:
     """fftshift(fft2(x)) over (H, W), computed once per batch and reused for every mask."""
@@ -100,6 +107,7 @@ def band_pass(images: torch.Tensor, masks: torch.Tensor, conjugate_pairs: bool =
 
 # -------------------------------------------------------------------------------------------- scorers
 
+
 def fit_scorer(kind: str, features: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int) -> Scorer:
     """A features -> logits function fitted on unfiltered features; ``seed`` matters for 'random_head' only."""
     _check_scorer(kind)
@@ -113,8 +121,9 @@ def _random_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
     own initial head, not that head itself: the pipeline runs MPA once per task and seed, for every method."""
     from ..prompts.base import init_head
 
-    weight = init_head(torch.empty(num_classes, features.shape[1]), "kaiming_fan_out",
-                       torch.Generator().manual_seed(seed)).to(features.device)
+    weight = init_head(
+        torch.empty(num_classes, features.shape[1]), "kaiming_fan_out", torch.Generator().manual_seed(seed)
+    ).to(features.device)
     return lambda f: f.float() @ weight.T
 
 
@@ -134,8 +143,14 @@ def _linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int
     z = scale(features)
     weight = torch.zeros(z.shape[1], num_classes, device=z.device, requires_grad=True)
     bias = torch.zeros(num_classes, device=z.device, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], max_iter=PROBE_MAX_ITER, tolerance_grad=1e-6, tolerance_change=1e-9,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [weight, bias],
+        max_iter=PROBE_MAX_ITER,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -161,9 +176,11 @@ def _ncm(features: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: i
     counts = torch.bincount(labels, minlength=num_classes)
     present = int((counts > 0).sum())
     if len(labels) <= present:
-        raise PaeError(f"the ncm scorer got {len(labels)} images in {present} classes, so no class has two images "
-                       "and the within-class variance is undefined.",
-                       "use a larger batch, or the 'linear_probe' scorer.")
+        raise PaeError(
+            f"the ncm scorer got {len(labels)} images in {present} classes, so no class has two images "
+            "and the within-class variance is undefined.",
+            "use a larger batch, or the 'linear_probe' scorer.",
+        )
     means = torch.zeros(num_classes, z.shape[1], device=z.device).index_add_(0, labels, z)
     means /= counts.clamp_min(1)[:, None]
     var = (z - means[labels]).pow(2).sum() / (z.shape[1] * (len(labels) - present))
@@ -187,11 +204,14 @@ def _check_scorer(kind: str) -> None:
 
 def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise PaeError(f"labels span [{int(labels.min())}, {int(labels.max())}] but num_classes is {num_classes}.",
-                       "pass the task's number of classes, with labels in 0..num_classes-1.")
+        raise PaeError(
+            f"labels span [{int(labels.min())}, {int(labels.max())}] but num_classes is {num_classes}.",
+            "pass the task's number of classes, with labels in 0..num_classes-1.",
+        )
 
 
 # --------------------------------------------------------------------------------------------- scoring
+
 
 def _features(features_fn: FeaturesFn, images: torch.Tensor, chunk_images: int) -> torch.Tensor:
     """features_fn on at most ``chunk_images`` images per call, without autograd."""
@@ -199,8 +219,14 @@ def _features(features_fn: FeaturesFn, images: torch.Tensor, chunk_images: int) 
         return torch.cat([features_fn(x) for x in images.split(chunk_images)])
 
 
-def _band_losses(features_fn: FeaturesFn, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor,
-                 scorer: Scorer, chunk_images: int) -> torch.Tensor:
+def _band_losses(
+    features_fn: FeaturesFn,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    masks: torch.Tensor,
+    scorer: Scorer,
+    chunk_images: int,
+) -> torch.Tensor:
     """Per-image cross-entropy (S, B) of the scorer on each band-passed batch; one FFT, masks in chunks."""
     if chunk_images < 1:
         raise PaeError(f"chunk_images is {chunk_images}.", "use at least 1 (it bounds images per forward pass).")
@@ -217,16 +243,24 @@ def _band_losses(features_fn: FeaturesFn, images: torch.Tensor, labels: torch.Te
     return torch.cat(out)
 
 
-def score_bands(features_fn: FeaturesFn, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor,
-                scorer: Scorer, chunk_images: int = 2048) -> torch.Tensor:
+def score_bands(
+    features_fn: FeaturesFn,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    masks: torch.Tensor,
+    scorer: Scorer,
+    chunk_images: int = 2048,
+) -> torch.Tensor:
     """Mean cross-entropy (S,) of the scorer on each band-passed batch: low loss = that band carries the task."""
     return _band_losses(features_fn, images, labels, masks, scorer, chunk_images).mean(1)
 
 
 def _square_size(images: torch.Tensor) -> int:
     if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
-        raise PaeError(f"frequency bands need a batch of square images (B, C, S, S), got shape {tuple(images.shape)}.",
-                       "resize or crop the images to a square, as the prompted ViT sees them.")
+        raise PaeError(
+            f"frequency bands need a batch of square images (B, C, S, S), got shape {tuple(images.shape)}.",
+            "resize or crop the images to a square, as the prompted ViT sees them.",
+        )
     return int(images.shape[-1])
 
 
@@ -242,9 +276,17 @@ def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tenso
     return fold
 
 
-def _cross_fitted_losses(features_fn: FeaturesFn, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                         masks: torch.Tensor, scorer: str, seed: int, folds: int,
-                         chunk_images: int) -> torch.Tensor:
+def _cross_fitted_losses(
+    features_fn: FeaturesFn,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    masks: torch.Tensor,
+    scorer: str,
+    seed: int,
+    folds: int,
+    chunk_images: int,
+) -> torch.Tensor:
     """Per-band mean CE where every image is scored by a scorer fitted without it.
 
     Images whose class has no example outside their own fold cannot be scored fairly and are left out.
@@ -260,14 +302,27 @@ def _cross_fitted_losses(features_fn: FeaturesFn, images: torch.Tensor, labels: 
             head = fit_scorer(scorer, features[fit], labels[fit], num_classes, seed)
             losses.append(_band_losses(features_fn, images[held_out], labels[held_out], masks, head, chunk_images))
     if not losses:
-        raise PaeError(f"no class has images in two of the {folds} cross-fitting folds ({len(labels)} images).",
-                       "use a larger batch (at least two images of some class), or folds=1.")
+        raise PaeError(
+            f"no class has images in two of the {folds} cross-fitting folds ({len(labels)} images).",
+            "use a larger batch (at least two images of some class), or folds=1.",
+        )
     return torch.cat(losses, dim=1).mean(1)
 
 
-def discover_shortcuts(features_fn: FeaturesFn, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                       num_bands: int, window: int, stride: int, scorer: str = "linear_probe", seed: int = 0,
-                       folds: int = 2, conjugate_pairs: bool = False, chunk_images: int = 2048) -> ShortcutResult:
+def discover_shortcuts(
+    features_fn: FeaturesFn,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    num_bands: int,
+    window: int,
+    stride: int,
+    scorer: str = "linear_probe",
+    seed: int = 0,
+    folds: int = 2,
+    conjugate_pairs: bool = False,
+    chunk_images: int = 2048,
+) -> ShortcutResult:
     """PAE phase I: rank every band by the task loss of its band-pass batch and keep the ``num_bands`` lowest.
 
     ``images`` are normalised model inputs; scorers are fitted on features of unfiltered images.
@@ -280,9 +335,11 @@ def discover_shortcuts(features_fn: FeaturesFn, images: torch.Tensor, labels: to
     _check_labels(labels, num_classes)
     masks = band_masks(_square_size(images), window, stride).to(images.device)
     if not 1 <= num_bands <= len(masks):
-        raise PaeError(f"{num_bands} frequency shortcuts were requested but window {window} / stride {stride} "
-                       f"give only {len(masks)} bands on {images.shape[-1]} px images.",
-                       "use a smaller window or stride, or fewer prompt tokens (one band per token).")
+        raise PaeError(
+            f"{num_bands} frequency shortcuts were requested but window {window} / stride {stride} "
+            f"give only {len(masks)} bands on {images.shape[-1]} px images.",
+            "use a smaller window or stride, or fewer prompt tokens (one band per token).",
+        )
     if folds < 1:
         raise PaeError(f"folds is {folds}.", "use 1 (score in-sample) or 2 or more (cross-fitted scorers).")
     if conjugate_pairs:
@@ -292,14 +349,23 @@ def discover_shortcuts(features_fn: FeaturesFn, images: torch.Tensor, labels: to
         head = fit_scorer(scorer, _features(features_fn, images, chunk_images), labels, num_classes, seed)
         losses = score_bands(features_fn, images, labels, masks, head, chunk_images)
     else:
-        losses = _cross_fitted_losses(features_fn, images, labels, num_classes, masks, scorer, seed, folds,
-                                      chunk_images)
+        losses = _cross_fitted_losses(
+            features_fn, images, labels, num_classes, masks, scorer, seed, folds, chunk_images
+        )
     selected = torch.sort(losses, stable=True).indices[:num_bands]
     return ShortcutResult(masks, losses, selected, scorer, folds, conjugate_pairs)
 
 
-def dominant_frequency_maps(features_fn: FeaturesFn, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                            window: int, stride: int, scorer_fn: Scorer, chunk_images: int = 2048) -> torch.Tensor:
+def dominant_frequency_maps(
+    features_fn: FeaturesFn,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    window: int,
+    stride: int,
+    scorer_fn: Scorer,
+    chunk_images: int = 2048,
+) -> torch.Tensor:
     """Class-wise dominant frequency maps (Wang et al., ICCV 2023), (num_classes, S).
 
     Entry (k, s): class k's mean cross-entropy with band s and its conjugate partner REMOVED, minus its

@@ -7,6 +7,7 @@ must not grow along that step (Lyapunov stability, Eq. 10). Gradients reach the 
 The choices the paper leaves open are constructor flags (research/methods.md §3.4 and §3.6). The defaults
 are the official code's global operator and the original hinge penalty.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,20 +44,32 @@ class KoopmanLyapunov(nn.Module):
     official ``koopman_out`` appears in no loss and is left out.
     """
 
-    def __init__(self, embed_dim: int, koopman_dim: int = 256, transitions: int | None = None, mode: str = "global",
-                 lyapunov_form: str = "hinge", lyapunov_target: str = "prediction", norm_preserving: bool = False) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        koopman_dim: int = 256,
+        transitions: int | None = None,
+        mode: str = "global",
+        lyapunov_form: str = "hinge",
+        lyapunov_target: str = "prediction",
+        norm_preserving: bool = False,
+    ) -> None:
         super().__init__()
         _check_choice("mode", mode, MODES)
         _check_choice("lyapunov_form", lyapunov_form, LYAPUNOV_FORMS)
         _check_choice("lyapunov_target", lyapunov_target, LYAPUNOV_TARGETS)
         if embed_dim < 1 or koopman_dim < 1:
-            raise PaeError(f"embed_dim={embed_dim} and koopman_dim={koopman_dim} must both be at least 1.",
-                           "pass the backbone's embedding width and a positive Koopman dimension (the paper uses 256).")
+            raise PaeError(
+                f"embed_dim={embed_dim} and koopman_dim={koopman_dim} must both be at least 1.",
+                "pass the backbone's embedding width and a positive Koopman dimension (the paper uses 256).",
+            )
         if transitions is not None and transitions < 0:
             raise PaeError(f"transitions={transitions} is negative.", "pass the trajectory length minus one.")
         if mode == "layerwise" and not transitions:
-            raise PaeError("the layerwise Koopman mode needs one operator per transition, but transitions is not set.",
-                           "pass transitions = (number of prompt layers in the trajectory) - 1.")
+            raise PaeError(
+                "the layerwise Koopman mode needs one operator per transition, but transitions is not set.",
+                "pass transitions = (number of prompt layers in the trajectory) - 1.",
+            )
         self.embed_dim, self.transitions = embed_dim, transitions
         self.mode, self.lyapunov_form, self.lyapunov_target = mode, lyapunov_form, lyapunov_target
         self.lift = nn.Linear(embed_dim, koopman_dim, bias=False)
@@ -74,11 +87,14 @@ class KoopmanLyapunov(nn.Module):
         if trajectory.shape[0] < 2:
             zero = trajectory.sum() * 0.0  # a shallow method has no chain; a zero that backward() accepts
             return {"koopman": zero, "lyapunov": zero} if lyapunov else {"koopman": zero}
-        # The regularizer is tiny next to the ViT: fp32 keeps the small differences z_l K - z_{l+1} out of bf16 rounding.
+        # The regularizer is tiny next to the ViT: fp32 keeps the small differences z_l K - z_{l+1} out of bf16
+        # rounding.
         with torch.autocast(trajectory.device.type, enabled=False):
             z = self.lift(trajectory.float())
             pred = z[:-1] @ self.K
-            terms = {"koopman": (pred - z[1:]).pow(2).mean(dim=(1, 2)).sum()}  # the code's MSE over p*k, summed over pairs
+            terms = {
+                "koopman": (pred - z[1:]).pow(2).mean(dim=(1, 2)).sum()
+            }  # the code's MSE over p*k, summed over pairs
             if lyapunov:
                 target = pred if self.lyapunov_target == "prediction" else z[1:]
                 terms["lyapunov"] = self._lyapunov(z[:-1], target).sum()
@@ -96,12 +112,16 @@ class KoopmanLyapunov(nn.Module):
 
     def _check(self, trajectory: torch.Tensor) -> None:
         if trajectory.ndim != 3 or trajectory.shape[-1] != self.embed_dim:
-            raise PaeError(f"a prompt trajectory must be (layers, prompts, {self.embed_dim}); got {tuple(trajectory.shape)}.",
-                           "pass PromptMethod.trajectory() of a method built on the same backbone width.")
+            raise PaeError(
+                f"a prompt trajectory must be (layers, prompts, {self.embed_dim}); got {tuple(trajectory.shape)}.",
+                "pass PromptMethod.trajectory() of a method built on the same backbone width.",
+            )
         steps = trajectory.shape[0] - 1
         if steps >= 1 and self.transitions is not None and steps != self.transitions:
-            raise PaeError(f"the trajectory has {steps} transitions but the regularizer was built for {self.transitions}.",
-                           "build KoopmanLyapunov with transitions = trajectory.shape[0] - 1.")
+            raise PaeError(
+                f"the trajectory has {steps} transitions but the regularizer was built for {self.transitions}.",
+                "build KoopmanLyapunov with transitions = trajectory.shape[0] - 1.",
+            )
 
     @torch.no_grad()
     def spectral_radius(self) -> float:
@@ -121,7 +141,8 @@ class KoopmanLyapunov(nn.Module):
 
     @torch.no_grad()
     def diagnostics(self, trajectory: torch.Tensor | None = None) -> dict[str, float]:
-        """Per-epoch monitors for MLflow: spectral radius, ||U||, the per-transition radii (layerwise), the lift gain."""
+        """Per-epoch monitors for MLflow: spectral radius, ||U||, the per-transition radii (layerwise), the lift
+        gain."""
         radii = self._radii()
         out = {"koopman_spectral_radius": radii.max().item(), "koopman_lift_norm": self.lift_norm()}
         if self.mode == "layerwise":

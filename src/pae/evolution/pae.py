@@ -12,6 +12,7 @@ The loss is CE + koopman_weight * L_kp + lyapunov_weight * L_stab. The regulariz
 are trained with the prompts and their gradient is clipped to norm ``clip`` (10, as the official code);
 they exist only in training, so inference costs exactly what the base method costs.
 """
+
 from __future__ import annotations
 
 import time
@@ -35,26 +36,40 @@ class PAE(nn.Module):
         self.options = o = options
         o.validate()
         if o.enabled and method.num_tokens == 0:
-            raise PaeError(f"PAE needs a prompt method, but '{type(method).__name__}' has no prompts.",
-                           "pick a prompt method (e.g. vpt_deep) or turn PAE off for linear/full.")
+            raise PaeError(
+                f"PAE needs a prompt method, but '{type(method).__name__}' has no prompts.",
+                "pick a prompt method (e.g. vpt_deep) or turn PAE off for linear/full.",
+            )
         self.layers = method.trajectory().shape[0] if o.enabled else 0
         self.regularizer = None
         if o.koopman:
             transitions = self.layers - o.chain_start - 1
             if transitions < 1:
-                raise PaeError(f"the Koopman chain needs at least 2 prompt layers, but this method has {self.layers} "
-                               f"(chain_start {o.chain_start}).", "use a deep method, or turn pae_koopman off (shallow methods: init only).")
-            self.regularizer = KoopmanLyapunov(embed_dim, o.koopman_dim, transitions, o.koopman_mode, o.lyapunov_form,
-                                               o.lyapunov_target, o.norm_preserving)
+                raise PaeError(
+                    f"the Koopman chain needs at least 2 prompt layers, but this method has {self.layers} "
+                    f"(chain_start {o.chain_start}).",
+                    "use a deep method, or turn pae_koopman off (shallow methods: init only).",
+                )
+            self.regularizer = KoopmanLyapunov(
+                embed_dim,
+                o.koopman_dim,
+                transitions,
+                o.koopman_mode,
+                o.lyapunov_form,
+                o.lyapunov_target,
+                o.norm_preserving,
+            )
 
     @torch.no_grad()
     def initialize(self, method: PromptMethod, prompts: torch.Tensor) -> None:
         """Write task-aware prompts (depth >= this method's prompt layers, p, d) through ``method.initialize``."""
         want = tuple(method.trajectory().shape)
         if prompts.ndim != 3 or prompts.shape[0] < want[0] or tuple(prompts.shape[1:]) != want[1:]:
-            raise PaeError(f"the initial prompts have shape {tuple(prompts.shape)}, but this method needs "
-                           f"({want[0]} or more layers, {want[1]} tokens, {want[2]} dims).",
-                           "rebuild them with the same num_tokens and backbone as the training run (pae.cli init-prompts).")
+            raise PaeError(
+                f"the initial prompts have shape {tuple(prompts.shape)}, but this method needs "
+                f"({want[0]} or more layers, {want[1]} tokens, {want[2]} dims).",
+                "rebuild them with the same num_tokens and backbone as the training run (pae.cli init-prompts).",
+            )
         method.initialize(prompts[: want[0]].to(method.trajectory().device))
 
     @property
@@ -68,7 +83,7 @@ class PAE(nn.Module):
         """This step's terms, each as (weight, unweighted value): the loss adds weight * value."""
         if self.regularizer is None:
             return {}
-        values = self.regularizer(method.trajectory()[self.options.chain_start:], lyapunov=self.options.lyapunov)
+        values = self.regularizer(method.trajectory()[self.options.chain_start :], lyapunov=self.options.lyapunov)
         weights = {"koopman": self.options.koopman_weight, "lyapunov": self.options.lyapunov_weight}
         return {name: (weights[name], values[name]) for name in self.terms}
 
@@ -76,8 +91,9 @@ class PAE(nn.Module):
         """The optimizer groups of U, K and L: they decay under SGD and not under AdamW, as in the official code."""
         if self.regularizer is None:
             return []
-        return [{"params": list(self.regularizer.parameters()),
-                 "weight_decay": weight_decay if optimizer == "sgd" else 0.0}]
+        return [
+            {"params": list(self.regularizer.parameters()), "weight_decay": weight_decay if optimizer == "sgd" else 0.0}
+        ]
 
     def before_step(self) -> None:
         """Clip only the regularizer's gradient (the official code's clip_grad_norm_ on the Koopman parameters)."""
@@ -88,7 +104,7 @@ class PAE(nn.Module):
         """rho(K), ||U|| and the lift gain, for every epoch's record (empty without Koopman)."""
         if self.regularizer is None:
             return {}
-        return self.regularizer.diagnostics(method.trajectory()[self.options.chain_start:])
+        return self.regularizer.diagnostics(method.trajectory()[self.options.chain_start :])
 
 
 def band_window(options: PAEOptions, img_size: int) -> tuple[int, int]:
@@ -99,30 +115,59 @@ def band_window(options: PAEOptions, img_size: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def discover(options: PAEOptions, backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-             num_tokens: int, seed: int) -> dict:
+def discover(
+    options: PAEOptions,
+    backbone: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    num_tokens: int,
+    seed: int,
+) -> dict:
     """MPA phase I: the record of the shortcut bands (JSON-ready; ``record_prompts`` turns it into prompts).
 
     It needs no prompt method, so the pipeline runs it once per task and seed for every method."""
     start = time.perf_counter()
     window, stride = band_window(options, images.shape[-1])
     features = mpa_features(backbone, num_tokens, options.zero_prompt_scoring)
-    found = find_shortcuts(backbone, images, labels, num_classes, num_tokens, window, stride, options.scorer,
-                           seed, features, folds=options.folds, conjugate_pairs=options.conjugate_pairs)
-    return {"img_size": images.shape[-1], "window": window, "stride": stride,
-            "grid": (images.shape[-1] - window) // stride + 1, "scorer": options.scorer,
-            "zero_prompt_scoring": options.zero_prompt_scoring,
-            "images": len(images), "folds": found.folds, "conjugate_pairs": found.conjugate_pairs,
-            "selected": found.selected.tolist(), "band_losses": found.losses.tolist(),
-            "seconds": time.perf_counter() - start}
+    found = find_shortcuts(
+        backbone,
+        images,
+        labels,
+        num_classes,
+        num_tokens,
+        window,
+        stride,
+        options.scorer,
+        seed,
+        features,
+        folds=options.folds,
+        conjugate_pairs=options.conjugate_pairs,
+    )
+    return {
+        "img_size": images.shape[-1],
+        "window": window,
+        "stride": stride,
+        "grid": (images.shape[-1] - window) // stride + 1,
+        "scorer": options.scorer,
+        "zero_prompt_scoring": options.zero_prompt_scoring,
+        "images": len(images),
+        "folds": found.folds,
+        "conjugate_pairs": found.conjugate_pairs,
+        "selected": found.selected.tolist(),
+        "band_losses": found.losses.tolist(),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 @torch.no_grad()
 def record_prompts(backbone: nn.Module, images: torch.Tensor, record: dict, depth: int) -> torch.Tensor:
     """MPA phase II from a discovery record: the selected bands of ``images``, pooled and propagated (depth, p, d)."""
     if images.shape[-1] != record["img_size"]:
-        raise PaeError(f"the shortcut record is for {record['img_size']} px images, these are {images.shape[-1]} px.",
-                       "rerun the shortcut search at the training resolution (pae.cli shortcuts).")
+        raise PaeError(
+            f"the shortcut record is for {record['img_size']} px images, these are {images.shape[-1]} px.",
+            "rerun the shortcut search at the training resolution (pae.cli shortcuts).",
+        )
     masks = band_masks(record["img_size"], record["window"], record["stride"]).to(images.device)
     if record["conjugate_pairs"]:
         masks = conjugate_pair(masks)

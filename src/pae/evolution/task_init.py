@@ -4,6 +4,7 @@ Each selected band gives one prompt token: the energy-weighted mean of the froze
 embeddings of the band-passed batch (Eqs. 3-4). Deeper prompts come from running the prompt-only
 sequence through the frozen blocks, as the official code does (research/methods.md §3.3).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -78,7 +79,7 @@ def patch_tokens(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
     norm_pre is applied because PromptedViT inserts prompts after it (Identity for DINOv2 and orig_in21k ViTs).
     """
-    return embed_tokens(backbone, images)[:, backbone.num_prefix_tokens:]
+    return embed_tokens(backbone, images)[:, backbone.num_prefix_tokens :]
 
 
 def _energy_pool(tokens: torch.Tensor) -> torch.Tensor:
@@ -97,8 +98,10 @@ def energy_pooled_tokens(backbone: nn.Module, band_images: torch.Tensor) -> torc
 def _check_depth(backbone: nn.Module, depth: int) -> None:
     n = len(backbone.blocks)
     if not 1 <= depth <= n:
-        raise PaeError(f"prompt depth {depth} is outside 1..{n} (the backbone has {n} blocks).",
-                       f"use depth 1 for shallow prompts or {n} for deep prompts on every block.")
+        raise PaeError(
+            f"prompt depth {depth} is outside 1..{n} (the backbone has {n} blocks).",
+            f"use depth 1 for shallow prompts or {n} for deep prompts on every block.",
+        )
 
 
 def propagate(backbone: nn.Module, first: torch.Tensor, depth: int) -> torch.Tensor:
@@ -111,15 +114,38 @@ def propagate(backbone: nn.Module, first: torch.Tensor, depth: int) -> torch.Ten
     return torch.stack(states)
 
 
-def find_shortcuts(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, num_bands: int,
-                   window: int, stride: int, scorer: str = "linear_probe", seed: int = 0,
-                   features_fn: FeaturesFn | None = None, folds: int = 2, conjugate_pairs: bool = False,
-                   chunk_images: int = 2048) -> ShortcutResult:
+def find_shortcuts(
+    backbone: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    num_bands: int,
+    window: int,
+    stride: int,
+    scorer: str = "linear_probe",
+    seed: int = 0,
+    features_fn: FeaturesFn | None = None,
+    folds: int = 2,
+    conjugate_pairs: bool = False,
+    chunk_images: int = 2048,
+) -> ShortcutResult:
     """Phase I on the frozen backbone (its [CLS] unless ``features_fn`` is given), dropout and drop-path off."""
     features_fn = features_fn or (lambda x: cls_features(backbone, x))
     with _eval_mode(backbone):
-        return discover_shortcuts(features_fn, images, labels, num_classes, num_bands, window, stride, scorer=scorer,
-                                  seed=seed, folds=folds, conjugate_pairs=conjugate_pairs, chunk_images=chunk_images)
+        return discover_shortcuts(
+            features_fn,
+            images,
+            labels,
+            num_classes,
+            num_bands,
+            window,
+            stride,
+            scorer=scorer,
+            seed=seed,
+            folds=folds,
+            conjugate_pairs=conjugate_pairs,
+            chunk_images=chunk_images,
+        )
 
 
 def band_prompts(backbone: nn.Module, images: torch.Tensor, bands: torch.Tensor, depth: int) -> torch.Tensor:
@@ -130,16 +156,41 @@ def band_prompts(backbone: nn.Module, images: torch.Tensor, bands: torch.Tensor,
     return propagate(backbone, first, depth)
 
 
-def task_aware_prompts(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                       num_tokens: int, depth: int, window: int, stride: int, scorer: str = "linear_probe",
-                       seed: int = 0, features_fn: FeaturesFn | None = None, folds: int = 2,
-                       conjugate_pairs: bool = False, chunk_images: int = 2048) -> tuple[torch.Tensor, ShortcutResult]:
+def task_aware_prompts(
+    backbone: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    num_tokens: int,
+    depth: int,
+    window: int,
+    stride: int,
+    scorer: str = "linear_probe",
+    seed: int = 0,
+    features_fn: FeaturesFn | None = None,
+    folds: int = 2,
+    conjugate_pairs: bool = False,
+    chunk_images: int = 2048,
+) -> tuple[torch.Tensor, ShortcutResult]:
     """PAE's MPA: discover ``num_tokens`` shortcut bands, pool one token per band, propagate to ``depth`` layers.
 
     ``images`` are normalised model inputs at the backbone's resolution. Returns the initial prompts
     (depth, num_tokens, d) and the discovery result.
     """
     _check_depth(backbone, depth)
-    result = find_shortcuts(backbone, images, labels, num_classes, num_tokens, window, stride, scorer, seed,
-                            features_fn, folds, conjugate_pairs, chunk_images)
+    result = find_shortcuts(
+        backbone,
+        images,
+        labels,
+        num_classes,
+        num_tokens,
+        window,
+        stride,
+        scorer,
+        seed,
+        features_fn,
+        folds,
+        conjugate_pairs,
+        chunk_images,
+    )
     return band_prompts(backbone, images, result.masks[result.selected], depth), result

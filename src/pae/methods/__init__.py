@@ -4,19 +4,29 @@ More methods come from $PAE_PLUGINS (modules or .py files, ':'-separated) or a p
 
 from . import bpt, e2vpt, ivpt, linear, vfpt, vpt  # noqa: F401 - importing a method's file registers it
 from .registry import (
-                       METHODS,
-                       MethodSpec,
-                       check_options,
-                       load_plugins,
-                       make_options,
-                       method_spec,
-                       option_fields,
-                       options_for,
-                       ordered,
-                       register_method,
+    METHODS,
+    MethodSpec,
+    check_options,
+    load_plugins,
+    make_options,
+    method_spec,
+    option_fields,
+    options_for,
+    ordered,
+    register_method,
 )
 
 load_plugins()
 
-__all__ = ["METHODS", "MethodSpec", "check_options", "load_plugins", "make_options", "method_spec", "option_fields",
-           "options_for", "ordered", "register_method"]
+__all__ = [
+    "METHODS",
+    "MethodSpec",
+    "check_options",
+    "load_plugins",
+    "make_options",
+    "method_spec",
+    "option_fields",
+    "options_for",
+    "ordered",
+    "register_method",
+]

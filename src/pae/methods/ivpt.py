@@ -21,16 +21,31 @@ class IVPTOptions(VPTOptions):
 
     def check(self) -> None:
         if self.ivpt_top_k < 1:
-            raise PaeError(f"iVPT's ivpt_top_k must be >= 1, got {self.ivpt_top_k}.",
-                           "set ivpt_top_k >= 1 (or ivpt_ar false).")
+            raise PaeError(
+                f"iVPT's ivpt_top_k must be >= 1, got {self.ivpt_top_k}.", "set ivpt_top_k >= 1 (or ivpt_ar false)."
+            )
 
 
-@register_method("ivpt", summary="iVPT (our reconstruction): VPT-deep + gated cross-layer prompt connection + "
-                 "attentive reinforcement", options=IVPTOptions, order=12)
+@register_method(
+    "ivpt",
+    summary="iVPT (our reconstruction): VPT-deep + gated cross-layer prompt connection + attentive reinforcement",
+    options=IVPTOptions,
+    order=12,
+)
 def ivpt(backbone: Any, o: IVPTOptions) -> Any:
     from ..prompts.base import dims
     from ..prompts.ivpt import IVPT
 
     depth, dim, patch = dims(backbone)
-    return IVPT(depth, dim, patch, o.num_tokens, dropout=o.prompt_dropout, cdc=o.ivpt_cdc, dynamic=o.ivpt_dynamic,
-                ar=o.ivpt_ar, ar_top_k=o.ivpt_top_k, mask=o.prompt_dropout_mask)
+    return IVPT(
+        depth,
+        dim,
+        patch,
+        o.num_tokens,
+        dropout=o.prompt_dropout,
+        cdc=o.ivpt_cdc,
+        dynamic=o.ivpt_dynamic,
+        ar=o.ivpt_ar,
+        ar_top_k=o.ivpt_top_k,
+        mask=o.prompt_dropout_mask,
+    )

@@ -19,7 +19,14 @@ def no_prompts(backbone: Any, options: NoOptions) -> Any:
     return PromptMethod()
 
 
-register_method("linear", summary="head only on frozen [CLS] features (linear probe)", options=NoOptions,
-                prompts="none", order=0)(no_prompts)
-register_method("full", summary="full fine-tuning of backbone and head", options=NoOptions, prompts="none",
-                trains_backbone=True, order=1)(no_prompts)
+register_method(
+    "linear", summary="head only on frozen [CLS] features (linear probe)", options=NoOptions, prompts="none", order=0
+)(no_prompts)
+register_method(
+    "full",
+    summary="full fine-tuning of backbone and head",
+    options=NoOptions,
+    prompts="none",
+    trains_backbone=True,
+    order=1,
+)(no_prompts)

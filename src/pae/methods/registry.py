@@ -55,9 +55,17 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, *, summary: str, options: type, prompts: str = "deep", trains_backbone: bool = False,
-                    least_tokens: int = 1, order: int = 100,
-                    head_init: str = "kaiming_fan_out") -> Callable[[Callable], Callable]:
+def register_method(
+    name: str,
+    *,
+    summary: str,
+    options: type,
+    prompts: str = "deep",
+    trains_backbone: bool = False,
+    least_tokens: int = 1,
+    order: int = 100,
+    head_init: str = "kaiming_fan_out",
+) -> Callable[[Callable], Callable]:
     """Decorate a method's builder ``(backbone, options) -> PromptMethod`` to register it under ``name``."""
     if prompts not in PROMPT_PLACES:
         raise ValueError(f"prompts must be one of {PROMPT_PLACES}, got {prompts!r}")
@@ -65,8 +73,9 @@ def register_method(name: str, *, summary: str, options: type, prompts: str = "d
     def register(build: Callable) -> Callable:
         if name in METHODS and _source(METHODS[name].build) != _source(build):  # a re-imported file may repeat
             raise ValueError(f"method '{name}' is registered twice")
-        METHODS[name] = MethodSpec(name, summary, options, build, prompts, trains_backbone, least_tokens, order,
-                                   head_init)
+        METHODS[name] = MethodSpec(
+            name, summary, options, build, prompts, trains_backbone, least_tokens, order, head_init
+        )
         return build
 
     return register
@@ -111,8 +120,10 @@ def make_options(spec: MethodSpec, values: dict[str, Any]) -> Any:
     if unknown:
         readers = option_fields().get(unknown[0], (None, []))[1]
         where = f" (it is read by: {', '.join(readers)})" if readers else ""
-        raise PaeError(f"method '{spec.name}' has no option '{unknown[0]}'{where}.",
-                       f"drop it, or use one of {spec.name}'s options: {', '.join(sorted(spec.option_names())) or 'none'}.")
+        raise PaeError(
+            f"method '{spec.name}' has no option '{unknown[0]}'{where}.",
+            f"drop it, or use one of {spec.name}'s options: {', '.join(sorted(spec.option_names())) or 'none'}.",
+        )
     options = spec.options(**values)
     check_options(spec, options)
     return options
@@ -121,12 +132,16 @@ def make_options(spec: MethodSpec, values: dict[str, Any]) -> Any:
 def check_options(spec: MethodSpec, options: Any) -> None:
     """The checks every prompt method shares, then the options class's own ``check()``."""
     if type(options) is not spec.options:
-        raise PaeError(f"method '{spec.name}' takes {spec.options.__name__}, not {type(options).__name__}.",
-                       "build the options with the method's own class (pae.methods.method_spec(name).options).")
+        raise PaeError(
+            f"method '{spec.name}' takes {spec.options.__name__}, not {type(options).__name__}.",
+            "build the options with the method's own class (pae.methods.method_spec(name).options).",
+        )
     tokens = getattr(options, "num_tokens", None)
     if tokens is not None and tokens < spec.least_tokens:
-        raise PaeError(f"{spec.name} needs at least {spec.least_tokens} prompt tokens, got {tokens}.",
-                       f"set num_tokens >= {spec.least_tokens}.")
+        raise PaeError(
+            f"{spec.name} needs at least {spec.least_tokens} prompt tokens, got {tokens}.",
+            f"set num_tokens >= {spec.least_tokens}.",
+        )
     dropout = getattr(options, "prompt_dropout", None)
     if dropout is not None and not 0 <= dropout < 1:
         raise PaeError(f"prompt_dropout must be in [0, 1), got {dropout}.", "set it in [0, 1).")
@@ -146,7 +161,9 @@ def load_plugins(sources: str | None = None) -> None:
         if source.endswith(".py"):
             path = Path(source).resolve()
             if not path.is_file():
-                raise PaeError(f"method plugin '{source}' does not exist.", f"correct ${PLUGINS_ENV} or params plugins.")
+                raise PaeError(
+                    f"method plugin '{source}' does not exist.", f"correct ${PLUGINS_ENV} or params plugins."
+                )
             name = f"pae_plugin_{path.stem}"
             if name in sys.modules:
                 continue

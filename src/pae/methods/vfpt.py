@@ -17,16 +17,22 @@ class VFPTOptions(VPTOptions):
 
     def check(self) -> None:
         if not 0.0 <= self.fourier_fraction <= 1.0:
-            raise PaeError(f"VFPT's fourier_fraction must be in [0, 1], got {self.fourier_fraction}.",
-                           "set it in [0, 1].")
+            raise PaeError(
+                f"VFPT's fourier_fraction must be in [0, 1], got {self.fourier_fraction}.", "set it in [0, 1]."
+            )
 
 
-@register_method("vfpt", summary="VFPT: VPT-deep with a fraction of each layer's prompts passed through a 2-D FFT "
-                 "(real part)", options=VFPTOptions, order=5)
+@register_method(
+    "vfpt",
+    summary="VFPT: VPT-deep with a fraction of each layer's prompts passed through a 2-D FFT (real part)",
+    options=VFPTOptions,
+    order=5,
+)
 def vfpt(backbone: Any, o: VFPTOptions) -> Any:
     from ..prompts.base import dims
     from ..prompts.vfpt import VFPT
 
     depth, dim, patch = dims(backbone)
-    return VFPT(depth, dim, patch, o.num_tokens, o.fourier_fraction, dropout=o.prompt_dropout,
-                mask=o.prompt_dropout_mask)
+    return VFPT(
+        depth, dim, patch, o.num_tokens, o.fourier_fraction, dropout=o.prompt_dropout, mask=o.prompt_dropout_mask
+    )

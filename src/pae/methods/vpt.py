@@ -18,9 +18,12 @@ class VPTOptions:
     num_tokens: int = option(10, "prompt tokens per layer")
     prompt_dropout: float = option(0.1, "dropout on the prompt tokens (VPT-deep's scripts: 0.1)")
     prompt_dropout_mask: str = option(
-        "official", "image: one dropout mask per image (VPT's code); batch: one mask for the whole batch (PAE's "
-        "code drops before expanding); official: batch with PAE on, image without", choices=DROPOUT_MASKS,
-        ours="image")
+        "official",
+        "image: one dropout mask per image (VPT's code); batch: one mask for the whole batch (PAE's "
+        "code drops before expanding); official: batch with PAE on, image without",
+        choices=DROPOUT_MASKS,
+        ours="image",
+    )
 
     def resolved(self, spec: MethodSpec, pae_enabled: bool) -> VPTOptions:
         if self.prompt_dropout_mask != "official":
@@ -33,14 +36,23 @@ class VPTShallowOptions(VPTOptions):
     prompt_dropout: float = option(0.0, "dropout on the prompt tokens (VPT: none for VPT-shallow)")
 
 
-@register_method("vpt_shallow", summary="VPT-shallow: prompts inserted once before block 1",
-                 options=VPTShallowOptions, prompts="shallow", order=2)
+@register_method(
+    "vpt_shallow",
+    summary="VPT-shallow: prompts inserted once before block 1",
+    options=VPTShallowOptions,
+    prompts="shallow",
+    order=2,
+)
 def vpt_shallow(backbone: Any, o: VPTShallowOptions) -> Any:
     return _vpt(backbone, o, deep=False)
 
 
-@register_method("vpt_deep", summary="VPT-deep: fresh prompts replace the prompt positions before every block",
-                 options=VPTOptions, order=3)
+@register_method(
+    "vpt_deep",
+    summary="VPT-deep: fresh prompts replace the prompt positions before every block",
+    options=VPTOptions,
+    order=3,
+)
 def vpt_deep(backbone: Any, o: VPTOptions) -> Any:
     return _vpt(backbone, o, deep=True)
 

@@ -116,8 +116,9 @@ def code_inputs() -> CodeInputs:
             own = {source}
         per_method[name] = tuple(sorted(_repo_path(p, root) for p in own))
     report_files = [*report, PACKAGE / "cli.py"]
-    return CodeInputs(*(tuple(sorted(_repo_path(p, root) for p in files)) for files in (shared, report_files, backbone)),
-                      per_method)
+    return CodeInputs(
+        *(tuple(sorted(_repo_path(p, root) for p in files)) for files in (shared, report_files, backbone)), per_method
+    )
 
 
 def _repo_path(path: Path, root: Path) -> str:

@@ -59,8 +59,13 @@ class Plan:
         """The runs of a grid (run or ablation; the ablation's tasks and seeds default to run's)."""
         run = self.config["run"]
         tasks, seeds = grid.get("tasks") or run["tasks"], grid.get("seeds") or run["seeds"]
-        return [(t, m, v, s) for t in tasks for m in grid["methods"] for v in self.variants_for(m, grid["pae"])
-                for s in seeds]
+        return [
+            (t, m, v, s)
+            for t in tasks
+            for m in grid["methods"]
+            for v in self.variants_for(m, grid["pae"])
+            for s in seeds
+        ]
 
     @cached_property
     def main_jobs(self) -> list[Job]:
@@ -77,13 +82,20 @@ class Plan:
 
     @cached_property
     def table_jobs(self) -> dict[str, list[Job]]:
-        return {"accuracy": self.main_jobs, "convergence": self.main_jobs, "ablation": self.ablation_jobs,
-                "cost": self.all_jobs}
+        return {
+            "accuracy": self.main_jobs,
+            "convergence": self.main_jobs,
+            "ablation": self.ablation_jobs,
+            "cost": self.all_jobs,
+        }
 
     @cached_property
     def figure_jobs(self) -> dict[str, list[Job]]:
-        return {"learning_curves": self.main_jobs, "gradient_oscillation": self.all_jobs,
-                "koopman_spectrum": self.all_jobs}
+        return {
+            "learning_curves": self.main_jobs,
+            "gradient_oscillation": self.all_jobs,
+            "koopman_spectrum": self.all_jobs,
+        }
 
     def prepared_dir(self, task: str) -> str:
         """The task's decoded tensors (every job's --cache-dir); its summary with their content hashes sits beside."""
@@ -127,11 +139,28 @@ class Plan:
         return list(dict.fromkeys(out))
 
     @cached_property
+    def init_diagnosis_pair(self) -> tuple[str, str] | None:
+        """(PAE run, base run) folders the init diagnosis compares: the ablation's first deep method with PAE's init
+        alone (else the first variant with init) against it without PAE, on the first task and seed."""
+        grid = self.config["ablation"] if self.config["ablation"]["methods"] else self.config["run"]
+        for method in grid["methods"]:
+            variants = self.variants_for(method, grid["pae"])
+            base = next((v for v in variants if not self.parts(v)), None)
+            with_init = [v for v in variants if "init" in self.parts(v)]
+            if method_spec(method).deep and base and with_init:
+                pae = self.init_only if self.init_only in with_init else with_init[0]
+                task, seed = (grid.get("tasks") or self.config["run"]["tasks"])[0], self.config["run"]["seeds"][0]
+                return self.run_dir(task, method, pae, seed), self.run_dir(task, method, base, seed)
+        return None
+
+    @cached_property
     def shortcut_files(self) -> list[str]:
         """The shortcut maps the figure shows: each task's, of the first prompted method's MPA key and first seed."""
         run = self.config["run"]
         prompted = next((m for m in run["methods"] if method_spec(m).has_prompts), None)
         if prompted is None:
             return []
-        return [f"{self.mpa_dir('final', t, self.mpa_key(t, prompted, run['pae'][0]), run['seeds'][0])}/shortcuts.json"
-                for t in run["tasks"]]
+        return [
+            f"{self.mpa_dir('final', t, self.mpa_key(t, prompted, run['pae'][0]), run['seeds'][0])}/shortcuts.json"
+            for t in run["tasks"]
+        ]

@@ -36,32 +36,46 @@ def stale_inputs(committed: dict, current: dict) -> list[str]:
 
 def accuracy_cells(table: dict) -> dict[str, float]:
     """'task / method / PAE' -> mean test top-1 of an accuracy.json (task -> method -> PAE label -> numbers)."""
-    return {f"{task} / {method} / {pae}": float(cell["final_test_top1"])
-            for task, methods in table.items() for method, variants in methods.items()
-            for pae, cell in variants.items() if cell.get("final_test_top1") is not None}
+    return {
+        f"{task} / {method} / {pae}": float(cell["final_test_top1"])
+        for task, methods in table.items()
+        for method, variants in methods.items()
+        for pae, cell in variants.items()
+        if cell.get("final_test_top1") is not None
+    }
 
 
 def accuracy_drift(committed: dict, current: dict, tolerance: float) -> list[str]:
     """Cells that moved by more than ``tolerance`` points, appeared or disappeared."""
     old, new = accuracy_cells(committed), accuracy_cells(current)
-    problems = [f"{k}: only in the {'committed' if k in old else 'regenerated'} table"
-                for k in sorted(old.keys() ^ new.keys())]
-    problems += [f"{k}: {old[k]:.2f} committed, {new[k]:.2f} now ({new[k] - old[k]:+.2f} points)"
-                 for k in sorted(old.keys() & new.keys()) if abs(new[k] - old[k]) > tolerance]
+    problems = [
+        f"{k}: only in the {'committed' if k in old else 'regenerated'} table" for k in sorted(old.keys() ^ new.keys())
+    ]
+    problems += [
+        f"{k}: {old[k]:.2f} committed, {new[k]:.2f} now ({new[k] - old[k]:+.2f} points)"
+        for k in sorted(old.keys() & new.keys())
+        if abs(new[k] - old[k]) > tolerance
+    ]
     return problems
 
 
-def check_reproduction(committed_lock: Path, lock: Path, committed_accuracy: Path, accuracy: Path,
-                       tolerance: float) -> str:
+def check_reproduction(
+    committed_lock: Path, lock: Path, committed_accuracy: Path, accuracy: Path, tolerance: float
+) -> str:
     """Raise PaeError naming every stale input and every drifted accuracy; return a one-line summary."""
     stale = stale_inputs(*(yaml.safe_load(Path(p).read_text()) for p in (committed_lock, lock)))
     drift = accuracy_drift(*(json.loads(Path(p).read_text()) for p in (committed_accuracy, accuracy)), tolerance)
     if stale:
-        raise PaeError("the committed dvc.lock records other code or params than this checkout has:\n  "
-                       + "\n  ".join(stale), "run `make reproduce` and commit dvc.lock with reports/default.")
+        raise PaeError(
+            "the committed dvc.lock records other code or params than this checkout has:\n  " + "\n  ".join(stale),
+            "run `make reproduce` and commit dvc.lock with reports/default.",
+        )
     if drift:
-        raise PaeError(f"regenerated accuracies differ from the committed ones by more than {tolerance} points:\n  "
-                       + "\n  ".join(drift), "if the code changed the numbers, rerun `make reproduce` and commit "
-                       "reports/default; if not, this CPU rounds differently beyond the README's tolerance: report it.")
+        raise PaeError(
+            f"regenerated accuracies differ from the committed ones by more than {tolerance} points:\n  "
+            + "\n  ".join(drift),
+            "if the code changed the numbers, rerun `make reproduce` and commit "
+            "reports/default; if not, this CPU rounds differently beyond the README's tolerance: report it.",
+        )
     cells = len(accuracy_cells(json.loads(Path(accuracy).read_text())))
     return f"ok: dvc.lock matches the code and params; {cells} accuracies within {tolerance} points of the committed"

@@ -14,8 +14,9 @@ from ..methods.registry import resolve_options
 from .base import LayerPrompts, PromptedViT, PromptMethod
 
 
-def build_method(name: str, backbone: nn.Module, options: Any = None, pae_enabled: bool = False,
-                 **values: Any) -> PromptMethod:
+def build_method(
+    name: str, backbone: nn.Module, options: Any = None, pae_enabled: bool = False, **values: Any
+) -> PromptMethod:
     """The prompt method ``name`` sized for ``backbone``: its options as an instance, or as keyword values. Keyword
     values are a grid's shared settings: the method takes those it reads (``num_tokens`` means nothing to the
     linear probe). 'official' placeholders resolve as the official code does (with PAE or without)."""
@@ -28,13 +29,24 @@ def build_method(name: str, backbone: nn.Module, options: Any = None, pae_enable
     return spec.build(backbone, resolve_options(spec, options, pae_enabled))
 
 
-def build_model(name: str, backbone: nn.Module, num_classes: int, options: Any = None, head_init: str = "official",
-                pae_enabled: bool = False, **values: Any) -> PromptedViT:
+def build_model(
+    name: str,
+    backbone: nn.Module,
+    num_classes: int,
+    options: Any = None,
+    head_init: str = "official",
+    pae_enabled: bool = False,
+    **values: Any,
+) -> PromptedViT:
     """Backbone + method + head: the model a run trains (``head_init`` 'official': the method's official head)."""
     spec = method_spec(name)
-    return PromptedViT(backbone, build_method(name, backbone, options, pae_enabled, **values), num_classes,
-                       train_backbone=spec.trains_backbone,
-                       head_init=spec.head_init if head_init == "official" else head_init)
+    return PromptedViT(
+        backbone,
+        build_method(name, backbone, options, pae_enabled, **values),
+        num_classes,
+        train_backbone=spec.trains_backbone,
+        head_init=spec.head_init if head_init == "official" else head_init,
+    )
 
 
 __all__ = ["LayerPrompts", "PromptMethod", "PromptedViT", "build_method", "build_model"]

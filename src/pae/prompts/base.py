@@ -9,6 +9,7 @@ handed to the method, so it can also mix them in (iVPT). A method may edit the t
 through timm's own block weights. Zero prompt tokens reproduce timm's forward exactly. Prompts get no
 position embedding, as in VPT.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,15 +22,17 @@ from .kv_attention import block_with_kv
 
 
 def embed_tokens(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """timm's token embedding (B, prefix + N, d): patches, position embedding, norm_pre; prompts are inserted after it."""
+    """timm's token embedding (B, prefix + N, d): patches, position embedding, norm_pre; prompts go in after it."""
     return backbone.norm_pre(backbone.patch_drop(backbone._pos_embed(backbone.patch_embed(images))))
 
 
 def fused_qkv(attn: nn.Module) -> nn.Linear:
     """The block's fused qkv projection, which BPT's whitening and iVPT's [CLS] attention read."""
     if not isinstance(getattr(attn, "qkv", None), nn.Linear):
-        raise PaeError(f"this method reads a fused qkv projection; {type(attn).__name__} has none.",
-                       "use a timm ViT with the standard Attention module (e.g. the DINOv2 or orig_in21k ViTs).")
+        raise PaeError(
+            f"this method reads a fused qkv projection; {type(attn).__name__} has none.",
+            "use a timm ViT with the standard Attention module (e.g. the DINOv2 or orig_in21k ViTs).",
+        )
     return attn.qkv
 
 
@@ -55,7 +58,9 @@ class PromptMethod(nn.Module):
     def fit_to_data(self, backbone: nn.Module, images: torch.Tensor) -> None:
         """Data-dependent set-up before training, from normalised training images (BPT's whitening); default none."""
 
-    def adjust_tokens(self, layer: int, block: nn.Module, x: torch.Tensor, n_prefix: int, n_prompt: int) -> torch.Tensor:
+    def adjust_tokens(
+        self, layer: int, block: nn.Module, x: torch.Tensor, n_prefix: int, n_prompt: int
+    ) -> torch.Tensor:
         """Edit the token sequence (B, n_prefix + n_prompt + N, d) just before block ``layer`` (iVPT); default none."""
         return x
 
@@ -115,13 +120,21 @@ class LayerPrompts(PromptMethod):
 class PromptedViT(nn.Module):
     """Frozen ViT + prompt method + linear head on [CLS] after the final norm."""
 
-    def __init__(self, backbone: nn.Module, method: PromptMethod, num_classes: int, train_backbone: bool = False,
-                 head_init: str = "kaiming_fan_out") -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        method: PromptMethod,
+        num_classes: int,
+        train_backbone: bool = False,
+        head_init: str = "kaiming_fan_out",
+    ) -> None:
         super().__init__()
         if getattr(backbone, "global_pool", "token") != "token" or not isinstance(backbone.fc_norm, nn.Identity):
-            raise PaeError(f"the backbone pools with '{backbone.global_pool}' (fc_norm {type(backbone.fc_norm).__name__}); "
-                           "prompt methods here classify from [CLS] after the final norm, as VPT does.",
-                           "use a ViT whose timm global_pool is 'token' (e.g. the DINOv2 or orig_in21k ViTs).")
+            raise PaeError(
+                f"the backbone pools with '{backbone.global_pool}' (fc_norm {type(backbone.fc_norm).__name__}); "
+                "prompt methods here classify from [CLS] after the final norm, as VPT does.",
+                "use a ViT whose timm global_pool is 'token' (e.g. the DINOv2 or orig_in21k ViTs).",
+            )
         self.backbone = backbone
         self.method = method
         self.train_backbone = train_backbone
@@ -141,10 +154,10 @@ class PromptedViT(nn.Module):
         x = embed_tokens(bb, x)
         start, n_prompt = bb.num_prefix_tokens, 0
         for layer, block in enumerate(bb.blocks):
-            previous = x[:, start:start + n_prompt] if n_prompt else None
+            previous = x[:, start : start + n_prompt] if n_prompt else None
             p = self.method.prompts(layer, x.shape[0], previous)
             if p is not None:
-                x = torch.cat([x[:, :start], p.to(x.dtype), x[:, start + n_prompt:]], dim=1)
+                x = torch.cat([x[:, :start], p.to(x.dtype), x[:, start + n_prompt :]], dim=1)
                 n_prompt = p.shape[1]
             x = self.method.adjust_tokens(layer, block, x, start, n_prompt)
             kv = self.method.kv_prompts(layer, x.shape[0])

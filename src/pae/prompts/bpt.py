@@ -14,6 +14,7 @@ matrix product has no such limit. Deviations, deliberate: W_q, W_k and X are the
 l's for deep), X is the block's LayerNorm-ed input tokens, and every token is a column of X~ (the
 official code averages over images first, which leaves Sigma with rank <= number of patches).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -30,15 +31,30 @@ from .vpt import check_initial_prompts
 class BPT(LayerPrompts):
     """Prompts A_l B_l^T per layer; ``variant`` picks what B is (module docstring)."""
 
-    def __init__(self, depth: int, embed_dim: int, num_tokens: int, deep: bool, variant: str = "bilinear",
-                 rank: int = 32, b_init: str = "xavier", whitening: str = "per_token", columns: str = "shared",
-                 whiten_eps: float = 1e-4, dropout: float = 0.0, mask: str = "image", fit_images: int = 100) -> None:
+    def __init__(
+        self,
+        depth: int,
+        embed_dim: int,
+        num_tokens: int,
+        deep: bool,
+        variant: str = "bilinear",
+        rank: int = 32,
+        b_init: str = "xavier",
+        whitening: str = "per_token",
+        columns: str = "shared",
+        whiten_eps: float = 1e-4,
+        dropout: float = 0.0,
+        mask: str = "image",
+        fit_images: int = 100,
+    ) -> None:
         if variant not in VARIANTS:
             raise PaeError(f"unknown BPT variant '{variant}'.", f"use one of: {', '.join(VARIANTS)}.")
         if b_init not in B_INITS or b_init == "official":
             raise PaeError(f"unknown BPT B init '{b_init}'.", f"use one of: {', '.join(B_INITS)}.")
         if variant == "bilinear" and not 1 <= rank <= embed_dim:
-            raise PaeError(f"BPT's bilinear rank must be in [1, {embed_dim}], got {rank}.", "set bpt_rank in that range.")
+            raise PaeError(
+                f"BPT's bilinear rank must be in [1, {embed_dim}], got {rank}.", "set bpt_rank in that range."
+            )
         super().__init__(depth if deep else 1, num_tokens, dropout, mask)
         self.variant, self.whitening, self.columns, self.whiten_eps = variant, whitening, columns, whiten_eps
         self.needs_whitening = variant != "bilinear" or b_init == "whitening"
@@ -108,12 +124,14 @@ def block_inputs(backbone: nn.Module, images: torch.Tensor) -> Iterator[tuple[nn
     """Each block with its input patch tokens (B, N, d) (prefix dropped), from a prompt-free forward of ``backbone``."""
     x = embed_tokens(backbone, images)
     for block in backbone.blocks:
-        yield block, x[:, backbone.num_prefix_tokens:]
+        yield block, x[:, backbone.num_prefix_tokens :]
         x = block(x)
 
 
 @torch.no_grad()
-def whitening_matrix(block: nn.Module, tokens: torch.Tensor, form: str = "per_token", eps: float = 1e-4) -> torch.Tensor:
+def whitening_matrix(
+    block: nn.Module, tokens: torch.Tensor, form: str = "per_token", eps: float = 1e-4
+) -> torch.Tensor:
     """ZCA W = Sigma^{-1/2} of the q/k statistics of the block's LayerNorm-ed input tokens (B, N, d), in float64.
 
     ``per_token`` (the paper's formula, row convention q = x W_q): X~ = W_q W_k^T x^T with every token a column,
@@ -128,11 +146,11 @@ def whitening_matrix(block: nn.Module, tokens: torch.Tensor, form: str = "per_to
     weight = fused_qkv(block.attn).weight.double()  # (3d, d): q = x @ weight[:d].T
     if form == "per_token":
         flat = x.flatten(0, 1)
-        xt = weight[:d].T @ (weight[d:2 * d] @ flat.T)  # W_q W_k^T x^T, (d, B N)
+        xt = weight[:d].T @ (weight[d : 2 * d] @ flat.T)  # W_q W_k^T x^T, (d, B N)
         sigma = xt @ xt.T / xt.shape[1]
         floor = eps
     else:
-        xt = (weight[:d] @ weight[d:2 * d].T @ x.transpose(1, 2)).mean(0)  # q k^T x^T averaged over images, (d, N)
+        xt = (weight[:d] @ weight[d : 2 * d].T @ x.transpose(1, 2)).mean(0)  # q k^T x^T averaged over images, (d, N)
         sigma = xt @ xt.T / d
         floor = torch.finfo(torch.float32).eps
     s, u = torch.linalg.eigh(sigma)

@@ -5,6 +5,7 @@ values; queries are unchanged, so the sequence does not grow. ``share_kv`` uses 
 (SHARE_PARAM_KV in the official commands). They start as the official runs do (``kv_bound``). Pruning and rewinding
 are not implemented.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,9 +18,19 @@ from .vpt import VPT
 
 
 class E2VPT(VPT):
-    def __init__(self, depth: int, embed_dim: int, patch_size: int, num_heads: int, num_tokens: int,
-                 kv_tokens: int, share_kv: bool = True, dropout: float = 0.0, mask: str = "image",
-                 kv_init: str = "kaiming") -> None:
+    def __init__(
+        self,
+        depth: int,
+        embed_dim: int,
+        patch_size: int,
+        num_heads: int,
+        num_tokens: int,
+        kv_tokens: int,
+        share_kv: bool = True,
+        dropout: float = 0.0,
+        mask: str = "image",
+        kv_init: str = "kaiming",
+    ) -> None:
         super().__init__(depth, embed_dim, patch_size, num_tokens, deep=True, dropout=dropout, mask=mask)
         head_dim = embed_dim // num_heads
         bound = kv_bound(kv_init, kv_tokens, head_dim, patch_size, embed_dim)

@@ -14,6 +14,7 @@ switchable:
 Closed gates (b = -inf) and lambda = 0 give VPT-deep exactly; open gates (b = +inf) carry the first
 prompts on as VPT-shallow does. ``trajectory()`` is the learnable P_l, as for VPT-deep.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,9 +29,20 @@ class IVPT(VPT):
     """VPT-deep + CDC gates + DA + AR (module docstring). The gate and AR parameters get the run's weight
     decay like every other trainable tensor, which pulls the gate logits toward 0 (g = 0.5) over training."""
 
-    def __init__(self, depth: int, embed_dim: int, patch_size: int, num_tokens: int, dropout: float = 0.0,
-                 cdc: bool = True, dynamic: bool = True, ar: bool = True, ar_top_k: int = 8,
-                 gate_init: float = -2.0, mask: str = "image") -> None:
+    def __init__(
+        self,
+        depth: int,
+        embed_dim: int,
+        patch_size: int,
+        num_tokens: int,
+        dropout: float = 0.0,
+        cdc: bool = True,
+        dynamic: bool = True,
+        ar: bool = True,
+        ar_top_k: int = 8,
+        gate_init: float = -2.0,
+        mask: str = "image",
+    ) -> None:
         super().__init__(depth, embed_dim, patch_size, num_tokens, deep=True, dropout=dropout, mask=mask)
         self.cdc, self.dynamic, self.ar, self.ar_top_k = cdc, cdc and dynamic, ar, ar_top_k
         if self.cdc:  # gate logits start at gate_init: sigmoid(-2) = 0.12, mostly VPT-deep at the start
@@ -46,8 +58,11 @@ class IVPT(VPT):
         logit = self.gate_bias[transition].unsqueeze(0)
         if self.dynamic:
             d = previous.shape[-1]
-            logit = logit + F.layer_norm(previous.float(), (d,)) @ self.gate_from_previous[transition] \
+            logit = (
+                logit
+                + F.layer_norm(previous.float(), (d,)) @ self.gate_from_previous[transition]
                 + F.layer_norm(new.float(), (d,)) @ self.gate_from_new[transition]
+            )
         return torch.sigmoid(logit).unsqueeze(-1)
 
     def prompts(self, layer: int, batch: int, previous: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -57,7 +72,9 @@ class IVPT(VPT):
         g = self.gate(layer - 1, previous, new)
         return g * previous + (1.0 - g) * new
 
-    def adjust_tokens(self, layer: int, block: nn.Module, x: torch.Tensor, n_prefix: int, n_prompt: int) -> torch.Tensor:
+    def adjust_tokens(
+        self, layer: int, block: nn.Module, x: torch.Tensor, n_prefix: int, n_prompt: int
+    ) -> torch.Tensor:
         if not self.ar or n_prompt == 0:
             return x
         start = n_prefix + n_prompt
@@ -65,8 +82,9 @@ class IVPT(VPT):
         with torch.no_grad():
             salient = cls_attention(block, x, start).topk(k, dim=1).indices  # (B, k) image-token indices
         boost = self.ar_scale[layer] * x[:, n_prefix:start].mean(dim=1)  # (B, d)
-        image = x[:, start:].scatter_add(1, salient.unsqueeze(-1).expand(-1, -1, x.shape[2]),
-                                         boost.unsqueeze(1).expand(-1, k, -1).to(x.dtype))
+        image = x[:, start:].scatter_add(
+            1, salient.unsqueeze(-1).expand(-1, -1, x.shape[2]), boost.unsqueeze(1).expand(-1, k, -1).to(x.dtype)
+        )
         return torch.cat([x[:, :start], image], dim=1)
 
 
@@ -81,7 +99,7 @@ def cls_attention(block: nn.Module, x: torch.Tensor, first_image: int) -> torch.
     w, bias = qkv.weight, qkv.bias
     dim = heads * hd
     q = F.linear(h[:, :1], w[:dim], None if bias is None else bias[:dim])
-    k = F.linear(h[:, first_image:], w[dim:2 * dim], None if bias is None else bias[dim:2 * dim])
+    k = F.linear(h[:, first_image:], w[dim : 2 * dim], None if bias is None else bias[dim : 2 * dim])
     q = attn.q_norm(q.unflatten(-1, (heads, hd)).transpose(1, 2))  # (B, heads, 1, hd)
     k = attn.k_norm(k.unflatten(-1, (heads, hd)).transpose(1, 2))  # (B, heads, N, hd)
     logits = (q @ k.transpose(-1, -2)).squeeze(2) * attn.scale

@@ -3,6 +3,7 @@
 It runs the block's own modules (norms, qkv, proj, layer scale, MLP) in timm's order, so with no extra
 tokens it is timm's ``Block.forward``; we do not fork or patch timm (E2VPT's official code patches it).
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,9 @@ def attention_with_kv(attn: nn.Module, x: torch.Tensor, k_extra: torch.Tensor, v
     q, k = attn.q_norm(q), attn.k_norm(k)
     k = torch.cat([k, k_extra.to(k.dtype)], dim=2)
     v = torch.cat([v, v_extra.to(v.dtype)], dim=2)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0, scale=attn.scale)
+    out = F.scaled_dot_product_attention(
+        q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0, scale=attn.scale
+    )
     out = attn.norm(out.transpose(1, 2).reshape(b, n, attn.attn_dim))
     if gate is not None:
         out = out * gate

@@ -20,6 +20,7 @@ batch-major, which mixes samples' prompts when the batch holds more than one ima
 agree), and prompt dropout draws a mask per sample (the official code shares one across the batch for deep
 prompts). Zero prompts reproduce timm's forward.
 """
+
 from __future__ import annotations
 
 import torch
@@ -47,12 +48,15 @@ def window_attention(attn: nn.Module, x: torch.Tensor, mask: torch.Tensor | None
     if mask is not None:  # windows are batch-major: window w of sample b is row b * nW + w
         mask = F.pad(mask, (n_prompts, 0, n_prompts, 0))
         bias = (bias.unsqueeze(1) + mask[None, :, None]).expand(b_ // mask.shape[0], -1, -1, -1, -1).flatten(0, 1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=attn.scale,
-                                         dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias.to(q.dtype), scale=attn.scale, dropout_p=attn.attn_drop.p if attn.training else 0.0
+    )
     return attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(b_, n, -1)))
 
 
-def shifted_window_attention(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def shifted_window_attention(
+    block: nn.Module, x: torch.Tensor, prompts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """timm ``SwinTransformerBlock._attn`` on the normed map x (B, H, W, C), the normed prompts in every window.
 
     Returns the map's attention output and the prompts' (B, p, C), the mean of their outputs over the windows.
@@ -80,8 +84,10 @@ def prompted_block(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor) -> 
     """timm ``SwinTransformerBlock.forward`` on the map (B, H, W, C) and the prompts (B, p, C), side by side."""
     a, ap = shifted_window_attention(block, block.norm1(x), block.norm1(prompts))
     x, prompts = x + block.drop_path1(a), prompts + block.drop_path1(ap)
-    return (x + block.drop_path2(block.mlp(block.norm2(x))),
-            prompts + block.drop_path2(block.mlp(block.norm2(prompts))))
+    return (
+        x + block.drop_path2(block.mlp(block.norm2(x))),
+        prompts + block.drop_path2(block.mlp(block.norm2(prompts))),
+    )
 
 
 class PromptedSwin(nn.Module):
@@ -95,7 +101,8 @@ class PromptedSwin(nn.Module):
         sets = [len(stage.blocks) for stage in backbone.layers] if deep else [1]
         bound = xavier_bound(backbone.patch_embed.patch_size[0], dims[0])
         self.prompts = nn.ParameterList(
-            [nn.Parameter(torch.empty(n, num_tokens, d).uniform_(-bound, bound)) for n, d in zip(sets, dims)])
+            [nn.Parameter(torch.empty(n, num_tokens, d).uniform_(-bound, bound)) for n, d in zip(sets, dims)]
+        )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.num_features, num_classes)
         nn.init.kaiming_normal_(self.head.weight)  # VPT's head init, as PromptedViT
@@ -135,8 +142,12 @@ class PromptedSwin(nn.Module):
 
     def layer_grad_norms(self) -> torch.Tensor:
         """L2 norm of the prompt gradient per prompted block, stages in order (sum of L_s,)."""
-        return torch.cat([p.grad.flatten(1).float().norm(dim=1) if p.grad is not None else p.new_zeros(p.shape[0])
-                          for p in self.prompts])
+        return torch.cat(
+            [
+                p.grad.flatten(1).float().norm(dim=1) if p.grad is not None else p.new_zeros(p.shape[0])
+                for p in self.prompts
+            ]
+        )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

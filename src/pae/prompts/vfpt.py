@@ -5,6 +5,7 @@ dimensions of those prompts, taken after dropout as in the official code, and pl
 ordinary prompts ("prepend"). The learnable parameters are VPT-deep's, so ``trajectory()`` is the
 pre-FFT prompt set: the chain PAE regularizes.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,16 @@ from .vpt import VPT
 
 
 class VFPT(VPT):
-    def __init__(self, depth: int, embed_dim: int, patch_size: int, num_tokens: int,
-                 fourier_fraction: float, dropout: float = 0.0, mask: str = "image") -> None:
+    def __init__(
+        self,
+        depth: int,
+        embed_dim: int,
+        patch_size: int,
+        num_tokens: int,
+        fourier_fraction: float,
+        dropout: float = 0.0,
+        mask: str = "image",
+    ) -> None:
         super().__init__(depth, embed_dim, patch_size, num_tokens, deep=True, dropout=dropout, mask=mask)
         self.num_fourier = math.floor(fourier_fraction * num_tokens)
 

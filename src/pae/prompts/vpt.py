@@ -1,4 +1,5 @@
 """VPT (Jia et al., ECCV 2022): shallow (prompts once, before block 1) and deep (fresh prompts at every block)."""
+
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,16 @@ from .base import LayerPrompts, xavier_bound
 class VPT(LayerPrompts):
     """Learnable prompts (L, p, d), Xavier-uniform with the patch fan-in; L = depth for deep, 1 for shallow."""
 
-    def __init__(self, depth: int, embed_dim: int, patch_size: int, num_tokens: int, deep: bool, dropout: float = 0.0,
-                 mask: str = "image") -> None:
+    def __init__(
+        self,
+        depth: int,
+        embed_dim: int,
+        patch_size: int,
+        num_tokens: int,
+        deep: bool,
+        dropout: float = 0.0,
+        mask: str = "image",
+    ) -> None:
         super().__init__(depth if deep else 1, num_tokens, dropout, mask)
         self.deep = deep
         self.embeddings = nn.Parameter(torch.empty(self.num_layers, num_tokens, embed_dim))

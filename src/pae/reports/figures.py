@@ -6,6 +6,7 @@ so tests check data, not pixels. A figure with nothing to show is still written,
 pipeline declares every figure as an output. Figures are drawn on ``matplotlib.figure.Figure`` (Agg for PNG), never
 through pyplot, so no global backend or open-figure state is touched.
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,6 +45,7 @@ PAE_DASHES = ("--", "-.", ":", (0, (6, 2, 1, 2, 1, 2)))  # one per PAE variant; 
 
 # reading inputs
 
+
 def _require(path: Path, fix: str) -> Path:
     if not path.is_file():
         raise PaeError(f"'{path}' is missing.", fix)
@@ -75,8 +77,9 @@ def load_run(run_dir: str | Path) -> dict:
     try:
         history = [{k: _number(v) for k, v in row.items()} for row in rows]
     except ValueError as exc:
-        raise PaeError(f"'{run_dir / 'history.csv'}' holds a value that is not a number ({exc}).",
-                       RERUN_TRAINING) from exc
+        raise PaeError(
+            f"'{run_dir / 'history.csv'}' holds a value that is not a number ({exc}).", RERUN_TRAINING
+        ) from exc
     return {**metrics, "run_dir": run_dir, "history": history}
 
 
@@ -102,8 +105,10 @@ def _label(method: str, pae: str) -> str:
 
 # drawing helpers
 
-def _panels(count: int, columns: int = 4, size: tuple[float, float] = (4.0, 3.2),
-            sharey: bool = False) -> tuple[Figure, list[Axes]]:
+
+def _panels(
+    count: int, columns: int = 4, size: tuple[float, float] = (4.0, 3.2), sharey: bool = False
+) -> tuple[Figure, list[Axes]]:
     """A figure with ``count`` panels on a grid of at most ``columns`` columns; cells beyond ``count`` are hidden.
     ``sharey`` puts every panel on one y scale, labelled on the first column only."""
     cols = min(columns, count)
@@ -132,6 +137,7 @@ def _save_empty(out_base: str | Path, reason: str) -> None:
 
 # learning curves
 
+
 def curve_rows(runs: list[dict], split: str = "test") -> list[dict]:
     """Per (task, method, pae) and epoch: mean and sample std of ``{split}_top1`` over the seeds that have a value."""
     column = f"{split}_top1"
@@ -141,16 +147,25 @@ def curve_rows(runs: list[dict], split: str = "test") -> list[dict]:
         by_epoch: dict[int, list[float]] = {}
         for run in groups[task, method, pae]:
             if run["history"] and column not in run["history"][0]:
-                raise PaeError(f"'{run['run_dir'] / 'history.csv'}' has no '{column}' column.",
-                               "pick a split the runs evaluated: 'test' for the final protocol, 'val200' for tune.")
+                raise PaeError(
+                    f"'{run['run_dir'] / 'history.csv'}' has no '{column}' column.",
+                    "pick a split the runs evaluated: 'test' for the final protocol, 'val200' for tune.",
+                )
             for row in run["history"]:
                 if np.isfinite(row[column]):
                     by_epoch.setdefault(int(row["epoch"]), []).append(row[column])
         for epoch, values in sorted(by_epoch.items()):
-            rows.append({"task": task, "method": method, "pae": pae, "epoch": epoch,
-                         "top1_mean": float(np.mean(values)),
-                         "top1_std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
-                         "seeds": len(values)})
+            rows.append(
+                {
+                    "task": task,
+                    "method": method,
+                    "pae": pae,
+                    "epoch": epoch,
+                    "top1_mean": float(np.mean(values)),
+                    "top1_std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
+                    "seeds": len(values),
+                }
+            )
     return rows
 
 
@@ -232,6 +247,7 @@ def learning_curves(run_dirs: Sequence[str | Path], out_base: str | Path, split:
 
 # gradient oscillation
 
+
 def _has_prompt_layers(run: dict) -> bool:
     """Runs without prompts (linear probe) have no grad_norm columns in history.csv, and no grad_norms.csv."""
     return bool(run["history"]) and any(GRAD_KEY.fullmatch(k) for k in run["history"][0])
@@ -258,8 +274,11 @@ def gradient_oscillation(run_dirs: Sequence[str | Path], out_base: str | Path) -
     first and at most 8 panels are drawn. Returns {(method, pae): g[layer, step]} for the panels drawn."""
     runs = [r for r in map(load_run, run_dirs) if _has_prompt_layers(r)]
     if not runs:
-        _save_empty(out_base, "no run in this experiment has prompt layers (only linear probes or no runs), "
-                              "so there are no prompt gradients to show.")
+        _save_empty(
+            out_base,
+            "no run in this experiment has prompt layers (only linear probes or no runs), "
+            "so there are no prompt gradients to show.",
+        )
         return {}
     task = min(r["task"] for r in runs)
     chosen = _first_seeds([r for r in runs if r["task"] == task], "method", "pae")
@@ -269,10 +288,20 @@ def gradient_oscillation(run_dirs: Sequence[str | Path], out_base: str | Path) -
     fig, axes = _panels(len(order), columns=2, size=(6.0, 3.0))
     for (method, pae), ax in zip(order, axes):
         g = matrices[method, pae]
-        image = ax.imshow(np.ma.masked_where(~(g > 0), g), aspect="auto", origin="lower", interpolation="nearest",
-                          norm=norm, cmap="viridis", extent=(0.5, g.shape[1] + 0.5, -0.5, len(g) - 0.5))
-        ax.set(title=f"{task} / {_label(method, pae)} (seed {chosen[method, pae].get('seed')})",
-               xlabel="optimizer step", ylabel="prompt layer")
+        image = ax.imshow(
+            np.ma.masked_where(~(g > 0), g),
+            aspect="auto",
+            origin="lower",
+            interpolation="nearest",
+            norm=norm,
+            cmap="viridis",
+            extent=(0.5, g.shape[1] + 0.5, -0.5, len(g) - 0.5),
+        )
+        ax.set(
+            title=f"{task} / {_label(method, pae)} (seed {chosen[method, pae].get('seed')})",
+            xlabel="optimizer step",
+            ylabel="prompt layer",
+        )
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(image, ax=axes, label="prompt-gradient norm (log scale)")
     _save(fig, out_base)
@@ -280,6 +309,7 @@ def gradient_oscillation(run_dirs: Sequence[str | Path], out_base: str | Path) -
 
 
 # shortcut maps
+
 
 def load_shortcuts(path: str | Path) -> dict:
     """A shortcuts.json with its maps as n x n arrays (band s at row s // n, column s % n of the centred spectrum):
@@ -296,10 +326,14 @@ def load_shortcuts(path: str | Path) -> dict:
     if any(not 0 <= int(s) < n * n for s in found["selected"]):
         raise PaeError(f"'{path}' selects a band outside its {n} x {n} grid.", RERUN_DISCOVERY)
     blank = np.full((n, n), np.nan)
-    return {**found, "band_map": np.asarray(found["band_losses"], dtype=float).reshape(n, n),
-            "selected_cells": np.array([divmod(int(s), n) for s in found["selected"]]).reshape(-1, 2),
-            "class_map_arrays": np.array([blank if m is None else np.asarray(m, dtype=float).reshape(n, n)
-                                          for m in found.get("class_maps") or []]).reshape(-1, n, n)}
+    return {
+        **found,
+        "band_map": np.asarray(found["band_losses"], dtype=float).reshape(n, n),
+        "selected_cells": np.array([divmod(int(s), n) for s in found["selected"]]).reshape(-1, 2),
+        "class_map_arrays": np.array(
+            [blank if m is None else np.asarray(m, dtype=float).reshape(n, n) for m in found.get("class_maps") or []]
+        ).reshape(-1, n, n),
+    }
 
 
 def _draw_band_map(ax: Axes, found: dict) -> None:
@@ -318,7 +352,7 @@ def _draw_class_maps(axes: list[Axes], found: dict) -> None:
     """Per class, the loss increase when a band is removed (higher = relied on), on one colour scale per task.
     Class names wrap at their underscores, so long ones stay within their panel. Bands sit where they sit in the
     band-loss map beside them, so the class panels carry no ticks."""
-    maps = found["class_map_arrays"][:len(axes)]
+    maps = found["class_map_arrays"][: len(axes)]
     names = found.get("classes") or []
     finite = maps[np.isfinite(maps)]
     limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -363,8 +397,10 @@ def shortcut_figure(by_task: dict[str, dict]) -> Figure:
     class_columns = max(1, min(CLASS_COLUMNS, max(drawn)))
     rows = [max(1, -(-n // class_columns)) for n in drawn]
     width, height = CLASS_PANEL
-    fig = Figure(figsize=(width * (BAND_MAP_WIDTH + class_columns) + 1.2, height * sum(rows) + 0.5 * len(rows)),
-                 layout="constrained")
+    fig = Figure(
+        figsize=(width * (BAND_MAP_WIDTH + class_columns) + 1.2, height * sum(rows) + 0.5 * len(rows)),
+        layout="constrained",
+    )
     blocks = fig.subfigures(len(by_task), 1, height_ratios=rows, squeeze=False)[:, 0]
     for sub, found, task_rows in zip(blocks, by_task.values(), rows):
         _draw_task(sub, found, class_columns, task_rows)
@@ -385,6 +421,7 @@ def shortcut_maps(shortcut_files: Sequence[str | Path], out_base: str | Path) ->
 
 
 # Koopman spectrum
+
 
 def koopman_eigenvalues(checkpoint_path: str | Path) -> np.ndarray:
     """Eigenvalues of the checkpoint's Koopman operator K, largest modulus first: shape (k,) for the global K,
@@ -437,8 +474,12 @@ def koopman_spectrum(run_dirs: Sequence[str | Path], out_base: str | Path) -> di
     return spectra
 
 
-FIGURE_MAKERS = {"learning_curves": learning_curves, "gradient_oscillation": gradient_oscillation,
-                 "koopman_spectrum": koopman_spectrum, "shortcut_maps": shortcut_maps}
+FIGURE_MAKERS = {
+    "learning_curves": learning_curves,
+    "gradient_oscillation": gradient_oscillation,
+    "koopman_spectrum": koopman_spectrum,
+    "shortcut_maps": shortcut_maps,
+}
 
 
 def write_figure(kind: str, inputs: list[str], out_base: str | Path) -> None:

@@ -1,4 +1,5 @@
 """What each prompt method costs: trainable parameters (beside the papers' reported counts) and step time."""
+
 from __future__ import annotations
 
 import time
@@ -50,19 +51,38 @@ def paper_rows(backbone: torch.nn.Module) -> list[dict]:
     rows = []
     for method, options, reported, source in PAPER_COUNTS:
         ours = prompt_parameters(build_model(method, backbone, 2, **options))
-        rows.append({"method": method, "settings": " ".join(f"{k}={v}" for k, v in options.items()), "ours": ours,
-                     "paper": reported, "relative_difference": abs(ours - reported) / reported, "source": source})
+        rows.append(
+            {
+                "method": method,
+                "settings": " ".join(f"{k}={v}" for k, v in options.items()),
+                "ours": ours,
+                "paper": reported,
+                "relative_difference": abs(ours - reported) / reported,
+                "source": source,
+            }
+        )
     return rows
 
 
-def cost_rows(backbone: torch.nn.Module, img_size: int, batch: int, num_classes: int = 10,
-              methods: list[str] | None = None, **options: object) -> list[dict]:
+def cost_rows(
+    backbone: torch.nn.Module,
+    img_size: int,
+    batch: int,
+    num_classes: int = 10,
+    methods: list[str] | None = None,
+    **options: object,
+) -> list[dict]:
     rows = []
     for method in methods or [spec.name for spec in ordered()]:
         model = build_model(method, backbone, num_classes, **options_for(method, options))
-        rows.append({"method": method, "prompt_params": prompt_parameters(model),
-                     "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
-                     "step_time_s": step_time(model, batch, img_size)})
+        rows.append(
+            {
+                "method": method,
+                "prompt_params": prompt_parameters(model),
+                "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
+                "step_time_s": step_time(model, batch, img_size),
+            }
+        )
     return rows
 
 
@@ -71,15 +91,31 @@ def write_cost_report(paper: list[dict], cost: list[dict], out_dir: str | Path, 
     out.mkdir(parents=True, exist_ok=True)
     write_csv(paper, out / "params_vs_papers.csv")
     write_csv(cost, out / "cost.csv")
-    lines = ["# Prompt methods: parameters and step time", "",
-             "## Trainable prompt parameters on ViT-B/16 against the papers' reported counts", "",
-             "| method | settings | ours | paper | difference | source |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['settings']} | {r['ours']:,} | {r['paper']:,} | {100 * r['relative_difference']:.2f}% "
-              f"| {r['source']} |" for r in paper]
-    lines += ["", "Paper counts are rounded to the digits they print (e.g. 66.66e-2 M).", "",
-              f"## Cost per method: {setting}", "",
-              "| method | prompt params | trainable params (with head) | step time (s) |", "|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['prompt_params']:,} | {r['trainable_params']:,} | {r['step_time_s']:.3f} |" for r in cost]
+    lines = [
+        "# Prompt methods: parameters and step time",
+        "",
+        "## Trainable prompt parameters on ViT-B/16 against the papers' reported counts",
+        "",
+        "| method | settings | ours | paper | difference | source |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['method']} | {r['settings']} | {r['ours']:,} | {r['paper']:,} | {100 * r['relative_difference']:.2f}% "
+        f"| {r['source']} |"
+        for r in paper
+    ]
+    lines += [
+        "",
+        "Paper counts are rounded to the digits they print (e.g. 66.66e-2 M).",
+        "",
+        f"## Cost per method: {setting}",
+        "",
+        "| method | prompt params | trainable params (with head) | step time (s) |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['method']} | {r['prompt_params']:,} | {r['trainable_params']:,} | {r['step_time_s']:.3f} |" for r in cost
+    ]
     lines.append("")
     (out / "README.md").write_text("\n".join(lines) + "\n")
     return out / "README.md"

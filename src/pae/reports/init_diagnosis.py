@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .build import LoadedTask, load_task, run_model, run_pae, sample_batch
-from .config.train import TrainConfig
-from .errors import PaeError
-from .evaluate import predictions, top1
-from .files import atomic_write, read_json, write_json
-from .prompts import PromptedViT, PromptMethod
-from .prompts.base import fused_qkv
-from .run_folder import CONFIG, METRICS, top1_key
+from ..build import LoadedTask, load_task, run_model, run_pae, sample_batch
+from ..config.train import TrainConfig
+from ..errors import PaeError
+from ..evaluate import predictions, top1
+from ..files import atomic_write, read_json, write_json
+from ..prompts import PromptedViT, PromptMethod
+from ..prompts.base import fused_qkv
+from ..run_folder import CONFIG, METRICS, top1_key
 
 SAME_RUN_FIELDS = ("data_kind", "data_root", "data_name", "img_size", "arch", "weights", "method", "seed", "head_init")
 TOLERANCE = 0.5  # top-1 points: as `evaluate`, the rebuilt epoch-0 model must give the run's recorded start
@@ -38,6 +38,7 @@ INITS = ("mpa", "random")
 
 
 # ---------------------------------------------------------------------------------------------- per block
+
 
 def attention_probabilities(attn: nn.Module, x: torch.Tensor, extra_keys: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax attention (B, heads, T, T + n) of timm's ``Attention`` on its input ``x`` (B, T, d), the block's
@@ -54,10 +55,14 @@ def attention_probabilities(attn: nn.Module, x: torch.Tensor, extra_keys: torch.
 def token_norms(x: torch.Tensor, n_prefix: int, n_prompt: int) -> dict[str, float]:
     """Mean L2 norm of the prompt tokens, the patch tokens and [CLS] in a sequence (B, prefix + prompts + N, d)."""
     norms = x.float().norm(dim=-1)
-    prompt = norms[:, n_prefix:n_prefix + n_prompt].mean().item() if n_prompt else math.nan
-    patch = norms[:, n_prefix + n_prompt:].mean().item()
-    return {"prompt_norm": prompt, "patch_norm": patch, "cls_norm": norms[:, 0].mean().item(),
-            "norm_ratio": prompt / patch}
+    prompt = norms[:, n_prefix : n_prefix + n_prompt].mean().item() if n_prompt else math.nan
+    patch = norms[:, n_prefix + n_prompt :].mean().item()
+    return {
+        "prompt_norm": prompt,
+        "patch_norm": patch,
+        "cls_norm": norms[:, 0].mean().item(),
+        "norm_ratio": prompt / patch,
+    }
 
 
 def prompt_attention(probs: torch.Tensor, n_prefix: int, n_prompt: int) -> dict[str, float]:
@@ -66,18 +71,21 @@ def prompt_attention(probs: torch.Tensor, n_prefix: int, n_prompt: int) -> dict[
     under uniform attention, the level at which prompts are attended like any other token."""
     t, keys = probs.shape[2], probs.shape[3]
     prompts, patches = slice(n_prefix, n_prefix + n_prompt), slice(n_prefix + n_prompt, t)
-    return {"cls_to_prompts": probs[:, :, 0, prompts].sum(-1).mean().item(),
-            "patches_to_prompts": probs[:, :, patches, prompts].sum(-1).mean().item(),
-            "cls_to_key_prompts": probs[:, :, 0, t:].sum(-1).mean().item(),
-            "patches_to_key_prompts": probs[:, :, patches, t:].sum(-1).mean().item(),
-            "uniform_share": n_prompt / keys, "keys": keys}
+    return {
+        "cls_to_prompts": probs[:, :, 0, prompts].sum(-1).mean().item(),
+        "patches_to_prompts": probs[:, :, patches, prompts].sum(-1).mean().item(),
+        "cls_to_key_prompts": probs[:, :, 0, t:].sum(-1).mean().item(),
+        "patches_to_key_prompts": probs[:, :, patches, t:].sum(-1).mean().item(),
+        "uniform_share": n_prompt / keys,
+        "keys": keys,
+    }
 
 
 def prompt_cosines(x: torch.Tensor, n_prefix: int, n_prompt: int) -> dict[str, float]:
     """Mean cosine of each prompt token to its image's mean patch token, and between two prompts of the sequence
     (NaN where there are too few prompts): whether the prompts are patch-like, and whether they are distinct."""
     x = x.float()
-    prompts, patches = x[:, n_prefix:n_prefix + n_prompt], x[:, n_prefix + n_prompt:]
+    prompts, patches = x[:, n_prefix : n_prefix + n_prompt], x[:, n_prefix + n_prompt :]
     mean_patch = patches.mean(1, keepdim=True)
     to_patch = F.cosine_similarity(prompts, mean_patch, dim=-1).mean().item() if n_prompt else math.nan
     if n_prompt < 2:
@@ -88,12 +96,22 @@ def prompt_cosines(x: torch.Tensor, n_prefix: int, n_prompt: int) -> dict[str, f
     return {"cos_to_mean_patch": to_patch, "cos_between_prompts": gram[:, off_diagonal].mean().item()}
 
 
-def block_stats(attn: nn.Module, x: torch.Tensor, normed: torch.Tensor, n_prefix: int, n_prompt: int,
-                extra_keys: torch.Tensor | None) -> dict[str, float]:
+def block_stats(
+    attn: nn.Module,
+    x: torch.Tensor,
+    normed: torch.Tensor,
+    n_prefix: int,
+    n_prompt: int,
+    extra_keys: torch.Tensor | None,
+) -> dict[str, float]:
     """Everything measured at one block, from its input ``x`` and its LayerNorm-ed input ``normed``."""
     probs = attention_probabilities(attn, normed, extra_keys)
-    return {**token_norms(x, n_prefix, n_prompt), **prompt_attention(probs, n_prefix, n_prompt),
-            **prompt_cosines(x, n_prefix, n_prompt), "prompt_tokens": n_prompt}
+    return {
+        **token_norms(x, n_prefix, n_prompt),
+        **prompt_attention(probs, n_prefix, n_prompt),
+        **prompt_cosines(x, n_prefix, n_prompt),
+        "prompt_tokens": n_prompt,
+    }
 
 
 def traced_forward(model: PromptedViT, images: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, float]]]:
@@ -109,8 +127,15 @@ def traced_forward(model: PromptedViT, images: torch.Tensor) -> tuple[torch.Tens
             x = inputs[0].detach()
             kv = model.method.kv_prompts(layer, x.shape[0])
             with torch.no_grad():
-                stats[layer] = block_stats(attn, x, output.detach(), n_prefix, x.shape[1] - n_prefix - n_patches,
-                                           None if kv is None else kv[0].detach())
+                stats[layer] = block_stats(
+                    attn,
+                    x,
+                    output.detach(),
+                    n_prefix,
+                    x.shape[1] - n_prefix - n_patches,
+                    None if kv is None else kv[0].detach(),
+                )
+
         return record
 
     handles = [block.norm1.register_forward_hook(hook(i, block.attn)) for i, block in enumerate(bb.blocks)]
@@ -123,6 +148,7 @@ def traced_forward(model: PromptedViT, images: torch.Tensor) -> tuple[torch.Tens
 
 
 # ---------------------------------------------------------------------------------------------- per model
+
 
 def layer_parameter_norms(method: PromptMethod) -> torch.Tensor:
     """L2 norm per prompt layer over the same per-layer tensors ``layer_grad_norms`` reads."""
@@ -139,9 +165,14 @@ def measure(model: PromptedViT, images: torch.Tensor, labels: torch.Tensor) -> d
     loss.backward()
     grads, norms = model.method.layer_grad_norms().cpu(), layer_parameter_norms(model.method).cpu()
     model.zero_grad(set_to_none=True)
-    return {"loss": loss.item(), "top1": 100.0 * (logits.argmax(1) == labels).float().mean().item(),
-            "layers": layers, "prompt_grad_norm": grads.tolist(), "prompt_param_norm": norms.tolist(),
-            "relative_grad": (grads / norms).tolist()}
+    return {
+        "loss": loss.item(),
+        "top1": 100.0 * (logits.argmax(1) == labels).float().mean().item(),
+        "layers": layers,
+        "prompt_grad_norm": grads.tolist(),
+        "prompt_param_norm": norms.tolist(),
+        "relative_grad": (grads / norms).tolist(),
+    }
 
 
 def recorded_start(model: PromptedViT, task: LoadedTask, cfg: TrainConfig, metrics: dict) -> dict[str, float]:
@@ -153,9 +184,11 @@ def recorded_start(model: PromptedViT, task: LoadedTask, cfg: TrainConfig, metri
     measured = top1(predicted, data.labels).item()
     recorded = metrics.get(top1_key(split, "initial"))
     if recorded is None or abs(measured - recorded) > TOLERANCE:
-        raise PaeError(f"the rebuilt epoch-0 model of '{cfg.out_dir}' gives {split} top-1 {measured:.2f}, but the run "
-                       f"recorded {recorded} at epoch 0.", "diagnose runs trained by this code version (rerun them), "
-                       "with the files their config.json names.")
+        raise PaeError(
+            f"the rebuilt epoch-0 model of '{cfg.out_dir}' gives {split} top-1 {measured:.2f}, but the run "
+            f"recorded {recorded} at epoch 0.",
+            "diagnose runs trained by this code version (rerun them), with the files their config.json names.",
+        )
     return {"split": split, "measured": measured, "recorded": recorded}
 
 
@@ -168,21 +201,30 @@ def epoch0_model(cfg: TrainConfig, task: LoadedTask) -> PromptedViT:
 
 # ---------------------------------------------------------------------------------------------- the two runs
 
+
 def check_pair(pae_cfg: TrainConfig, base_cfg: TrainConfig) -> None:
     """The two runs must be one task, backbone, method and seed, the first with PAE's init and the second without."""
     if not pae_cfg.pae.init:
-        raise PaeError(f"the --pae-run '{pae_cfg.out_dir}' has PAE's init off.", "pass a run with PAE's init (folders "
-                       "init or all).")
+        raise PaeError(
+            f"the --pae-run '{pae_cfg.out_dir}' has PAE's init off.",
+            "pass a run with PAE's init (folders init or all).",
+        )
     if base_cfg.pae.init:
-        raise PaeError(f"the --base-run '{base_cfg.out_dir}' has PAE's init on.", "pass the same method's run without "
-                       "PAE (folder none).")
+        raise PaeError(
+            f"the --base-run '{base_cfg.out_dir}' has PAE's init on.",
+            "pass the same method's run without PAE (folder none).",
+        )
     for name in SAME_RUN_FIELDS:
         if getattr(pae_cfg, name) != getattr(base_cfg, name):
-            raise PaeError(f"the runs differ in '{name}' ({getattr(pae_cfg, name)!r} vs {getattr(base_cfg, name)!r}).",
-                           "pass two runs of the same task, backbone, method and seed.")
+            raise PaeError(
+                f"the runs differ in '{name}' ({getattr(pae_cfg, name)!r} vs {getattr(base_cfg, name)!r}).",
+                "pass two runs of the same task, backbone, method and seed.",
+            )
     if pae_cfg.options.num_tokens != base_cfg.options.num_tokens:
-        raise PaeError(f"the runs have {pae_cfg.options.num_tokens} and {base_cfg.options.num_tokens} prompt tokens.",
-                       "pass two runs with the same num_tokens (or give --num-tokens).")
+        raise PaeError(
+            f"the runs have {pae_cfg.options.num_tokens} and {base_cfg.options.num_tokens} prompt tokens.",
+            "pass two runs with the same num_tokens (or give --num-tokens).",
+        )
 
 
 def with_tokens(cfg: TrainConfig, num_tokens: int) -> TrainConfig:
@@ -193,8 +235,9 @@ def with_tokens(cfg: TrainConfig, num_tokens: int) -> TrainConfig:
     return replace(cfg, options=replace(cfg.options, num_tokens=num_tokens), init_prompts=None)
 
 
-def diagnose(pae_cfg: TrainConfig, base_cfg: TrainConfig, images: int = 256,
-             recorded: tuple[dict, dict] | None = None) -> dict[str, Any]:
+def diagnose(
+    pae_cfg: TrainConfig, base_cfg: TrainConfig, images: int = 256, recorded: tuple[dict, dict] | None = None
+) -> dict[str, Any]:
     """Both runs' epoch-0 models measured on the same ``images`` training images; with ``recorded`` (the runs'
     metrics.json), each rebuilt model is first checked against the epoch-0 top-1 its run recorded."""
     pae_cfg, base_cfg = pae_cfg.resolved(), base_cfg.resolved()
@@ -208,10 +251,17 @@ def diagnose(pae_cfg: TrainConfig, base_cfg: TrainConfig, images: int = 256,
     models = {"mpa": epoch0_model(pae_cfg, task), "random": epoch0_model(base_cfg, task)}
     bb = task.backbone
     result: dict[str, Any] = {
-        "pae_run": pae_cfg.out_dir, "base_run": base_cfg.out_dir, "task": task.spec.label, "method": base_cfg.method,
-        "seed": base_cfg.seed, "images": len(y), "num_tokens": base_cfg.options.num_tokens,
-        "patch_tokens": bb.patch_embed.num_patches, "prefix_tokens": bb.num_prefix_tokens,
-        "same_head": torch.equal(models["mpa"].head.weight, models["random"].head.weight)}
+        "pae_run": pae_cfg.out_dir,
+        "base_run": base_cfg.out_dir,
+        "task": task.spec.label,
+        "method": base_cfg.method,
+        "seed": base_cfg.seed,
+        "images": len(y),
+        "num_tokens": base_cfg.options.num_tokens,
+        "patch_tokens": bb.patch_embed.num_patches,
+        "prefix_tokens": bb.num_prefix_tokens,
+        "same_head": torch.equal(models["mpa"].head.weight, models["random"].head.weight),
+    }
     for (init, model), cfg, metrics in zip(models.items(), (pae_cfg, base_cfg), recorded or (None, None)):
         result[init] = measure(model, x, y)
         if metrics is not None:
@@ -224,19 +274,23 @@ def read_config(run_dir: str | Path) -> TrainConfig:
     return TrainConfig.from_dict(read_json(Path(run_dir) / CONFIG, "pass a finished run folder (with config.json)."))
 
 
-def diagnose_runs(pae_run: str | Path, base_run: str | Path, images: int = 256,
-                  num_tokens: int | None = None) -> dict[str, Any]:
+def diagnose_runs(
+    pae_run: str | Path, base_run: str | Path, images: int = 256, num_tokens: int | None = None
+) -> dict[str, Any]:
     """``diagnose`` on two finished run folders; with ``num_tokens`` both are rebuilt with that many prompts instead
     (no recorded start to check against then)."""
     cfgs = [read_config(run) for run in (pae_run, base_run)]
     if num_tokens is not None:
         return diagnose(*(with_tokens(cfg, num_tokens) for cfg in cfgs), images=images)
-    metrics = tuple(read_json(Path(run) / METRICS, "pass a finished run folder (it holds metrics.json).")
-                    for run in (pae_run, base_run))
+    metrics = tuple(
+        read_json(Path(run) / METRICS, "pass a finished run folder (it holds metrics.json).")
+        for run in (pae_run, base_run)
+    )
     return diagnose(*cfgs, images=images, recorded=metrics)
 
 
 # ---------------------------------------------------------------------------------------------- the outputs
+
 
 def series(result: dict, init: str, key: str) -> list[float]:
     return [layer[key] for layer in result[init]["layers"]]
@@ -260,9 +314,14 @@ def finding(result: dict) -> str:
     first = result["mpa"]["layers"][0]
     step = _median(mpa["relative_grad"]) / _median(rnd["relative_grad"])
     between = {i: _median(series(result, i, "cos_between_prompts")) for i in INITS}
-    distinct = "" if math.isnan(between["mpa"]) else (
-        f", and the MPA prompts of a layer have a mean pairwise cosine of {between['mpa']:.4f} (random "
-        f"{between['random']:.2f}; medians over layers)")
+    distinct = (
+        ""
+        if math.isnan(between["mpa"])
+        else (
+            f", and the MPA prompts of a layer have a mean pairwise cosine of {between['mpa']:.4f} (random "
+            f"{between['random']:.2f}; medians over layers)"
+        )
+    )
     return (
         f"At epoch 0, with the same head{'' if result['same_head'] else ' (not: the heads differ)'}, the MPA prompts "
         f"give a cross-entropy of {mpa['loss']:.2f} and top-1 {mpa['top1']:.1f}% on {result['images']} training "
@@ -275,7 +334,8 @@ def finding(result: dict) -> str:
         f"(up to {max(cls['random']):.0f}%) for the random prompts; uniform attention over the {first['keys']} keys "
         f"would give the prompts {100 * first['uniform_share']:.0f}%. "
         f"The CE gradient relative to the prompts' own norm (median over prompt layers) is {step:.2g}x the random "
-        f"prompts' ({_median(mpa['relative_grad']):.2g} vs {_median(rnd['relative_grad']):.2g}){distinct}.")
+        f"prompts' ({_median(mpa['relative_grad']):.2g} vs {_median(rnd['relative_grad']):.2g}){distinct}."
+    )
 
 
 def _cell(value: float, digits: str = ".2f") -> str:
@@ -285,20 +345,32 @@ def _cell(value: float, digits: str = ".2f") -> str:
 def markdown(result: dict) -> str:
     """The finding, the epoch-0 loss per init and one table row per block."""
     mpa, rnd = result["mpa"], result["random"]
-    lines = [f"## Epoch-0 diagnosis of PAE's init: {result['task']} / {result['method']}, seed {result['seed']}", "",
-             f"MPA run `{result['pae_run']}` against random-init run `{result['base_run']}`; {result['images']} "
-             f"training images, {result['num_tokens']} prompts, {result['patch_tokens']} patch tokens, "
-             f"{result['prefix_tokens']} prefix token(s).", "", finding(result), "",
-             "| init | CE loss | top-1 (train images) | epoch-0 top-1 rebuilt / recorded |", "|---|--:|--:|--:|"]
+    lines = [
+        f"## Epoch-0 diagnosis of PAE's init: {result['task']} / {result['method']}, seed {result['seed']}",
+        "",
+        f"MPA run `{result['pae_run']}` against random-init run `{result['base_run']}`; {result['images']} "
+        f"training images, {result['num_tokens']} prompts, {result['patch_tokens']} patch tokens, "
+        f"{result['prefix_tokens']} prefix token(s).",
+        "",
+        finding(result),
+        "",
+        "| init | CE loss | top-1 (train images) | epoch-0 top-1 rebuilt / recorded |",
+        "|---|--:|--:|--:|",
+    ]
     for name, row in (("MPA", mpa), ("random", rnd)):
         start = row.get("recorded_start")
         checked = f"{start['measured']:.2f} / {start['recorded']:.2f} ({start['split']})" if start else "–"
         lines.append(f"| {name} | {row['loss']:.3f} | {row['top1']:.1f} | {checked} |")
-    lines += ["", "Per block (MPA / random): prompt norm over patch-token norm, share of [CLS]'s and of the patch "
-              "tokens' attention on the prompts (uniform: the share under uniform attention), cosine of the prompts "
-              "to the mean patch token and between prompts, CE gradient over prompt norm.", "",
-              "| layer | ‖patch‖ | ‖CLS‖ | ‖prompt‖/‖patch‖ | CLS→prompts % | patches→prompts % | uniform % "
-              "| cos(prompt, mean patch) | cos(prompt, prompt) | ‖∇‖/‖θ‖ |", "|" + "--:|" * 10]
+    lines += [
+        "",
+        "Per block (MPA / random): prompt norm over patch-token norm, share of [CLS]'s and of the patch "
+        "tokens' attention on the prompts (uniform: the share under uniform attention), cosine of the prompts "
+        "to the mean patch token and between prompts, CE gradient over prompt norm.",
+        "",
+        "| layer | ‖patch‖ | ‖CLS‖ | ‖prompt‖/‖patch‖ | CLS→prompts % | patches→prompts % | uniform % "
+        "| cos(prompt, mean patch) | cos(prompt, prompt) | ‖∇‖/‖θ‖ |",
+        "|" + "--:|" * 10,
+    ]
     for layer, (m, r) in enumerate(zip(mpa["layers"], rnd["layers"])):
         grads = [row["relative_grad"][layer] if layer < len(row["relative_grad"]) else math.nan for row in (mpa, rnd)]
         lines.append(
@@ -307,11 +379,18 @@ def markdown(result: dict) -> str:
             f"{100 * m['patches_to_prompts']:.1f} / {100 * r['patches_to_prompts']:.1f} | "
             f"{100 * m['uniform_share']:.1f} | {_cell(m['cos_to_mean_patch'])} / {_cell(r['cos_to_mean_patch'])} | "
             f"{_cell(m['cos_between_prompts'], '.4f')} / {_cell(r['cos_between_prompts'])} | "
-            f"{_cell(grads[0], '.2g')} / {_cell(grads[1], '.2g')} |")
+            f"{_cell(grads[0], '.2g')} / {_cell(grads[1], '.2g')} |"
+        )
     if any(m["cls_to_key_prompts"] for m in mpa["layers"]):
-        lines += ["", "Key prompts (E2VPT) take " + ", ".join(
-            f"{100 * m['cls_to_key_prompts']:.0f}/{100 * r['cls_to_key_prompts']:.0f}%"
-            for m, r in zip(mpa["layers"], rnd["layers"])) + " of [CLS]'s attention per layer (MPA/random)."]
+        lines += [
+            "",
+            "Key prompts (E2VPT) take "
+            + ", ".join(
+                f"{100 * m['cls_to_key_prompts']:.0f}/{100 * r['cls_to_key_prompts']:.0f}%"
+                for m, r in zip(mpa["layers"], rnd["layers"])
+            )
+            + " of [CLS]'s attention per layer (MPA/random).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -327,16 +406,31 @@ def draw(result: dict, out_png: Path) -> None:
     for init, colour in zip(INITS, ("tab:red", "tab:blue")):
         label = "MPA" if init == "mpa" else "random"
         norm_ax.plot(layers, series(result, init, "norm_ratio"), "o-", ms=3, color=colour, label=label)
-        attn_ax.plot(layers, [100 * v for v in series(result, init, "cls_to_prompts")], "o-", ms=3, color=colour,
-                     label=f"{label}: CLS")
-        attn_ax.plot(layers, [100 * v for v in series(result, init, "patches_to_prompts")], ":", color=colour,
-                     label=f"{label}: patches")
+        attn_ax.plot(
+            layers,
+            [100 * v for v in series(result, init, "cls_to_prompts")],
+            "o-",
+            ms=3,
+            color=colour,
+            label=f"{label}: CLS",
+        )
+        attn_ax.plot(
+            layers,
+            [100 * v for v in series(result, init, "patches_to_prompts")],
+            ":",
+            color=colour,
+            label=f"{label}: patches",
+        )
         grad = result[init]["relative_grad"]
         grad_ax.plot(range(len(grad)), grad, "o-", ms=3, color=colour, label=label)
-    attn_ax.plot(layers, [100 * v for v in series(result, "mpa", "uniform_share")], "--", color="grey", lw=1,
-                 label="uniform")
-    for ax, title in ((norm_ax, "‖prompt‖ / ‖patch‖"), (attn_ax, "attention on prompts (%)"),
-                      (grad_ax, "‖∇CE‖ / ‖prompt‖")):
+    attn_ax.plot(
+        layers, [100 * v for v in series(result, "mpa", "uniform_share")], "--", color="grey", lw=1, label="uniform"
+    )
+    for ax, title in (
+        (norm_ax, "‖prompt‖ / ‖patch‖"),
+        (attn_ax, "attention on prompts (%)"),
+        (grad_ax, "‖∇CE‖ / ‖prompt‖"),
+    ):
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("layer", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -349,8 +443,9 @@ def draw(result: dict, out_png: Path) -> None:
     fig.savefig(str(out_png), dpi=150, format="png")
 
 
-def write_diagnosis(result: dict, out_json: str | Path | None, out_md: str | Path | None,
-                    out_png: str | Path | None) -> None:
+def write_diagnosis(
+    result: dict, out_json: str | Path | None, out_md: str | Path | None, out_png: str | Path | None
+) -> None:
     """The numbers (JSON, NaN as null), the Markdown report and the figure, each written atomically."""
     if out_json:
         write_json(result, out_json)
