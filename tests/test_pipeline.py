@@ -249,16 +249,21 @@ def test_a_rerun_recomputes_nothing_and_a_changed_param_only_its_users(project):
     (root / "params/default.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     jobs = dry_run_jobs(root, env)
-    # vpt_deep 'all' and 'koopman': each a final run, its evaluation, its search (one job for both lrs), a selection
-    assert (jobs["train"], jobs["evaluate"], jobs["tune_group0"], jobs["select_hparams"]) == (2, 2, 2, 2)
+    # vpt_deep 'all' and 'koopman': each a final run and its search (one job for both lrs) and selection; the one
+    # evaluate job of tiny/vpt_deep
+    assert (jobs["train"], jobs["evaluate"], jobs["tune_group0"], jobs["select_hparams"]) == (2, 1, 2, 2)
     assert not {"import_backbone", "prepare_data", "shortcuts", "init_prompts", "shortcut_maps"} & set(jobs)
     status = run(["dvc", "status"], root, env).stdout
-    assert "table@accuracy" in status and "shortcut_maps" not in status and "backbone" not in status
+    # DVC sees the param in VPT-deep's training stage (its runs feed the tables), not in the other methods' stages
+    assert "train_tiny_vpt_deep" in status and "train_tiny_vpt_shallow" not in status
+    assert "mpa_tiny" not in status and "backbone" not in status
 
     run(["dvc", "repro", "-q", "table@accuracy"], root, env)
     changed = {p.relative_to(root).as_posix() for p, t in untouched.items() if p.exists() and p.stat().st_mtime_ns != t}
     runs_changed = {str(Path(p).parent) for p in changed if p.startswith(f"results/{EXPERIMENT}/runs/")}
-    assert runs_changed == {f"results/{EXPERIMENT}/runs/tiny/vpt_deep/all/seed1"}  # accuracy's only Koopman run
+    # DVC's stage is a task and method: both Koopman runs of VPT-deep retrain (the ablation's too), nothing else
+    koopman_runs = {f"results/{EXPERIMENT}/runs/tiny/vpt_deep/{v}/seed1" for v in ("all", "koopman")}
+    assert runs_changed == koopman_runs
     assert not any("/mpa/" in p or "/prepared/" in p for p in changed)
     assert "table@accuracy" not in run(["dvc", "status"], root, env).stdout
 
