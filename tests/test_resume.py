@@ -96,7 +96,8 @@ def same_run(a: Path, b: Path) -> None:
     """Identical numbers, curves and tensors (timings and run ids aside)."""
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     for m in (ma, mb):
-        del m["settings"]["out_dir"]  # the runs' own folders
+        for where in ("out_dir", "cache_dir", "experiment"):  # the runs' own folders and experiment names
+            m["settings"].pop(where)
     assert {k: v for k, v in ma.items() if k not in TIMING} == {k: v for k, v in mb.items() if k not in TIMING}
     for name in ("history.csv", "grad_norms.csv"):
         assert (a / name).read_text() == (b / name).read_text()

@@ -90,6 +90,8 @@ if DIAGNOSED:
         conda:
             ENV
         threads: TRAIN_RESOURCES["threads"]
+        resources:
+            mem_mb=TRAIN_RESOURCES["mem_mb"],
         shell:
             "python -m pae.cli diagnose-init --pae-run {params.pae_run} --base-run {params.base_run} --threads {threads}"
             " --out-md {output.md} --out-json {output.json} --out-png {output.png} > {log} 2>&1"

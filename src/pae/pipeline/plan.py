@@ -141,8 +141,9 @@ class Plan:
     @cached_property
     def init_diagnosis_pair(self) -> tuple[str, str] | None:
         """(PAE run, base run) folders the init diagnosis compares: the ablation's first deep method with PAE's init
-        alone (else the first variant with init) against it without PAE, on the first task and seed."""
-        grid = self.config["ablation"] if self.config["ablation"]["methods"] else self.config["run"]
+        alone (else the first variant with init) against it without PAE, on the first task and seed; None without
+        an ablation (the diagnosis explains the ablation's init row)."""
+        grid = self.config["ablation"]
         for method in grid["methods"]:
             variants = self.variants_for(method, grid["pae"])
             base = next((v for v in variants if not self.parts(v)), None)
