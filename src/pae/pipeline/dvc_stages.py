@@ -79,7 +79,7 @@ def dvc_stages(plan: Plan, params_file: str, raw: dict) -> dict:
                 [*shared, backbone, summary, plan.prepared_dir(t)],
                 params_file,
                 present(raw, [*task_keys(t), *init_keys, "backbone.arch"]),
-                sorted({f"{plan.results}/mpa/{job[0]}/{t}" for job in plan.mpa_jobs() if job[1] == t}),
+                plan.mpa_task_dirs(t),
             )
     train_outs = []
     for t in tasks:
@@ -136,7 +136,7 @@ def train_stage(plan: Plan, params_file: str, raw: dict, task: str, method: str)
         plan.prepared_dir(task),
     ]
     if "init" in parts:
-        deps += sorted({f"{plan.results}/mpa/{job[0]}/{task}" for job in plan.mpa_jobs() if job[1] == task})
+        deps += plan.mpa_task_dirs(task)
     pae_keys = sorted({f"pae.{k}" for p in parts for k in SETTINGS_OF[p]})
     keys = [
         "img_size",

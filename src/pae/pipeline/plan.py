@@ -101,6 +101,10 @@ class Plan:
         """The task's decoded tensors (every job's --cache-dir); its summary with their content hashes sits beside."""
         return f"{self.results}/prepared/{task}"
 
+    def mpa_task_dirs(self, task: str) -> list[str]:
+        """The task's MPA folders, one per protocol it runs (final; tune with a search): DVC-tracked outputs."""
+        return sorted({f"{self.results}/mpa/{protocol}/{task}" for protocol, t, _, _ in self.mpa_jobs() if t == task})
+
     def run_dir(self, task: str, method: str, variant: str, seed: int) -> str:
         return f"{self.results}/runs/{task}/{method}/{variant}/seed{seed}"
 
