@@ -364,4 +364,15 @@ def test_common_target_convergence_disagrees_with_own_best_on_planted_curves():
     assert row["pae_to_final99"] == "3.0" and row["speedup_final99"].value == pytest.approx(5 / 3)
 
 
+def test_common_target_speedup_is_inf_without_ci_when_pae_starts_at_the_target():
+    """One seed's PAE run is at the base's final before training (epoch 0): its speed-up is inf (speedup's rule),
+    so the mean over seeds is inf and has no CI, where the CI's standard deviation used to crash the table."""
+    base = [0, 10, 20, 30]
+    runs = [_curve_run("none", s, base) for s in (1, 2)]
+    runs += [_curve_run(PAE_FULL, 1, [30, 30, 30, 30]), _curve_run(PAE_FULL, 2, [0, 30, 30, 30])]
+    row = next(r for r in convergence_table(runs).rows if r["pae"] == PAE_FULL)
+    assert (row["pae_to_final"], row["base_to_final"]) == ("0.5", "3.0")
+    assert row["speedup_final"].value == math.inf and row["speedup_final"].ci is None
+
+
 PAE_FULL = "+".join(PARTS)

@@ -159,12 +159,13 @@ def t_quantile_975(df: int) -> float:
 
 
 def mean_ci95(values: Iterable[float | None]) -> tuple[float | None, float | None]:
-    """Mean and 95% CI half-width t_{0.975,n-1} s / sqrt(n) over seeds (None values skipped; no CI for n < 2)."""
+    """Mean and 95% CI half-width t_{0.975,n-1} s / sqrt(n) over seeds (None values skipped; no CI for n < 2, nor
+    where a value is infinite, e.g. a speed-up whose PAE run started at the target: the mean is then inf)."""
     xs = [float(v) for v in values if v is not None]
     if not xs:
         return None, None
-    if len(xs) < 2:
-        return xs[0], None
+    if len(xs) < 2 or not all(math.isfinite(x) for x in xs):
+        return statistics.fmean(xs), None
     return statistics.fmean(xs), t_quantile_975(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
 
 
