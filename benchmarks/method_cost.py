@@ -16,7 +16,7 @@ import platform
 
 import torch
 
-from pae.backbones import create_vit, freeze
+from pae.backbones import create_backbone, freeze
 from pae.reports.method_cost import cost_rows, paper_rows, write_cost_report
 
 
@@ -30,8 +30,8 @@ def main() -> None:
     parser.add_argument("--out-dir", default="reports/methods")
     args = parser.parse_args()
     torch.manual_seed(0)
-    paper = paper_rows(freeze(create_vit("vit_base_patch16_224", 224)))
-    backbone = freeze(create_vit(args.arch, args.img_size)).to(args.device)
+    paper = paper_rows(freeze(create_backbone("vit_base_patch16_224", 224)))
+    backbone = freeze(create_backbone(args.arch, args.img_size)).to(args.device)
     cost = cost_rows(backbone, args.img_size, args.batch, num_tokens=args.num_tokens)
     where = (
         torch.cuda.get_device_name()

@@ -55,10 +55,10 @@ def onnx_model_path(dinov2_weights: Path) -> Path:
 
 def random_vit(arch: str = "vit_small_patch14_dinov2", img_size: int = 28, seed: int = 0) -> torch.nn.Module:
     """A frozen random ViT whose residual branches matter (LayerScale set to O(1), not timm's 1e-5)."""
-    from pae.backbones import create_vit, freeze
+    from pae.backbones import create_backbone, freeze
 
     torch.manual_seed(seed)
-    model = create_vit(arch, img_size)
+    model = create_backbone(arch, img_size)
     for name, p in model.named_parameters():
         if name.endswith(("ls1.gamma", "ls2.gamma")):
             p.data.uniform_(0.5, 1.5)

@@ -11,7 +11,7 @@ import pytest
 import timm
 import torch
 
-from pae.backbones import create_swin, create_vit
+from pae.backbones import backbone_family, create_backbone
 from pae.backbones.catalogue import CATALOGUE, PROTOCOL_MEAN, backbone
 from pae.backbones.checkpoints import load_weights, read_release
 from pae.errors import PaeError
@@ -84,11 +84,12 @@ def test_another_patch_size_is_refused_not_resampled(tmp_path):
         load_weights(tiny("vit_huge_patch14_224.orig_in21k"), tmp_path / "b16.npz", "vit_huge_patch14_224.orig_in21k")
 
 
-def test_vit_and_swin_loaders_refuse_each_others_architectures():
-    with pytest.raises(PaeError, match="use load_swin"):
-        create_vit("swin_base_patch4_window7_224", 64, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4)
-    with pytest.raises(PaeError, match="use load_backbone"):
-        create_swin("vit_base_patch16_224", 32, depth=1, embed_dim=64, num_heads=2)
+def test_backbone_family_picks_the_prompted_model():
+    """One loader for both families; the family (what the catalogue says) decides PromptedViT or PromptedSwin."""
+    swin = create_backbone("swin_base_patch4_window7_224", 64, embed_dim=16, depths=(2, 2), num_heads=(2, 4))
+    vit = create_backbone("vit_base_patch16_224", 32, depth=1, embed_dim=64, num_heads=2)
+    assert (backbone_family(swin), backbone_family(vit)) == ("swin", "vit")
+    assert {b.family for b in CATALOGUE.values()} == {"swin", "vit"}
 
 
 @pytest.mark.parametrize("name", list(CATALOGUE))

@@ -158,18 +158,18 @@ def _official_pae_loss(trajectory: np.ndarray, u: np.ndarray, kmat: np.ndarray, 
 
 def test_pae_loss_under_the_official_defaults_is_the_official_formula(backbone):
     method = build_model("vpt_deep", backbone, 3, num_tokens=3).method
-    pae = PAE(PAEOptions(koopman=True, lyapunov=True, koopman_dim=16), method, 384)
+    pae = PAE(PAEOptions(koopman=True, lyapunov=True, koopman_dim=16), method)
     gen = torch.Generator().manual_seed(1)
     reg = pae.regularizer
     with torch.no_grad():
         method.embeddings.copy_(torch.randn(method.embeddings.shape, generator=gen))
-        reg.lift.weight.copy_(torch.randn(16, 384, generator=gen) * 0.05)
+        reg.lifts[0].weight.copy_(torch.randn(16, 384, generator=gen) * 0.05)
         reg.K.copy_(torch.eye(16) + 0.3 * torch.randn(16, 16, generator=gen))
         reg.L.copy_(torch.eye(16) + 0.1 * torch.randn(16, 16, generator=gen))
     total = sum(w * v for w, v in pae.loss_terms(method).values()).item()
     expected = _official_pae_loss(
         method.embeddings.detach().double().numpy(),
-        reg.lift.weight.detach().double().T.numpy(),
+        reg.lifts[0].weight.detach().double().T.numpy(),
         reg.K.detach().double().numpy(),
         reg.L.detach().double().numpy(),
     )

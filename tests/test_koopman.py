@@ -28,7 +28,7 @@ def _set(
     """Write U (d, k; z = P U), K and L into an unconstrained module."""
     with torch.no_grad():
         if U is not None:
-            m.lift.weight.copy_(U.T)
+            m.lifts[0].weight.copy_(U.T)
         if K is not None:
             m.K.copy_(K)
         if L is not None:
@@ -51,7 +51,7 @@ def _contraction(d: int, scale: float, seed: int) -> torch.Tensor:
 
 def _fit_K(m: KoopmanLyapunov, traj: torch.Tensor, steps: int = 400) -> float:
     """Adam on the Koopman loss with U frozen; returns the final loss."""
-    m.lift.requires_grad_(False)
+    m.lifts[0].requires_grad_(False)
     opt = torch.optim.Adam([m.K], lr=0.02)
     for _ in range(steps):
         loss = m(traj)["koopman"]
@@ -196,7 +196,7 @@ def test_gradients_reach_prompts_lift_K_and_L(form):
     out["koopman"].backward(retain_graph=True)
     assert m.L.grad is None  # the Koopman term does not involve the energy
     out["lyapunov"].backward()
-    for grad in (traj.grad, m.lift.weight.grad, m.K.grad, m.L.grad):
+    for grad in (traj.grad, m.lifts[0].weight.grad, m.K.grad, m.L.grad):
         assert grad is not None and grad.abs().sum() > 0
 
 
@@ -220,7 +220,9 @@ def test_spectral_radius_matches_numpy():
     diag = layerwise.diagnostics(torch.randn(4, 2, 4))
     assert layerwise.spectral_radius() == pytest.approx(radii.max(), rel=1e-5)
     assert [diag[f"koopman_spectral_radius_t{i}"] for i in range(3)] == pytest.approx(radii.tolist(), rel=1e-5)
-    assert diag["koopman_lift_norm"] == pytest.approx(np.linalg.norm(layerwise.lift.weight.detach().numpy()), rel=1e-6)
+    assert diag["koopman_lift_norm"] == pytest.approx(
+        np.linalg.norm(layerwise.lifts[0].weight.detach().numpy()), rel=1e-6
+    )
     assert diag["koopman_lift_gain"] > 0
 
 
@@ -249,7 +251,7 @@ def test_unconstrained_lift_collapses_and_norm_preserving_does_not():
         _minimise_regularizer(m, traj, steps=500)
     assert free.lift_norm() < 0.1 * start[0]
     assert fixed.lift_norm() == pytest.approx(start[1], rel=1e-5)
-    w = fixed.lift.weight.detach()
+    w = fixed.lifts[0].weight.detach()
     assert torch.allclose(w @ w.T, torch.eye(k), atol=1e-5)
 
 
@@ -295,9 +297,7 @@ def test_bad_arguments(kwargs, match):
         KoopmanLyapunov(8, **kwargs)
 
 
-@pytest.mark.parametrize(
-    "shape, match", [((4, 3, 7), r"\(layers, prompts, 8\)"), ((3, 8), "got"), ((5, 3, 8), "4 transitions")]
-)
+@pytest.mark.parametrize("shape, match", [((4, 3, 7), r"widths \[8\]"), ((3, 8), "got"), ((5, 3, 8), "4 transitions")])
 def test_bad_trajectory(shape, match):
     m = KoopmanLyapunov(8, 4, transitions=3, mode="layerwise")
     with pytest.raises(PaeError, match=match):

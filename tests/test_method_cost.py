@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pae.backbones import create_vit, freeze
+from pae.backbones import create_backbone, freeze
 from pae.reports.method_cost import PAPER_COUNTS, cost_rows, paper_rows, write_cost_report
 
 from .conftest import random_vit
 
 
 def test_our_modules_reproduce_the_papers_vit_b_counts():
-    rows = paper_rows(freeze(create_vit("vit_base_patch16_224", 224)))
+    rows = paper_rows(freeze(create_backbone("vit_base_patch16_224", 224)))
     assert [r["method"] for r in rows] == [m for m, *_ in PAPER_COUNTS]
     for r in rows:
         assert r["relative_difference"] < 5e-4, r  # the papers print 4 significant digits

@@ -40,7 +40,7 @@ def batch():
 def test_all_of_pae_runs_on_every_deep_method_without_knowing_it(backbone, batch, name):
     model = build_model(name, backbone, 3, **options_for(name, {"num_tokens": 4, "bpt_rank": 8}))
     model.method.fit_to_data(backbone, batch[0])
-    pae = PAE(ALL_ON, model.method, backbone.embed_dim)
+    pae = PAE(ALL_ON, model.method)
     record = discover(ALL_ON, backbone, *batch, num_classes=3, num_tokens=4, seed=0)
     pae.initialize(model.method, record_prompts(backbone, batch[0], record, 12))
     # the official MPA: a random head scoring each band through the backbone with all-zero prompts
@@ -56,14 +56,14 @@ def test_all_of_pae_runs_on_every_deep_method_without_knowing_it(backbone, batch
     total = sum(weight * value for weight, value in terms.values())
     assert set(terms) == {"koopman", "lyapunov"} and torch.isfinite(total)
     (model(batch[0]).logsumexp(1).mean() + total).backward()
-    assert pae.regularizer.K.grad is not None and pae.regularizer.lift.weight.grad.abs().sum() > 0
+    assert pae.regularizer.K.grad is not None and pae.regularizer.lifts[0].weight.grad.abs().sum() > 0
     assert sum(p.grad.abs().sum() for p in model.method.per_layer_parameters() if p.grad is not None) > 0
 
 
 @pytest.mark.parametrize("name", ["vpt_shallow", "bpt_bilinear_shallow"])
 def test_shallow_methods_take_the_init_and_refuse_the_chain(backbone, batch, name):
     model = build_model(name, backbone, 3, num_tokens=4)
-    pae = PAE(PAEOptions(init=True, window=8, stride=4), model.method, backbone.embed_dim)
+    pae = PAE(PAEOptions(init=True, window=8, stride=4), model.method)
     options = PAEOptions(init=True, window=8, stride=4)
     record = discover(options, backbone, *batch, num_classes=3, num_tokens=4, seed=0)
     pae.initialize(model.method, record_prompts(backbone, batch[0], record, 12))  # the shallow method takes layer 0
@@ -74,12 +74,12 @@ def test_shallow_methods_take_the_init_and_refuse_the_chain(backbone, batch, nam
     with pytest.raises(PaeError, match="initial prompts have shape"):
         pae.initialize(model.method, torch.zeros(12, 5, 384))
     with pytest.raises(PaeError, match="needs at least 2 prompt layers"):
-        PAE(PAEOptions(koopman=True), model.method, backbone.embed_dim)
+        PAE(PAEOptions(koopman=True), model.method)
 
 
 def test_chain_start_drops_the_first_layer_as_the_official_code(backbone):
     method = build_model("vpt_deep", backbone, 3, num_tokens=2).method
-    pae = PAE(PAEOptions(koopman=True, lyapunov=True, koopman_dim=8, chain_start=1), method, 384)
+    pae = PAE(PAEOptions(koopman=True, lyapunov=True, koopman_dim=8, chain_start=1), method)
     assert pae.regularizer.transitions == 10
     terms = pae.loss_terms(method)
     torch.testing.assert_close(terms["koopman"][1], pae.regularizer(method.trajectory()[1:])["koopman"])
@@ -96,12 +96,12 @@ def test_chain_start_drops_the_first_layer_as_the_official_code(backbone):
 )
 def test_bad_pae_settings_are_named(backbone, options, message):
     with pytest.raises(PaeError, match=message):
-        PAE(options, build_model("vpt_deep", backbone, 3).method, 384)
+        PAE(options, build_model("vpt_deep", backbone, 3).method)
 
 
 def test_pae_needs_prompts(backbone):
     with pytest.raises(PaeError, match="has no prompts"):
-        PAE(PAEOptions(init=True), build_model("linear", backbone, 3).method, 384)
+        PAE(PAEOptions(init=True), build_model("linear", backbone, 3).method)
 
 
 def test_training_with_pae_records_everything(tiny_task, dinov2_weights, tmp_path, monkeypatch):

@@ -8,11 +8,13 @@ patch merging (x0..x3 slices, prompts tiled 4x). Only the weights come from timm
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pae.prompts.swin import PromptedSwin
+from pae.prompts.swin import PromptedSwin, SwinPrompts
 
 from .release_files import TINY_SWIN, tiny
 
@@ -94,25 +96,25 @@ def _ref_merge(seq: torch.Tensor, merge, p: int, h: int, w: int) -> torch.Tensor
 
 def _ref_vpt(model: PromptedSwin, image: torch.Tensor) -> torch.Tensor:
     """Logits for one image (3, H, W) under VPT's Swin algorithm, deep or shallow."""
-    bb, p = model.backbone, model.num_tokens
+    bb, p, prompts = model.backbone, model.method.num_tokens, model.method.embeddings
     pe = bb.patch_embed
     seq = F.conv2d(image[None], pe.proj.weight, pe.proj.bias, stride=pe.patch_size)[0].flatten(1).T
-    seq = torch.cat([model.prompts[0][0], _ln(seq, pe.norm)])  # prompts before the first block
+    seq = torch.cat([prompts[0][0], _ln(seq, pe.norm)])  # prompts before the first block
     h = w = image.shape[-1] // pe.patch_size[0]
     for s, stage in enumerate(bb.layers):
         if s > 0:  # the official code merges at the end of stage s-1: the same step
             seq, h, w = _ref_merge(seq, stage.downsample, p, h, w), h // 2, w // 2
         for i, blk in enumerate(stage.blocks):
-            if model.deep and (s, i) != (0, 0):
-                seq = torch.cat([model.prompts[s][i], seq[p:]])
+            if model.method.deep and (s, i) != (0, 0):
+                seq = torch.cat([prompts[s][i], seq[p:]])
             seq = _ref_block(seq, blk, p, h, w, shift=WINDOW // 2 if i % 2 and h > WINDOW else 0)
     return _ln(seq, bb.norm).mean(0) @ model.head.weight.T + model.head.bias
 
 
 def _model(backbone, num_tokens: int, deep: bool) -> PromptedSwin:
-    model = PromptedSwin(backbone, num_tokens, deep=deep, dropout=0.0, num_classes=5)
+    model = PromptedSwin(backbone, SwinPrompts.for_backbone(backbone, num_tokens, deep, 0.0, "image"), 5)
     with torch.no_grad():
-        for prompts in model.prompts:
+        for prompts in model.method.embeddings:
             prompts.normal_()  # large prompts, so any misplacement shows
     return model
 
@@ -158,10 +160,84 @@ def test_samples_do_not_see_each_others_prompts(backbone):
 
 def test_trajectory_per_stage_and_gradients_reach_every_block(backbone):
     deep, shallow = _model(backbone, 3, deep=True), _model(backbone, 3, deep=False)
-    assert [tuple(t.shape) for t in deep.trajectory()] == [(2, 3, 16), (2, 3, 32)]
-    assert [tuple(t.shape) for t in shallow.trajectory()] == [(1, 3, 16)]
+    assert [tuple(t.shape) for t in deep.method.trajectory()] == [(2, 3, 16), (2, 3, 32)]
+    assert [tuple(t.shape) for t in shallow.method.trajectory()] == [(1, 3, 16)]
     F.cross_entropy(deep(torch.randn(2, 3, 64, 64)), torch.tensor([0, 1])).backward()
-    norms = deep.layer_grad_norms()
+    norms = deep.method.layer_grad_norms()
     assert norms.shape == (4,) and bool((norms > 0).all())
-    assert {id(p) for p in deep.trainable_parameters()} == {id(p) for p in [*deep.prompts, *deep.head.parameters()]}
+    assert {id(p) for p in deep.trainable_parameters()} == {
+        id(p) for p in [*deep.method.embeddings, *deep.head.parameters()]
+    }
     assert not deep.train().backbone.training
+
+
+def test_registry_builds_vpt_on_swin_and_refuses_vit_only_methods(backbone):
+    """vpt_shallow, vpt_deep, linear and full declare Swin; the others refuse it naming the methods that run."""
+    from pae.errors import PaeError
+    from pae.methods import METHODS
+    from pae.prompts import build_model
+
+    for name in ("vpt_deep", "vpt_shallow", "linear"):
+        model = build_model(name, backbone, 5, num_tokens=3)
+        assert isinstance(model, PromptedSwin) and model(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+    assert {n for n, s in METHODS.items() if "swin" in s.backbones} >= {"vpt_deep", "vpt_shallow", "linear", "full"}
+    with pytest.raises(PaeError, match=r"vfpt runs on vit backbones, not on this swin.*use one of: linear, full"):
+        build_model("vfpt", backbone, 5)
+
+
+def test_pae_koopman_chain_covers_every_prompted_layer_of_every_stage(backbone):
+    """One lift per stage into one k-space, one K over the whole chain (across the stage boundary too): the terms
+    equal the paper's formulas written out with each layer lifted by its stage's U."""
+    from pae.config.pae import PAEOptions
+    from pae.evolution import PAE
+
+    model = _model(backbone, 3, deep=True)
+    pae = PAE(
+        PAEOptions(koopman=True, lyapunov=True, koopman_dim=8, chain_start=0, lyapunov_form="hinge"), model.method
+    )
+    reg = pae.regularizer
+    assert [lift.in_features for lift in reg.lifts] == [16, 32] and reg.transitions == 3
+    with torch.no_grad():
+        reg.K.copy_(torch.randn(8, 8) * 0.5)
+        reg.L.copy_(torch.randn(8, 8) * 0.5)
+    stages = model.method.trajectory()
+    z = torch.cat([stages[0] @ reg.lifts[0].weight.T, stages[1] @ reg.lifts[1].weight.T])  # (4, p, k)
+    pred = z[:-1] @ reg.K
+    q = reg.L.T @ reg.L
+    energy = lambda v: ((v @ q) * v).sum(-1)  # noqa: E731
+    terms = pae.loss_terms(model.method)
+    torch.testing.assert_close(terms["koopman"][1], (pred - z[1:]).pow(2).mean((1, 2)).sum())
+    torch.testing.assert_close(terms["lyapunov"][1], F.relu(energy(pred) - energy(z[:-1])).mean(-1).sum())
+    (terms["koopman"][1] + terms["lyapunov"][1]).backward()
+    for p in [*model.method.embeddings, *(lift.weight for lift in reg.lifts)]:
+        assert p.grad is not None and bool((p.grad.flatten(1).norm(dim=1) > 0).all())  # every layer, every stage
+    skipped = PAE(PAEOptions(koopman=True, koopman_dim=8, chain_start=2), model.method).regularizer
+    assert [lift.in_features for lift in skipped.lifts] == [32] and skipped.transitions == 1  # stage 0 skipped
+
+
+def test_mpa_on_swin_is_refused_with_the_way_out(backbone):
+    from pae.config.pae import PAEOptions
+    from pae.errors import PaeError
+    from pae.evolution import PAE
+
+    with pytest.raises(PaeError, match="set pae_init false"):
+        PAE(PAEOptions(init=True), _model(backbone, 3, deep=True).method)
+
+
+@pytest.mark.parametrize("method", ["vpt_deep", "linear"])
+def test_swin_trains_from_the_cli_with_pae_koopman(tiny_task, tmp_path, method):
+    """The command the pipeline's train rule runs, on a random Swin-T at 32 px (4 stages, padded windows)."""
+    import json
+
+    from pae.cli import main
+
+    pae = ["--pae", "--no-pae-init", "--pae-koopman", "--pae-lyapunov", "--pae-koopman-dim", "8"]
+    args = ["train", "--kind", "vtab1k", "--root", str(tiny_task), "--arch", "swin_tiny_patch4_window7_224"]
+    args += ["--img-size", "32", "--method", method, "--num-tokens", "2", "--epochs", "2", "--warmup-epochs", "0"]
+    args += ["--batch-size", "16", "--out-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(args + (pae if method == "vpt_deep" else [])) == 0
+    metrics = json.loads(next((tmp_path / "run").rglob("metrics.json")).read_text())
+    assert metrics["settings"]["arch"] == "swin_tiny_patch4_window7_224" and len(metrics["selection_curve"]) == 3
+    assert math.isfinite(metrics["final_train_loss"])
+    per_block = 2 * (2 * 96 + 2 * 192 + 6 * 384 + 2 * 768)  # Swin-T: p (2) x width, a set per block of each stage
+    assert metrics["prompt_params"] == (per_block if method == "vpt_deep" else 0)

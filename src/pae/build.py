@@ -149,7 +149,7 @@ def run_pae(cfg: TrainConfig, task: LoadedTask, model: PromptedViT) -> tuple[PAE
     """PAE for the run's method, with MPA's prompts written into the method when init is on, and MPA's record
     (empty without init). Training's randomness then starts from ``seed + 1``, whether MPA ran here or in its own
     stage."""
-    pae = PAE(cfg.pae, model.method, model.backbone.embed_dim).to(task.device)
+    pae = PAE(cfg.pae, model.method).to(task.device)
     record: dict = {}
     if cfg.pae.init:
         prompts, record = initial_prompts(cfg, task, model)

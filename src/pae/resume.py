@@ -24,7 +24,8 @@ import torch
 from .files import atomic_write
 
 KEEP = 2  # states kept on disk: the newest, and one to fall back on if the newest is damaged
-FORMAT = 3  # 2: the epoch's augmentation draws; 3: running sums per named loss term, no MPA record
+FORMAT = 4  # 2: the epoch's augmentation draws; 3: running sums per named loss term, no MPA record; 4: Koopman
+# lifts per stage (regularizer.lifts.<s>)
 
 
 @dataclass

@@ -7,26 +7,22 @@ from importlib import import_module
 
 _HOME = {
     "create_backbone": "factory",
-    "create_swin": "factory",
-    "create_vit": "factory",
+    "backbone_family": "factory",
     "freeze": "factory",
     "import_backbone": "factory",
     "load_backbone": "factory",
-    "load_swin": "factory",
     "describe": "checkpoints",
     "read_metadata": "checkpoints",
     "sha256_of": "checkpoints",
     "write_half": "checkpoints",
 }
 __all__ = [
+    "backbone_family",
     "create_backbone",
-    "create_swin",
-    "create_vit",
     "describe",
     "freeze",
     "import_backbone",
     "load_backbone",
-    "load_swin",
     "read_metadata",
     "sha256_of",
     "write_half",

@@ -41,26 +41,11 @@ def create_backbone(arch: str, img_size: int, **overrides: object) -> nn.Module:
     return model
 
 
-def create_vit(arch: str, img_size: int, **overrides: object) -> nn.Module:
-    """A headless timm ViT (what every method in ``pae.prompts`` runs on); a Swin name is refused."""
-    return _of_family(create_backbone(arch, img_size, **overrides), arch, swin=False)
-
-
-def create_swin(arch: str, img_size: int, **overrides: object) -> nn.Module:
-    """A headless timm Swin Transformer (for ``pae.prompts.swin.PromptedSwin``)."""
-    return _of_family(create_backbone(arch, img_size, **overrides), arch, swin=True)
-
-
-def _of_family(model: nn.Module, arch: str, swin: bool) -> nn.Module:
+def backbone_family(model: nn.Module) -> str:
+    """'swin' for a timm Swin Transformer, 'vit' for a ViT: which prompted model runs it, which methods apply."""
     from timm.models.swin_transformer import SwinTransformer
 
-    if isinstance(model, SwinTransformer) != swin:
-        want, use = ("a Swin Transformer", "load_backbone") if swin else ("a ViT", "load_swin")
-        raise PaeError(
-            f"'{arch}' is a timm {type(model).__name__}, not {want}.",
-            f"use {use} for it (ViT methods: pae.prompts; Swin: pae.prompts.swin.PromptedSwin).",
-        )
-    return model
+    return "swin" if isinstance(model, SwinTransformer) else "vit"
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -70,16 +55,8 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def load_backbone(arch: str, weights: str | Path | None, img_size: int) -> nn.Module:
-    """A frozen ViT with weights from a local file (``None``: random weights, for tests and speed benchmarks)."""
-    model = create_vit(arch, img_size)
-    if weights is not None:
-        load_weights(model, weights, arch)
-    return freeze(model)
-
-
-def load_swin(arch: str, weights: str | Path | None, img_size: int) -> nn.Module:
-    """A frozen Swin Transformer with weights from a local file (official ``.pth``, safetensors), or random."""
-    model = create_swin(arch, img_size)
+    """A frozen ViT or Swin with weights from a local file (``None``: random weights, for tests and benchmarks)."""
+    model = create_backbone(arch, img_size)
     if weights is not None:
         load_weights(model, weights, arch)
     return freeze(model)

@@ -19,6 +19,24 @@ from ..config.pae import KOOPMAN_MODES as MODES
 from ..config.pae import LYAPUNOV_FORMS, LYAPUNOV_TARGETS
 from ..errors import PaeError
 
+Trajectory = torch.Tensor | list[torch.Tensor]  # (L, p, d), or per stage (L_s, p, C_s) on a Swin
+
+
+def as_stages(trajectory: Trajectory) -> list[torch.Tensor]:
+    """A trajectory as its stages: a ViT's (L, p, d) is one stage."""
+    return [trajectory] if isinstance(trajectory, torch.Tensor) else list(trajectory)
+
+
+def skip_layers(trajectory: Trajectory, n: int) -> list[torch.Tensor]:
+    """The stages without the first ``n`` prompt layers counted across stages (PAE's ``chain_start``)."""
+    out = []
+    for stage in as_stages(trajectory):
+        drop = min(n, stage.shape[0])
+        n -= drop
+        if drop < stage.shape[0]:
+            out.append(stage[drop:])
+    return out
+
 
 class KoopmanLyapunov(nn.Module):
     """The L_kp and L_stab terms of PAE's loss, for any prompt trajectory (L, p, d).
@@ -39,14 +57,18 @@ class KoopmanLyapunov(nn.Module):
       rotate its k columns out of that span, so z -> 0 again. Watch ``lift_gain``, or take k >= d: U U^T = I
       then makes the lift an isometry, ||P U|| = ||P||.
 
-    U is ``lift.weight.T`` (the official ``koopman_in``) and starts with nn.Linear's default uniform init;
+    Stages of different widths (Swin: C, 2C, 4C, 8C) get one lift each, U_s (C_s x k), into one shared k-space
+    where one K carries the whole chain, across stage boundaries too: z_l = P_l U_s(l). A ViT has one stage, so
+    one U, as the paper. ``embed_dims`` names the widths, a stage each.
+
+    U is ``lifts[s].weight.T`` (the official ``koopman_in``) and starts with nn.Linear's default uniform init;
     with ``norm_preserving`` that init is orthonormalised. K and L start at the identity. The
     official ``koopman_out`` appears in no loss and is left out.
     """
 
     def __init__(
         self,
-        embed_dim: int,
+        embed_dims: int | list[int],
         koopman_dim: int = 256,
         transitions: int | None = None,
         mode: str = "global",
@@ -58,9 +80,10 @@ class KoopmanLyapunov(nn.Module):
         _check_choice("mode", mode, MODES)
         _check_choice("lyapunov_form", lyapunov_form, LYAPUNOV_FORMS)
         _check_choice("lyapunov_target", lyapunov_target, LYAPUNOV_TARGETS)
-        if embed_dim < 1 or koopman_dim < 1:
+        widths = [embed_dims] if isinstance(embed_dims, int) else list(embed_dims)
+        if not widths or min(widths) < 1 or koopman_dim < 1:
             raise PaeError(
-                f"embed_dim={embed_dim} and koopman_dim={koopman_dim} must both be at least 1.",
+                f"embed_dims={embed_dims} and koopman_dim={koopman_dim} must all be at least 1.",
                 "pass the backbone's embedding width and a positive Koopman dimension (the paper uses 256).",
             )
         if transitions is not None and transitions < 0:
@@ -70,27 +93,34 @@ class KoopmanLyapunov(nn.Module):
                 "the layerwise Koopman mode needs one operator per transition, but transitions is not set.",
                 "pass transitions = (number of prompt layers in the trajectory) - 1.",
             )
-        self.embed_dim, self.transitions = embed_dim, transitions
+        self.embed_dims, self.transitions = widths, transitions
         self.mode, self.lyapunov_form, self.lyapunov_target = mode, lyapunov_form, lyapunov_target
-        self.lift = nn.Linear(embed_dim, koopman_dim, bias=False)
+        self.lifts = nn.ModuleList(nn.Linear(d, koopman_dim, bias=False) for d in widths)
         if norm_preserving:
             # Not the default Householder map for non-square U: it multiplies by int(diagonal), so weight decay's
             # first step (diagonal 1 -> 0.999) sets U to zero. matrix_exp has no such discrete part.
-            orthogonal(self.lift, orthogonal_map="matrix_exp")
+            for lift in self.lifts:
+                orthogonal(lift, orthogonal_map="matrix_exp")
         shape = (transitions, koopman_dim, koopman_dim) if mode == "layerwise" else (koopman_dim, koopman_dim)
         self.K = nn.Parameter(torch.eye(koopman_dim).expand(shape).clone())
         self.L = nn.Parameter(torch.eye(koopman_dim).expand(shape).clone())
 
-    def forward(self, trajectory: torch.Tensor, lyapunov: bool = True) -> dict[str, torch.Tensor]:
+    def lifted(self, trajectory: Trajectory) -> torch.Tensor:
+        """z (L, p, k): every prompt layer through its stage's lift, stages in order, in fp32."""
+        stages = self._check(trajectory)
+        with torch.autocast(stages[0].device.type, enabled=False):
+            return torch.cat([lift(stage.float()) for lift, stage in zip(self.lifts, stages)])
+
+    def forward(self, trajectory: Trajectory, lyapunov: bool = True) -> dict[str, torch.Tensor]:
         """Scalar ``koopman`` (L_kp) and, if asked, ``lyapunov`` (L_stab) terms, each summed over the transitions."""
-        self._check(trajectory)
-        if trajectory.shape[0] < 2:
-            zero = trajectory.sum() * 0.0  # a shallow method has no chain; a zero that backward() accepts
+        stages = self._check(trajectory)
+        if sum(s.shape[0] for s in stages) < 2:
+            zero = stages[0].sum() * 0.0  # a shallow method has no chain; a zero that backward() accepts
             return {"koopman": zero, "lyapunov": zero} if lyapunov else {"koopman": zero}
         # The regularizer is tiny next to the ViT: fp32 keeps the small differences z_l K - z_{l+1} out of bf16
         # rounding.
-        with torch.autocast(trajectory.device.type, enabled=False):
-            z = self.lift(trajectory.float())
+        with torch.autocast(stages[0].device.type, enabled=False):
+            z = self.lifted(stages)
             pred = z[:-1] @ self.K
             terms = {
                 "koopman": (pred - z[1:]).pow(2).mean(dim=(1, 2)).sum()
@@ -110,18 +140,24 @@ class KoopmanLyapunov(nn.Module):
         delta = _energy(_clamp_norm(z_next), q) - _energy(_clamp_norm(z), q)
         return 10.0 * torch.tanh(F.softplus(delta).mean(-1) / 10.0)
 
-    def _check(self, trajectory: torch.Tensor) -> None:
-        if trajectory.ndim != 3 or trajectory.shape[-1] != self.embed_dim:
+    def _check(self, trajectory: Trajectory) -> list[torch.Tensor]:
+        stages = as_stages(trajectory)
+        shapes = [tuple(s.shape) for s in stages]
+        if len(stages) != len(self.embed_dims) or any(
+            s.ndim != 3 or s.shape[-1] != d for s, d in zip(stages, self.embed_dims)
+        ):
             raise PaeError(
-                f"a prompt trajectory must be (layers, prompts, {self.embed_dim}); got {tuple(trajectory.shape)}.",
-                "pass PromptMethod.trajectory() of a method built on the same backbone width.",
+                f"a prompt trajectory must be a stage each of widths {self.embed_dims}, (layers, prompts, width); "
+                f"got {shapes}.",
+                "pass PromptMethod.trajectory() of a method built on the same backbone.",
             )
-        steps = trajectory.shape[0] - 1
+        steps = sum(s.shape[0] for s in stages) - 1
         if steps >= 1 and self.transitions is not None and steps != self.transitions:
             raise PaeError(
                 f"the trajectory has {steps} transitions but the regularizer was built for {self.transitions}.",
                 "build KoopmanLyapunov with transitions = trajectory.shape[0] - 1.",
             )
+        return stages
 
     @torch.no_grad()
     def spectral_radius(self) -> float:
@@ -130,17 +166,17 @@ class KoopmanLyapunov(nn.Module):
 
     @torch.no_grad()
     def lift_norm(self) -> float:
-        """||U||_F: the collapse to U = 0 that makes both terms trivially zero shows up here."""
-        return self.lift.weight.norm().item()
+        """||U||_F over every stage's lift: the collapse to U = 0 that makes both terms trivially zero shows up here."""
+        return torch.stack([lift.weight.norm() for lift in self.lifts]).norm().item()
 
     @torch.no_grad()
-    def lift_gain(self, trajectory: torch.Tensor) -> float:
+    def lift_gain(self, trajectory: Trajectory) -> float:
         """||P U||_F / ||P||_F: the scale of the lifted chain. It tends to 0 under collapse, even with ||U|| fixed."""
-        p = trajectory.detach().float()
-        return (self.lift(p).norm() / p.norm().clamp_min(1e-12)).item()
+        norm = torch.stack([s.detach().float().norm() for s in as_stages(trajectory)]).norm()
+        return (self.lifted([s.detach() for s in as_stages(trajectory)]).norm() / norm.clamp_min(1e-12)).item()
 
     @torch.no_grad()
-    def diagnostics(self, trajectory: torch.Tensor | None = None) -> dict[str, float]:
+    def diagnostics(self, trajectory: Trajectory | None = None) -> dict[str, float]:
         """Per-epoch monitors for MLflow: spectral radius, ||U||, the per-transition radii (layerwise), the lift
         gain."""
         radii = self._radii()

@@ -24,14 +24,14 @@ from ..config.pae import PAEOptions
 from ..errors import PaeError
 from ..prompts import PromptMethod
 from .frequency import band_masks, conjugate_pair, scaled_window
-from .koopman import KoopmanLyapunov
+from .koopman import KoopmanLyapunov, as_stages, skip_layers
 from .task_init import band_prompts, find_shortcuts, mpa_features
 
 
 class PAE(nn.Module):
     """The PAE plug-in for one prompt method; holds the Koopman-Lyapunov regularizer when it is on."""
 
-    def __init__(self, options: PAEOptions, method: PromptMethod, embed_dim: int) -> None:
+    def __init__(self, options: PAEOptions, method: PromptMethod) -> None:
         super().__init__()
         self.options = o = options
         o.validate()
@@ -40,8 +40,14 @@ class PAE(nn.Module):
                 f"PAE needs a prompt method, but '{type(method).__name__}' has no prompts.",
                 "pick a prompt method (e.g. vpt_deep) or turn PAE off for linear/full.",
             )
-        self.layers = method.trajectory().shape[0] if o.enabled else 0
+        self.layers = sum(s.shape[0] for s in as_stages(method.trajectory())) if o.enabled else 0
         self.regularizer = None
+        if o.init and not isinstance(method.trajectory(), torch.Tensor):
+            raise PaeError(
+                f"MPA's task-aware init writes one (L, p, d) chain; '{type(method).__name__}' holds prompts per stage "
+                "of different widths (a Swin backbone), which MPA does not build yet.",
+                "set pae_init false on this backbone (the Koopman and Lyapunov parts run on it).",
+            )
         if o.koopman:
             transitions = self.layers - o.chain_start - 1
             if transitions < 1:
@@ -51,7 +57,7 @@ class PAE(nn.Module):
                     "use a deep method, or turn pae_koopman off (shallow methods: init only).",
                 )
             self.regularizer = KoopmanLyapunov(
-                embed_dim,
+                [s.shape[-1] for s in skip_layers(method.trajectory(), o.chain_start)],
                 o.koopman_dim,
                 transitions,
                 o.koopman_mode,
@@ -83,7 +89,7 @@ class PAE(nn.Module):
         """This step's terms, each as (weight, unweighted value): the loss adds weight * value."""
         if self.regularizer is None:
             return {}
-        values = self.regularizer(method.trajectory()[self.options.chain_start :], lyapunov=self.options.lyapunov)
+        values = self.regularizer(self.chain(method), lyapunov=self.options.lyapunov)
         weights = {"koopman": self.options.koopman_weight, "lyapunov": self.options.lyapunov_weight}
         return {name: (weights[name], values[name]) for name in self.terms}
 
@@ -104,7 +110,11 @@ class PAE(nn.Module):
         """rho(K), ||U|| and the lift gain, for every epoch's record (empty without Koopman)."""
         if self.regularizer is None:
             return {}
-        return self.regularizer.diagnostics(method.trajectory()[self.options.chain_start :])
+        return self.regularizer.diagnostics(self.chain(method))
+
+    def chain(self, method: PromptMethod) -> list[torch.Tensor]:
+        """The prompt layers the Koopman chain runs over: all from ``chain_start`` on, every stage's."""
+        return skip_layers(method.trajectory(), self.options.chain_start)
 
 
 def band_window(options: PAEOptions, img_size: int) -> tuple[int, int]:

@@ -20,7 +20,12 @@ def no_prompts(backbone: Any, options: NoOptions) -> Any:
 
 
 register_method(
-    "linear", summary="head only on frozen [CLS] features (linear probe)", options=NoOptions, prompts="none", order=0
+    "linear",
+    summary="head only on frozen [CLS] features (linear probe)",
+    options=NoOptions,
+    prompts="none",
+    order=0,
+    backbones=("vit", "swin"),
 )(no_prompts)
 register_method(
     "full",
@@ -29,4 +34,5 @@ register_method(
     prompts="none",
     trains_backbone=True,
     order=1,
+    backbones=("vit", "swin"),
 )(no_prompts)

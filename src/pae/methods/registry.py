@@ -39,6 +39,7 @@ class MethodSpec:
     least_tokens: int = 1  # the fewest prompt tokens it accepts (E2VPT's key/value prompts work without any)
     order: int = 100  # place in listings and tables; the linear probe, the baseline, comes first
     head_init: str = "kaiming_fan_out"  # the official code's head init (VPT's; BPT's is trunc_normal)
+    backbones: tuple[str, ...] = ("vit",)  # the backbone families it runs on (pae.backbones.backbone_family)
 
     @property
     def has_prompts(self) -> bool:
@@ -65,6 +66,7 @@ def register_method(
     least_tokens: int = 1,
     order: int = 100,
     head_init: str = "kaiming_fan_out",
+    backbones: tuple[str, ...] = ("vit",),
 ) -> Callable[[Callable], Callable]:
     """Decorate a method's builder ``(backbone, options) -> PromptMethod`` to register it under ``name``."""
     if prompts not in PROMPT_PLACES:
@@ -74,7 +76,7 @@ def register_method(
         if name in METHODS and _source(METHODS[name].build) != _source(build):  # a re-imported file may repeat
             raise ValueError(f"method '{name}' is registered twice")
         METHODS[name] = MethodSpec(
-            name, summary, options, build, prompts, trains_backbone, least_tokens, order, head_init
+            name, summary, options, build, prompts, trains_backbone, least_tokens, order, head_init, backbones
         )
         return build
 

@@ -42,6 +42,7 @@ class VPTShallowOptions(VPTOptions):
     options=VPTShallowOptions,
     prompts="shallow",
     order=2,
+    backbones=("vit", "swin"),
 )
 def vpt_shallow(backbone: Any, o: VPTShallowOptions) -> Any:
     return _vpt(backbone, o, deep=False)
@@ -52,14 +53,21 @@ def vpt_shallow(backbone: Any, o: VPTShallowOptions) -> Any:
     summary="VPT-deep: fresh prompts replace the prompt positions before every block",
     options=VPTOptions,
     order=3,
+    backbones=("vit", "swin"),
 )
 def vpt_deep(backbone: Any, o: VPTOptions) -> Any:
     return _vpt(backbone, o, deep=True)
 
 
 def _vpt(backbone: Any, o: VPTOptions, deep: bool) -> Any:
+    from ..backbones import backbone_family
     from ..prompts.base import dims
     from ..prompts.vpt import VPT
+
+    if backbone_family(backbone) == "swin":
+        from ..prompts.swin import SwinPrompts
+
+        return SwinPrompts.for_backbone(backbone, o.num_tokens, deep, o.prompt_dropout, o.prompt_dropout_mask)
 
     depth, dim, patch = dims(backbone)
     return VPT(depth, dim, patch, o.num_tokens, deep=deep, dropout=o.prompt_dropout, mask=o.prompt_dropout_mask)

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import PaeError
-from ..methods import check_options, make_options, method_spec, option_fields, options_for
+from ..methods import check_options, make_options, method_spec, option_fields, options_for, ordered
 from ..methods.registry import resolve_options
 from .base import LayerPrompts, PromptedViT, PromptMethod
 
@@ -38,9 +38,22 @@ def build_model(
     pae_enabled: bool = False,
     **values: Any,
 ) -> PromptedViT:
-    """Backbone + method + head: the model a run trains (``head_init`` 'official': the method's official head)."""
+    """Backbone + method + head: the model a run trains (``head_init`` 'official': the method's official head), a
+    PromptedViT or, on a Swin backbone, a PromptedSwin."""
+    from ..backbones import backbone_family
+    from .swin import PromptedSwin
+
     spec = method_spec(name)
-    return PromptedViT(
+    family = backbone_family(backbone)
+    if family not in spec.backbones:
+        others = [s.name for s in ordered() if family in s.backbones]
+        raise PaeError(
+            f"{name} runs on {' and '.join(spec.backbones)} backbones, not on this {family} "
+            f"({type(backbone).__name__}).",
+            f"on a {family} backbone use one of: {', '.join(others)} (README, 'Backbones', says why).",
+        )
+    model = PromptedSwin if family == "swin" else PromptedViT
+    return model(
         backbone,
         build_method(name, backbone, options, pae_enabled, **values),
         num_classes,

@@ -117,8 +117,8 @@ class LayerPrompts(PromptMethod):
         return self.dropout(prompts.expand(batch, -1, -1))  # expand, then drop: a mask per image, as VPT's code
 
 
-class PromptedViT(nn.Module):
-    """Frozen ViT + prompt method + linear head on [CLS] after the final norm."""
+class PromptedModel(nn.Module):
+    """Frozen backbone + prompt method + linear head: what every family shares (the head, freezing, eval mode)."""
 
     def __init__(
         self,
@@ -129,25 +129,45 @@ class PromptedViT(nn.Module):
         head_init: str = "kaiming_fan_out",
     ) -> None:
         super().__init__()
+        self.backbone = backbone
+        self.method = method
+        self.train_backbone = train_backbone
+        backbone.requires_grad_(train_backbone)
+        self.head = nn.Linear(backbone.num_features, num_classes)
+        init_head(self.head.weight, head_init)
+        nn.init.zeros_(self.head.bias)  # VPT's constant -log(99) bias is irrelevant under softmax (and not decayed)
+
+    def train(self, mode: bool = True) -> PromptedModel:
+        """The backbone stays in eval mode (VPT does the same): only prompt dropout is stochastic."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def readout(self, features: torch.Tensor) -> torch.Tensor:
+        """The (B, d) vector the head reads from ``forward_features``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.readout(self.forward_features(x)))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+class PromptedViT(PromptedModel):
+    """Frozen ViT + prompt method + linear head on [CLS] after the final norm."""
+
+    def __init__(self, backbone: nn.Module, method: PromptMethod, num_classes: int, **kwargs: object) -> None:
         if getattr(backbone, "global_pool", "token") != "token" or not isinstance(backbone.fc_norm, nn.Identity):
             raise PaeError(
                 f"the backbone pools with '{backbone.global_pool}' (fc_norm {type(backbone.fc_norm).__name__}); "
                 "prompt methods here classify from [CLS] after the final norm, as VPT does.",
                 "use a ViT whose timm global_pool is 'token' (e.g. the DINOv2 or orig_in21k ViTs).",
             )
-        self.backbone = backbone
-        self.method = method
-        self.train_backbone = train_backbone
-        backbone.requires_grad_(train_backbone)
-        self.head = nn.Linear(backbone.embed_dim, num_classes)
-        init_head(self.head.weight, head_init)
-        nn.init.zeros_(self.head.bias)  # VPT's constant -log(99) bias is irrelevant under softmax (and not decayed)
-
-    def train(self, mode: bool = True) -> PromptedViT:
-        """The backbone stays in eval mode (VPT does the same): only prompt dropout is stochastic."""
-        super().train(mode)
-        self.backbone.eval()
-        return self
+        super().__init__(backbone, method, num_classes, **kwargs)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         bb = self.backbone
@@ -164,11 +184,8 @@ class PromptedViT(nn.Module):
             x = block(x) if kv is None else block_with_kv(block, x, *kv)
         return bb.norm(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x)[:, 0])
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+    def readout(self, features: torch.Tensor) -> torch.Tensor:
+        return features[:, 0]
 
 
 HEAD_INITS = ("kaiming_fan_out", "kaiming_fan_in", "trunc_normal")

@@ -14,10 +14,10 @@ src/models/vit_prompt/swin_transformer.py) prompts it differently from a ViT:
 - the classifier reads the final-norm tokens averaged over all of them, prompts included.
 
 Deep: stage s holds one prompt set per block, (depth_s, p, C_s); shallow: one set (1, p, C_0) before the first
-block. Xavier-uniform init with the patch fan-in and C_0 for every stage, as VPT. Deliberate deviations: windows
-and their prompts are paired per sample (the official code expands prompts window-major while windows are
-batch-major, which mixes samples' prompts when the batch holds more than one image; at batch size 1 the two
-agree), and prompt dropout draws a mask per sample (the official code shares one across the batch for deep
+block (``SwinPrompts``). Xavier-uniform init with the patch fan-in and C_0 for every stage, as VPT. Deliberate
+deviations: windows and their prompts are paired per sample (the official code expands prompts window-major while
+windows are batch-major, which mixes samples' prompts when the batch holds more than one image; at batch size 1 the
+two agree), and prompt dropout draws a mask per sample (the official code shares one across the batch for deep
 prompts). Zero prompts reproduce timm's forward.
 """
 
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import xavier_bound
+from .base import LayerPrompts, PromptedModel, xavier_bound
 
 
 def merge_prompts(merge: nn.Module, prompts: torch.Tensor) -> torch.Tensor:
@@ -90,64 +90,75 @@ def prompted_block(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor) -> 
     )
 
 
-class PromptedSwin(nn.Module):
-    """Frozen timm Swin + VPT prompts per stage (module docstring) + a linear head on the mean final token."""
+class SwinPrompts(LayerPrompts):
+    """VPT's Swin prompts: deep, one (p, C_s) set per block of stage s, layers counted across stages; shallow, one
+    (p, C_0) set before the first block. Xavier-uniform with the patch fan-in and C_0 for every stage, as VPT."""
 
-    def __init__(self, backbone: nn.Module, num_tokens: int, deep: bool, dropout: float, num_classes: int) -> None:
-        super().__init__()
-        self.backbone, self.num_tokens, self.deep = backbone, num_tokens, deep
-        backbone.requires_grad_(False)
-        dims = [stage.blocks[0].dim for stage in backbone.layers]
-        sets = [len(stage.blocks) for stage in backbone.layers] if deep else [1]
-        bound = xavier_bound(backbone.patch_embed.patch_size[0], dims[0])
-        self.prompts = nn.ParameterList(
-            [nn.Parameter(torch.empty(n, num_tokens, d).uniform_(-bound, bound)) for n, d in zip(sets, dims)]
+    def __init__(
+        self,
+        stage_dims: list[int],
+        stage_depths: list[int],
+        patch_size: int,
+        num_tokens: int,
+        deep: bool,
+        dropout: float = 0.0,
+        mask: str = "image",
+    ) -> None:
+        sets = list(stage_depths) if deep else [1]
+        super().__init__(sum(sets), num_tokens, dropout, mask)
+        self.deep = deep
+        bound = xavier_bound(patch_size, stage_dims[0])
+        self.embeddings = nn.ParameterList(
+            [nn.Parameter(torch.empty(n, num_tokens, d).uniform_(-bound, bound)) for n, d in zip(sets, stage_dims)]
         )
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.num_features, num_classes)
-        nn.init.kaiming_normal_(self.head.weight)  # VPT's head init, as PromptedViT
-        nn.init.zeros_(self.head.bias)
+        self.places = [(s, i) for s, n in enumerate(sets) for i in range(n)]  # layer -> (stage, block)
 
-    def train(self, mode: bool = True) -> PromptedSwin:
-        """The backbone stays in eval mode (VPT does the same): only prompt dropout is stochastic."""
-        super().train(mode)
-        self.backbone.eval()
-        return self
+    @classmethod
+    def for_backbone(cls, backbone: nn.Module, num_tokens: int, deep: bool, dropout: float, mask: str) -> SwinPrompts:
+        dims = [stage.blocks[0].dim for stage in backbone.layers]
+        depths = [len(stage.blocks) for stage in backbone.layers]
+        return cls(dims, depths, backbone.patch_embed.patch_size[0], num_tokens, deep, dropout, mask)
 
-    def stage_prompts(self, stage: int, block: int, batch: int) -> torch.Tensor | None:
-        """Input prompts (batch, p, C_stage) for a block, or None to carry the current ones on (shallow)."""
-        if stage >= len(self.prompts) or block >= self.prompts[stage].shape[0]:
-            return None
-        return self.dropout(self.prompts[stage][block].unsqueeze(0).expand(batch, -1, -1))
-
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Final-norm tokens (B, p + H * W, C): the prompts, then the last feature map row by row."""
-        bb = self.backbone
-        x = bb.patch_embed(images)  # (B, H, W, C)
-        prompts = x.new_zeros(x.shape[0], 0, x.shape[-1])
-        for s, stage in enumerate(bb.layers):
-            x, prompts = stage.downsample(x), merge_prompts(stage.downsample, prompts)
-            for i, block in enumerate(stage.blocks):
-                new = self.stage_prompts(s, i, x.shape[0])
-                prompts = prompts if new is None else new.to(x.dtype)
-                x, prompts = prompted_block(block, x, prompts)
-        return torch.cat([bb.norm(prompts), bb.norm(x).flatten(1, 2)], dim=1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(images).mean(dim=1))
+    def prompt_set(self, layer: int) -> torch.Tensor:
+        stage, block = self.places[layer]
+        return self.embeddings[stage][block]
 
     def trajectory(self) -> list[torch.Tensor]:
         """Prompt states per stage, each (L_s, p, C_s): widths grow 2x per stage, so there is no single (L, p, d)."""
-        return list(self.prompts)
+        return list(self.embeddings)
+
+    def per_layer_parameters(self) -> list[nn.Parameter]:
+        return list(self.embeddings)
 
     def layer_grad_norms(self) -> torch.Tensor:
         """L2 norm of the prompt gradient per prompted block, stages in order (sum of L_s,)."""
         return torch.cat(
             [
                 p.grad.flatten(1).float().norm(dim=1) if p.grad is not None else p.new_zeros(p.shape[0])
-                for p in self.prompts
+                for p in self.embeddings
             ]
         )
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+
+class PromptedSwin(PromptedModel):
+    """Frozen timm Swin + a prompt method's per-stage prompts (module docstring) + a linear head on the mean final
+    token. Methods give prompts by block index counted across stages (``SwinPrompts``); None carries the current
+    prompts on, through patch merging too (shallow)."""
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Final-norm tokens (B, p + H * W, C): the prompts, then the last feature map row by row."""
+        bb = self.backbone
+        x = bb.patch_embed(images)  # (B, H, W, C)
+        prompts = x.new_zeros(x.shape[0], 0, x.shape[-1])
+        layer = 0
+        for stage in bb.layers:
+            x, prompts = stage.downsample(x), merge_prompts(stage.downsample, prompts)
+            for block in stage.blocks:
+                new = self.method.prompts(layer, x.shape[0], prompts if prompts.shape[1] else None)
+                prompts = prompts if new is None else new.to(x.dtype)
+                x, prompts = prompted_block(block, x, prompts)
+                layer += 1
+        return torch.cat([bb.norm(prompts), bb.norm(x).flatten(1, 2)], dim=1)
+
+    def readout(self, features: torch.Tensor) -> torch.Tensor:
+        return features.mean(dim=1)
