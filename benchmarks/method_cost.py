@@ -3,6 +3,8 @@
     python benchmarks/method_cost.py                      # ViT-S/14 (DINOv2 shape) at 224 px, batch 16
     python benchmarks/method_cost.py --device cuda --batch 128
 
+It also counts every method's trainable parameters on every catalogue backbone it runs on (no weights needed).
+
 Step time is the median of 3 SGD steps after one warm-up, fp32, no compile: it compares methods with one
 another on one machine, it is not the fast path (that is benchmarks/throughput.py). Weights are random: the
 cost of a step does not depend on their values.
@@ -17,7 +19,8 @@ import platform
 import torch
 
 from pae.backbones import create_backbone, freeze
-from pae.reports.method_cost import cost_rows, paper_rows, write_cost_report
+from pae.backbones.catalogue import CATALOGUE
+from pae.reports.method_cost import backbone_rows, cost_rows, paper_rows, write_cost_report
 
 
 def main() -> None:
@@ -42,7 +45,8 @@ def main() -> None:
         f"{args.arch}, {args.img_size} px, batch {args.batch}, {args.num_tokens} prompt tokens, fp32, "
         f"{where}, torch {torch.__version__}"
     )
-    print(write_cost_report(paper, cost, args.out_dir, setting).read_text())
+    per_backbone = backbone_rows(list(CATALOGUE), num_tokens=args.num_tokens)
+    print(write_cost_report(paper, cost, args.out_dir, setting, per_backbone).read_text())
 
 
 if __name__ == "__main__":

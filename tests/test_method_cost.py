@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pae.backbones import create_backbone, freeze
-from pae.reports.method_cost import PAPER_COUNTS, cost_rows, paper_rows, write_cost_report
+from pae.reports.method_cost import PAPER_COUNTS, backbone_rows, cost_rows, paper_rows, write_cost_report
 
 from .conftest import random_vit
 
@@ -38,3 +38,16 @@ def test_cost_report_lists_every_method_asked_for(tmp_path):
     ).read_text()
     assert "| vpt_deep | 13,824 |" in report and "test setting" in report
     assert (tmp_path / "cost.csv").read_text().count("\n") == 4
+
+
+def test_vpt_deep_counts_per_backbone_are_tokens_times_each_blocks_width():
+    """Written out from the architectures' published shapes: ViT-B/L/H depth x width, Swin-B's 2-2-18-2 blocks at
+    128, 256, 512, 1024; the head adds (width + 1) x 100 on a ViT, (1024 + 1) x 100 on Swin-B."""
+    rows = {(r["backbone"], r["method"]): r for r in backbone_rows(["vit_b16_in21k", "vit_h14_in21k", "swin_b_22k"])}
+    assert rows[("vit_b16_in21k", "vpt_deep")]["prompt_params"] == 10 * 12 * 768
+    assert rows[("vit_h14_in21k", "vpt_deep")]["prompt_params"] == 10 * 32 * 1280
+    swin = rows[("swin_b_22k", "vpt_deep")]
+    assert swin["prompt_params"] == 10 * (2 * 128 + 2 * 256 + 18 * 512 + 2 * 1024)
+    assert swin["trainable_params"] == swin["prompt_params"] + 1025 * 100
+    assert rows[("swin_b_22k", "vpt_shallow")]["prompt_params"] == 10 * 128
+    assert ("swin_b_22k", "vfpt") not in rows and ("vit_b16_in21k", "vfpt") in rows

@@ -64,6 +64,36 @@ def paper_rows(backbone: torch.nn.Module) -> list[dict]:
     return rows
 
 
+def backbone_rows(names: list[str], num_tokens: int = 10, num_classes: int = 100) -> list[dict]:
+    """Trainable parameters of every method on every catalogue backbone it runs on, at the papers' resolution.
+
+    Counting needs no weights: the backbones are built on the meta device (ViT-H/14 would take 2.5 GB)."""
+    from ..backbones import backbone_family, create_backbone
+    from ..backbones.catalogue import backbone
+
+    rows = []
+    for name in names:
+        entry = backbone(name)
+        with torch.device("meta"):
+            net = create_backbone(entry.arch.split(".")[0], entry.img_size)
+        family = backbone_family(net)
+        for spec in ordered():
+            if family not in spec.backbones:
+                continue
+            with torch.device("meta"):
+                model = build_model(spec.name, net, num_classes, **options_for(spec.name, {"num_tokens": num_tokens}))
+            rows.append(
+                {
+                    "backbone": name,
+                    "method": spec.name,
+                    "prompt_params": prompt_parameters(model),
+                    "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
+                    "backbone_params": sum(p.numel() for p in net.parameters()),
+                }
+            )
+    return rows
+
+
 def cost_rows(
     backbone: torch.nn.Module,
     img_size: int,
@@ -86,7 +116,9 @@ def cost_rows(
     return rows
 
 
-def write_cost_report(paper: list[dict], cost: list[dict], out_dir: str | Path, setting: str) -> Path:
+def write_cost_report(
+    paper: list[dict], cost: list[dict], out_dir: str | Path, setting: str, per_backbone: list[dict] | None = None
+) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(paper, out / "params_vs_papers.csv")
@@ -116,6 +148,20 @@ def write_cost_report(paper: list[dict], cost: list[dict], out_dir: str | Path, 
     lines += [
         f"| {r['method']} | {r['prompt_params']:,} | {r['trainable_params']:,} | {r['step_time_s']:.3f} |" for r in cost
     ]
+    if per_backbone:
+        write_csv(per_backbone, out / "params_per_backbone.csv")
+        lines += [
+            "",
+            "## Trainable parameters per backbone (methods on the backbones they run on; head for 100 classes)",
+            "",
+            "| backbone | method | prompt params | trainable params (with head) | % of the backbone |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['backbone']} | {r['method']} | {r['prompt_params']:,} | {r['trainable_params']:,} | "
+            f"{100 * r['trainable_params'] / r['backbone_params']:.3f} |"
+            for r in per_backbone
+        ]
     lines.append("")
     (out / "README.md").write_text("\n".join(lines) + "\n")
     return out / "README.md"
