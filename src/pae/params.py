@@ -35,7 +35,7 @@ PIPELINE_SET = {
     "data_kind": "tasks",
     "data_root": "tasks",
     "data_name": "tasks",
-    "arch": "backbone.arch",
+    "arch": "backbone.name (or backbone.arch)",
     "weights": "backbone",
     "img_size": "the top-level img_size",
     "method": "run.methods",

@@ -29,6 +29,9 @@ def snakemake(*targets: str) -> str:
     return "snakemake --cores all " + " ".join(targets)
 
 
+BACKBONE_KEYS = ["backbone.name", "backbone.arch"]  # what names the backbone in a params file: a catalogue name or arch
+
+
 def present(config: dict, keys: list[str]) -> list[str]:
     """The dotted keys that the params file itself holds (DVC reads the file, not our defaults, and refuses a key
     that is not there)."""
@@ -78,7 +81,7 @@ def dvc_stages(plan: Plan, params_file: str, raw: dict) -> dict:
                 snakemake(*prompts),
                 [*shared, backbone, summary, plan.prepared_dir(t)],
                 params_file,
-                present(raw, [*task_keys(t), *init_keys, "backbone.arch"]),
+                present(raw, [*task_keys(t), *init_keys, *BACKBONE_KEYS]),
                 plan.mpa_task_dirs(t),
             )
     train_outs = []
@@ -140,7 +143,7 @@ def train_stage(plan: Plan, params_file: str, raw: dict, task: str, method: str)
     pae_keys = sorted({f"pae.{k}" for p in parts for k in SETTINGS_OF[p]})
     keys = [
         "img_size",
-        "backbone.arch",
+        *BACKBONE_KEYS,
         f"tasks.{task}",
         "train",
         f"methods.{method}",
