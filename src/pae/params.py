@@ -27,7 +27,7 @@ from .backbones.catalogue import CATALOGUE
 from .config.pae import PART_FAMILIES, PARTS, PAEOptions
 from .config.train import TrainConfig, make_config
 from .errors import PaeError
-from .methods import load_plugins, method_spec, option_fields, options_for, ordered
+from .methods import load_plugins, method_spec, methods_on, option_fields, options_for, ordered
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 # TrainConfig fields the pipeline sets for every job -> where a params file sets them instead.
@@ -287,11 +287,10 @@ def check_grid(config: dict, grid: str) -> None:
     for i, name in enumerate(selection["methods"]):
         runs_on = method_spec(name).backbones
         if family is not None and family not in runs_on:
-            fit = [s.name for s in ordered() if family in s.backbones]
             raise PaeError(
                 f"{grid}.methods[{i}] is {name!r}, which runs on {' and '.join(runs_on)} backbones, not on "
                 f"backbone.name {config['backbone']['name']!r} (a {family}).",
-                f"drop it from {grid}.methods; on a {family} the methods are: {', '.join(fit)}.",
+                f"drop it from {grid}.methods; on a {family} the methods are: {', '.join(methods_on(family))}.",
             )
     for name in selection["pae"]:
         part = next((p for p, runs_on in PART_FAMILIES.items() if config["pae_variants"][name].get(p)), None)

@@ -172,8 +172,9 @@ class KoopmanLyapunov(nn.Module):
     @torch.no_grad()
     def lift_gain(self, trajectory: Trajectory) -> float:
         """||P U||_F / ||P||_F: the scale of the lifted chain. It tends to 0 under collapse, even with ||U|| fixed."""
-        norm = torch.stack([s.detach().float().norm() for s in as_stages(trajectory)]).norm()
-        return (self.lifted([s.detach() for s in as_stages(trajectory)]).norm() / norm.clamp_min(1e-12)).item()
+        stages = [s.detach() for s in as_stages(trajectory)]
+        norm = torch.stack([s.float().norm() for s in stages]).norm()
+        return (self.lifted(stages).norm() / norm.clamp_min(1e-12)).item()
 
     @torch.no_grad()
     def diagnostics(self, trajectory: Trajectory | None = None) -> dict[str, float]:

@@ -92,6 +92,11 @@ def ordered() -> list[MethodSpec]:
     return sorted(METHODS.values(), key=lambda s: (s.order, s.name))
 
 
+def methods_on(family: str) -> list[str]:
+    """The methods that run on a backbone family ('vit', 'swin'), in display order: what a refusal offers instead."""
+    return [s.name for s in ordered() if family in s.backbones]
+
+
 def method_spec(name: str) -> MethodSpec:
     """The registration of ``name``; an unknown name is an error that suggests the closest one."""
     if name not in METHODS:

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import PaeError
-from ..methods import check_options, make_options, method_spec, option_fields, options_for, ordered
+from ..methods import check_options, make_options, method_spec, methods_on, option_fields, options_for
 from ..methods.registry import resolve_options
 from .base import LayerPrompts, PromptedViT, PromptMethod
 
@@ -46,11 +46,10 @@ def build_model(
     spec = method_spec(name)
     family = backbone_family(backbone)
     if family not in spec.backbones:
-        others = [s.name for s in ordered() if family in s.backbones]
         raise PaeError(
             f"{name} runs on {' and '.join(spec.backbones)} backbones, not on this {family} "
             f"({type(backbone).__name__}).",
-            f"on a {family} backbone use one of: {', '.join(others)} (README, 'Backbones', says why).",
+            f"on a {family} backbone use one of: {', '.join(methods_on(family))} (README, 'Backbones', says why).",
         )
     model = PromptedSwin if family == "swin" else PromptedViT
     return model(
