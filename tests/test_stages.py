@@ -16,6 +16,7 @@ from pae.errors import PaeError
 from pae.evaluate import evaluate_run
 from pae.loop import train
 from pae.mpa import build_init_prompts, find_task_shortcuts
+from pae.prompts.base import as_stages
 from pae.selection import select_hparams
 
 
@@ -42,10 +43,20 @@ def config(tiny_task, tmp_path_factory) -> TrainConfig:
     )
 
 
-def test_mpa_as_its_own_stages_trains_exactly_like_mpa_inside_the_run(config, tmp_path):
+@pytest.mark.parametrize(
+    "arch, img_size, shapes",
+    [
+        ("vit_small_patch14_dinov2", 28, [(12, 3, 384)]),
+        ("swin_tiny_patch4_window7_224", 32, [(2, 3, 96), (2, 3, 192), (6, 3, 384), (2, 3, 768)]),  # per stage
+    ],
+    ids=["vit", "swin"],
+)
+def test_mpa_as_its_own_stages_trains_exactly_like_mpa_inside_the_run(config, tmp_path, arch, img_size, shapes):
+    config = replace(config, arch=arch, img_size=img_size)
     record = find_task_shortcuts(config, tmp_path / "shortcuts.json")
     prompts = build_init_prompts(config, tmp_path / "shortcuts.json", tmp_path / "prompts.safetensors")
-    assert prompts.shape == (12, 3, 384) and len(record["selected"]) == 3 and record["grid"] == 3
+    assert [tuple(s.shape) for s in as_stages(prompts)] == shapes
+    assert len(record["selected"]) == 3 and record["grid"] == 3
     # the dominant-frequency maps: one row per class, one value per band, on 16 held-out training images
     assert len(record["class_maps"]) == 10 and all(m is None or len(m) == 9 for m in record["class_maps"])
     assert record["class_map_images"] == 16

@@ -215,29 +215,123 @@ def test_pae_koopman_chain_covers_every_prompted_layer_of_every_stage(backbone):
     assert [lift.in_features for lift in skipped.lifts] == [32] and skipped.transitions == 1  # stage 0 skipped
 
 
-def test_mpa_on_swin_is_refused_with_the_way_out(backbone):
+def _ref_prompt_block(seq: torch.Tensor, blk) -> torch.Tensor:
+    """One Swin block on the prompts (p, C) alone, from the weights: plain attention, no bias, no mask."""
+    c, heads = seq.shape[-1], blk.attn.num_heads
+    q, k, v = (_ln(seq, blk.norm1) @ blk.attn.qkv.weight.T + blk.attn.qkv.bias).view(-1, 3, heads, c // heads).unbind(1)
+    q, k, v = (t.transpose(0, 1) for t in (q, k, v))  # (heads, p, c / heads)
+    out = ((q @ k.transpose(-1, -2)) * (c // heads) ** -0.5).softmax(-1) @ v
+    seq = seq + out.transpose(0, 1).reshape(-1, c) @ blk.attn.proj.weight.T + blk.attn.proj.bias
+    hidden = F.gelu(_ln(seq, blk.norm2) @ blk.mlp.fc1.weight.T + blk.mlp.fc1.bias)
+    return seq + hidden @ blk.mlp.fc2.weight.T + blk.mlp.fc2.bias
+
+
+def _ref_mpa_prompts(bb, bands: torch.Tensor) -> list[torch.Tensor]:
+    """MPA phase II by hand on Swin: per band, the energy-weighted mean of the normed patch embedding (Eqs. 3-4),
+    then the prompt-only sequence through every block, merged (tiled 4x, norm, reduction) between stages."""
+    pe, first = bb.patch_embed, []
+    for x in bands:  # (B, 3, H, W) band-passed images
+        tokens = _ln(
+            F.conv2d(x, pe.proj.weight, pe.proj.bias, stride=pe.patch_size).flatten(2).transpose(1, 2), pe.norm
+        )
+        energy = tokens.pow(2).sum(-1)
+        first.append(((energy / energy.sum())[..., None] * tokens).sum((0, 1)))
+    seq, stages = torch.stack(first), []
+    for s, stage in enumerate(bb.layers):
+        if s > 0:  # the merge's rows are independent: a zero 2x2 map beside the prompts leaves them as they are
+            seq = _ref_merge(torch.cat([seq, seq.new_zeros(4, seq.shape[-1])]), stage.downsample, len(seq), 2, 2)
+            seq = seq[: len(first)]
+        states = []
+        for blk in stage.blocks:
+            states.append(seq)
+            seq = _ref_prompt_block(seq, blk)
+        stages.append(torch.stack(states))
+    return stages
+
+
+def test_mpa_prompts_on_swin_follow_the_reference(backbone):
+    """Pooled from Swin's patch embedding (C_0), propagated block by block and across patch merging."""
+    from pae.evolution.task_init import energy_pooled_tokens, propagate
+
+    bands = torch.randn(3, 4, 3, 64, 64)  # 3 band-passed batches of 4 images
+    with torch.no_grad():
+        first = energy_pooled_tokens(backbone, bands)
+        got = propagate(backbone, first)
+        want = _ref_mpa_prompts(backbone, bands)
+    assert [tuple(t.shape) for t in got] == [(2, 3, 16), (2, 3, 32)]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+    shallow = propagate(backbone, first, depth=1)
+    assert len(shallow) == 1 and torch.equal(shallow[0], got[0][:1])
+
+
+def test_mpa_scores_swin_by_what_its_head_reads(backbone):
+    """Prompt-free: timm's own pooled features; zero prompts: the PromptedSwin with zero prompts before every block."""
+    from pae.evolution.task_init import mpa_features
+
+    img = torch.randn(2, 3, 64, 64)
+    zero = _model(backbone, 2, deep=True)
+    with torch.no_grad():
+        for p in zero.method.embeddings:
+            p.zero_()
+        free = backbone.forward_head(backbone.forward_features(img), pre_logits=True)
+        torch.testing.assert_close(mpa_features(backbone, 2, zero_prompts=False)(img), free, rtol=0, atol=1e-5)
+        zeroed = zero.readout(zero.forward_features(img))
+        torch.testing.assert_close(mpa_features(backbone, 2, zero_prompts=True)(img), zeroed, rtol=0, atol=1e-6)
+        assert (zeroed - free).abs().max() > 1e-3  # zero prompts are not neutral (LayerNorm(0) = beta)
+
+
+@pytest.mark.parametrize("deep", [True, False], ids=["deep", "shallow"])
+def test_pae_writes_mpa_prompts_into_every_stage(backbone, tmp_path, deep):
+    """Through the init-prompts file (one tensor per stage) into SwinPrompts: deep takes every stage, shallow the
+    first layer of stage 0."""
+    from pae.build import load_init_prompts, save_init_prompts
     from pae.config.pae import PAEOptions
     from pae.errors import PaeError
     from pae.evolution import PAE
 
-    with pytest.raises(PaeError, match="set pae_init false"):
-        PAE(PAEOptions(init=True), _model(backbone, 3, deep=True).method)
+    prompts = [torch.randn(2, 3, 16), torch.randn(2, 3, 32)]
+    save_init_prompts(tmp_path / "p.safetensors", prompts, {"seed": 1})
+    loaded, record = load_init_prompts(tmp_path / "p.safetensors")
+    assert record == {"seed": 1} and all(torch.equal(a, b) for a, b in zip(loaded, prompts))
+    model = _model(backbone, 3, deep)
+    PAE(PAEOptions(init=True), model.method).initialize(model.method, loaded)
+    for got, want in zip(model.method.embeddings, prompts):
+        torch.testing.assert_close(got.data, want[: got.shape[0]], rtol=0, atol=0)
+    with pytest.raises(PaeError, match=r"initial prompts have shape \(2, 3, 16\) \+ \(2, 3, 32\).*num_tokens"):
+        four = _model(backbone, 4, deep).method
+        PAE(PAEOptions(init=True), four).initialize(four, loaded)
 
 
 @pytest.mark.parametrize("method", ["vpt_deep", "linear"])
-def test_swin_trains_from_the_cli_with_pae_koopman(tiny_task, tmp_path, method):
-    """The command the pipeline's train rule runs, on a random Swin-T at 32 px (4 stages, padded windows)."""
+def test_swin_trains_from_the_cli_with_pae(tiny_task, tmp_path, method):
+    """The command the pipeline's train rule runs, on a random Swin-T at 32 px (4 stages, padded windows), with all
+    of PAE (MPA's per-stage init, Koopman, Lyapunov) on VPT-deep."""
     import json
 
     from pae.cli import main
 
-    pae = ["--pae", "--no-pae-init", "--pae-koopman", "--pae-lyapunov", "--pae-koopman-dim", "8"]
+    pae = [
+        "--pae",
+        "--pae-init",
+        "--pae-koopman",
+        "--pae-lyapunov",
+        "--pae-koopman-dim",
+        "8",
+        "--pae-init-images",
+        "16",
+    ]
     args = ["train", "--kind", "vtab1k", "--root", str(tiny_task), "--arch", "swin_tiny_patch4_window7_224"]
     args += ["--img-size", "32", "--method", method, "--num-tokens", "2", "--epochs", "2", "--warmup-epochs", "0"]
     args += ["--batch-size", "16", "--out-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]
     assert main(args + (pae if method == "vpt_deep" else [])) == 0
     metrics = json.loads(next((tmp_path / "run").rglob("metrics.json")).read_text())
     assert metrics["settings"]["arch"] == "swin_tiny_patch4_window7_224" and len(metrics["selection_curve"]) == 3
+    if method == "vpt_deep":
+        run = next((tmp_path / "run").rglob("metrics.json")).parent
+        assert metrics["pae"] == "init+koopman+lyapunov" and metrics["pae_params"] > 0
+        assert len(json.loads((run / "shortcuts.json").read_text())["selected"]) == 2  # one band per prompt
+        assert "koopman_loss,lyapunov_loss" in (run / "history.csv").read_text().splitlines()[0]
     assert math.isfinite(metrics["final_train_loss"])
     per_block = 2 * (2 * 96 + 2 * 192 + 6 * 384 + 2 * 768)  # Swin-T: p (2) x width, a set per block of each stage
     assert metrics["prompt_params"] == (per_block if method == "vpt_deep" else 0)

@@ -18,7 +18,9 @@ from .data import FINAL_SPLITS, TUNE_SPLITS, DataSpec, ImageTensors, load_split,
 from .errors import PaeError
 from .evolution import PAE
 from .evolution.pae import discover, record_prompts
-from .prompts import PromptedViT, build_model
+from .files import atomic_write
+from .prompts import PromptedModel, build_model
+from .prompts.base import Trajectory, as_stages
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,7 +106,7 @@ def sample_batch(
     return train_input(task.spec, data.images[idx], sizes, img_size, draws), data.labels[idx]
 
 
-def run_model(cfg: TrainConfig, task: LoadedTask) -> PromptedViT:
+def run_model(cfg: TrainConfig, task: LoadedTask) -> PromptedModel:
     """The prompted model of a run on the task's backbone, fitted to the data where its method needs it; its init
     depends on the seed alone, not on how the backbone was made."""
     torch.manual_seed(cfg.seed)
@@ -117,20 +119,35 @@ def run_model(cfg: TrainConfig, task: LoadedTask) -> PromptedViT:
     return model
 
 
-def load_init_prompts(path: str | Path) -> tuple[torch.Tensor, dict]:
-    """The (depth, p, d) prompts and the MPA record written by `pae.cli init-prompts`."""
+def save_init_prompts(path: str | Path, prompts: Trajectory, record: dict) -> None:
+    """MPA's prompts as fp32 tensors with their record: one ``prompts`` (L, p, d) on a ViT, ``prompts.<stage>`` per
+    Swin stage."""
+    from safetensors.torch import save_file
+
+    stages = as_stages(prompts)
+    keys = ["prompts"] if isinstance(prompts, torch.Tensor) else [f"prompts.{i}" for i in range(len(stages))]
+    tensors = {k: s.float().cpu().contiguous() for k, s in zip(keys, stages)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"record": json.dumps(record)}))
+
+
+def load_init_prompts(path: str | Path) -> tuple[Trajectory, dict]:
+    """The prompts and the MPA record written by ``save_init_prompts`` (`pae.cli init-prompts`)."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), "pt") as f:
-            return f.get_tensor("prompts"), json.loads(f.metadata()["record"])
+            record = json.loads(f.metadata()["record"])
+            keys = list(f.keys())
+            if "prompts" in keys:
+                return f.get_tensor("prompts"), record
+            return [f.get_tensor(f"prompts.{i}") for i in range(len(keys))], record
     except (OSError, KeyError, ValueError, SafetensorError) as exc:
         raise PaeError(
             f"initial prompts '{path}' cannot be read ({exc}).", "rerun `pae.cli init-prompts` for this task and seed."
         ) from exc
 
 
-def initial_prompts(cfg: TrainConfig, task: LoadedTask, model: PromptedViT) -> tuple[torch.Tensor, dict]:
+def initial_prompts(cfg: TrainConfig, task: LoadedTask, model: PromptedModel) -> tuple[Trajectory, dict]:
     """MPA's prompts and record: read from ``init_prompts``, or discovered once per seed and shared by its runs."""
     if cfg.init_prompts:
         return load_init_prompts(cfg.init_prompts)
@@ -138,14 +155,14 @@ def initial_prompts(cfg: TrainConfig, task: LoadedTask, model: PromptedViT) -> t
         start = time.perf_counter()
         x, y = sample_batch(task, cfg.pae.init_images, cfg.img_size, cfg.seed)
         record = discover(cfg.pae, model.backbone, x, y, task.num_classes, model.method.num_tokens, cfg.seed)
-        prompts = record_prompts(model.backbone, x, record, len(model.backbone.blocks))
+        prompts = record_prompts(model.backbone, x, record)
         record["seconds"] = time.perf_counter() - start
         task.init[cfg.seed] = prompts, record
     prompts, record = task.init[cfg.seed]
     return prompts, dict(record)
 
 
-def run_pae(cfg: TrainConfig, task: LoadedTask, model: PromptedViT) -> tuple[PAE, dict]:
+def run_pae(cfg: TrainConfig, task: LoadedTask, model: PromptedModel) -> tuple[PAE, dict]:
     """PAE for the run's method, with MPA's prompts written into the method when init is on, and MPA's record
     (empty without init). Training's randomness then starts from ``seed + 1``, whether MPA ran here or in its own
     stage."""

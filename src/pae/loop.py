@@ -38,7 +38,7 @@ from .errors import PaeError, Preempted
 from .evaluate import predictions, top1
 from .evolution import PAE
 from .forward import GroupForward, SingleForward, make_forward
-from .prompts import PromptedViT
+from .prompts import PromptedModel
 from .resume import Progress, discard, diverged, load_states, mark_diverged, preemption, restore, save_state
 from .resume import state_dir as state_folder
 from .run_folder import RunMetrics, check_out_dir, top1_key, write_run
@@ -53,7 +53,7 @@ class TrainingRun:
 
     cfg: TrainConfig
     task: LoadedTask
-    model: PromptedViT
+    model: PromptedModel
     pae: PAE
     optimizer: torch.optim.Optimizer
     init_record: dict  # MPA's record (empty without PAE's init)
@@ -194,7 +194,7 @@ def prepare_run(cfg: TrainConfig, task: LoadedTask, out_dir: Path | None = None)
     )
 
 
-def make_optimizer(model: PromptedViT, pae: PAE, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: PromptedModel, pae: PAE, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Weight decay on all trainable tensors except the head's bias (VPT); the plug-in brings its own groups."""
     decay = [p for n, p in model.named_parameters() if p.requires_grad and n != "head.bias"]
     groups = [

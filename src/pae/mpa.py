@@ -7,20 +7,19 @@ exactly as if training had computed them itself (a test checks).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from .build import LoadedTask, data_spec, load_task, sample_batch
+from .build import LoadedTask, data_spec, load_task, sample_batch, save_init_prompts
 from .config.train import TrainConfig
 from .errors import PaeError
 from .evolution.frequency import dominant_frequency_maps, fit_scorer
 from .evolution.pae import discover, record_prompts
 from .evolution.task_init import mpa_features
-from .files import atomic_write, read_json, write_json
+from .files import read_json, write_json
+from .prompts.base import Trajectory
 
 
 def training_task(cfg: TrainConfig) -> LoadedTask:
@@ -62,7 +61,7 @@ def find_task_shortcuts(cfg: TrainConfig, out: str | Path) -> dict:
     return record
 
 
-def build_init_prompts(cfg: TrainConfig, shortcuts: str | Path, out: str | Path) -> torch.Tensor:
+def build_init_prompts(cfg: TrainConfig, shortcuts: str | Path, out: str | Path) -> Trajectory:
     """MPA phase II: prompts for every block from a shortcut record, saved with the record for the training run."""
     start = time.perf_counter()
     record = read_json(shortcuts, "rerun the shortcut search (pae.cli shortcuts) for this task and seed.")
@@ -74,8 +73,8 @@ def build_init_prompts(cfg: TrainConfig, shortcuts: str | Path, out: str | Path)
         )
     task = training_task(cfg)
     x, _ = sample_batch(task, cfg.pae.init_images, cfg.img_size, cfg.seed)
-    prompts = record_prompts(task.backbone, x, record, len(task.backbone.blocks)).float().cpu().contiguous()
+    prompts = record_prompts(task.backbone, x, record)
     kept = {k: v for k, v in record.items() if not k.startswith("class_map")}
     kept["seconds"] = record["seconds"] + time.perf_counter() - start  # discovery + pooling: PAE's init cost
-    atomic_write(out, lambda tmp: save_file({"prompts": prompts}, str(tmp), metadata={"record": json.dumps(kept)}))
+    save_init_prompts(out, prompts, kept)
     return prompts

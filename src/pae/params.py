@@ -24,7 +24,7 @@ import jsonschema
 import yaml
 
 from .backbones.catalogue import CATALOGUE
-from .config.pae import PART_FAMILIES, PARTS, PAEOptions
+from .config.pae import PARTS, PAEOptions
 from .config.train import TrainConfig, make_config
 from .errors import PaeError
 from .methods import load_plugins, method_spec, methods_on, option_fields, options_for, ordered
@@ -291,14 +291,6 @@ def check_grid(config: dict, grid: str) -> None:
                 f"{grid}.methods[{i}] is {name!r}, which runs on {' and '.join(runs_on)} backbones, not on "
                 f"backbone.name {config['backbone']['name']!r} (a {family}).",
                 f"drop it from {grid}.methods; on a {family} the methods are: {', '.join(methods_on(family))}.",
-            )
-    for name in selection["pae"]:
-        part = next((p for p, runs_on in PART_FAMILIES.items() if config["pae_variants"][name].get(p)), None)
-        if family is not None and part is not None and family not in PART_FAMILIES[part]:
-            raise PaeError(
-                f"pae_variants.{name} turns {part} on, which runs on {' and '.join(PART_FAMILIES[part])} "
-                f"backbones, not on backbone.name {config['backbone']['name']!r} (a {family}).",
-                f"drop {name!r} from {grid}.pae, or set {part}: false in pae_variants.{name}.",
             )
 
 

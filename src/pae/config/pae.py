@@ -18,7 +18,6 @@ SETTINGS_OF = {  # which settings each part reads: a pipeline passes a run only 
     "koopman": ("koopman_dim", "koopman_weight", "koopman_mode", "norm_preserving", "chain_start", "clip"),
     "lyapunov": ("lyapunov_weight", "lyapunov_form", "lyapunov_target"),
 }
-PART_FAMILIES = {"init": ("vit",)}  # backbone families a part runs on where not all: MPA builds one (L, p, d) chain
 SCORERS = ("random_head", "linear_probe", "ncm")
 KOOPMAN_MODES = ("global", "layerwise")
 LYAPUNOV_FORMS = ("hinge", "official")

@@ -18,13 +18,7 @@ from torch.nn.utils.parametrizations import orthogonal
 from ..config.pae import KOOPMAN_MODES as MODES
 from ..config.pae import LYAPUNOV_FORMS, LYAPUNOV_TARGETS
 from ..errors import PaeError
-
-Trajectory = torch.Tensor | list[torch.Tensor]  # (L, p, d), or per stage (L_s, p, C_s) on a Swin
-
-
-def as_stages(trajectory: Trajectory) -> list[torch.Tensor]:
-    """A trajectory as its stages: a ViT's (L, p, d) is one stage."""
-    return [trajectory] if isinstance(trajectory, torch.Tensor) else list(trajectory)
+from ..prompts.base import Trajectory, as_stages
 
 
 def skip_layers(trajectory: Trajectory, n: int) -> list[torch.Tensor]:

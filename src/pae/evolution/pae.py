@@ -23,8 +23,9 @@ from torch import nn
 from ..config.pae import PAEOptions
 from ..errors import PaeError
 from ..prompts import PromptMethod
+from ..prompts.base import Trajectory, as_stages
 from .frequency import band_masks, conjugate_pair, scaled_window
-from .koopman import KoopmanLyapunov, as_stages, skip_layers
+from .koopman import KoopmanLyapunov, skip_layers
 from .task_init import band_prompts, find_shortcuts, mpa_features
 
 
@@ -42,12 +43,6 @@ class PAE(nn.Module):
             )
         self.layers = sum(s.shape[0] for s in as_stages(method.trajectory())) if o.enabled else 0
         self.regularizer = None
-        if o.init and not isinstance(method.trajectory(), torch.Tensor):
-            raise PaeError(
-                f"MPA's task-aware init writes one (L, p, d) chain; '{type(method).__name__}' holds prompts per stage "
-                "of different widths (a Swin backbone), which MPA does not build yet.",
-                "set pae_init false on this backbone (the Koopman and Lyapunov parts run on it).",
-            )
         if o.koopman:
             transitions = self.layers - o.chain_start - 1
             if transitions < 1:
@@ -67,16 +62,20 @@ class PAE(nn.Module):
             )
 
     @torch.no_grad()
-    def initialize(self, method: PromptMethod, prompts: torch.Tensor) -> None:
-        """Write task-aware prompts (depth >= this method's prompt layers, p, d) through ``method.initialize``."""
-        want = tuple(method.trajectory().shape)
-        if prompts.ndim != 3 or prompts.shape[0] < want[0] or tuple(prompts.shape[1:]) != want[1:]:
+    def initialize(self, method: PromptMethod, prompts: Trajectory) -> None:
+        """Write task-aware prompts through ``method.initialize``: per stage, at least the method's prompt layers
+        with its (p, d); a ViT's (L, p, d) is one stage, a shallow method takes the first layer."""
+        want, got = as_stages(method.trajectory()), as_stages(prompts)
+        if len(got) < len(want) or any(
+            g.ndim != 3 or g.shape[0] < w.shape[0] or g.shape[1:] != w.shape[1:] for w, g in zip(want, got)
+        ):
             raise PaeError(
-                f"the initial prompts have shape {tuple(prompts.shape)}, but this method needs "
-                f"({want[0]} or more layers, {want[1]} tokens, {want[2]} dims).",
+                f"the initial prompts have shape {_shapes(got)}, but this method needs {_shapes(want)} (at least "
+                "as many layers per stage, the same tokens and width).",
                 "rebuild them with the same num_tokens and backbone as the training run (pae.cli init-prompts).",
             )
-        method.initialize(prompts[: want[0]].to(method.trajectory().device))
+        fitted = [g[: w.shape[0]].to(w.device) for w, g in zip(want, got)]
+        method.initialize(fitted[0] if isinstance(method.trajectory(), torch.Tensor) else fitted)
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -115,6 +114,10 @@ class PAE(nn.Module):
     def chain(self, method: PromptMethod) -> list[torch.Tensor]:
         """The prompt layers the Koopman chain runs over: all from ``chain_start`` on, every stage's."""
         return skip_layers(method.trajectory(), self.options.chain_start)
+
+
+def _shapes(stages: list[torch.Tensor]) -> str:
+    return " + ".join(str(tuple(s.shape)) for s in stages)
 
 
 def band_window(options: PAEOptions, img_size: int) -> tuple[int, int]:
@@ -171,8 +174,9 @@ def discover(
 
 
 @torch.no_grad()
-def record_prompts(backbone: nn.Module, images: torch.Tensor, record: dict, depth: int) -> torch.Tensor:
-    """MPA phase II from a discovery record: the selected bands of ``images``, pooled and propagated (depth, p, d)."""
+def record_prompts(backbone: nn.Module, images: torch.Tensor, record: dict, depth: int | None = None) -> Trajectory:
+    """MPA phase II from a discovery record: the selected bands of ``images``, pooled and propagated to ``depth``
+    blocks (None: every block; per stage on a Swin)."""
     if images.shape[-1] != record["img_size"]:
         raise PaeError(
             f"the shortcut record is for {record['img_size']} px images, these are {images.shape[-1]} px.",

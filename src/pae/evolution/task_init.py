@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ..errors import PaeError
-from ..prompts.base import LayerPrompts, embed_tokens
+from ..prompts import prompted_model_class
+from ..prompts.base import LayerPrompts, Trajectory
 from .frequency import FeaturesFn, ShortcutResult, band_pass_spectrum, centred_spectrum, discover_shortcuts
 
 
@@ -29,57 +30,58 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-def cls_features(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """[CLS] after the final norm (B, d): what the prompted model's linear head sees.
-
-    This is the backbone without prompts. The official code scores with the prompted model and all-zero
-    prompts, which are not neutral (LayerNorm(0) = beta, so the zero tokens take part in attention); scoring
-    the frozen backbone itself is what "the frozen model's task loss" says. On CUDA it runs in bf16: MPA is
-    ~93k forwards at 224 px with the paper's 729 bands, and the ranking does not need fp32.
-    """
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
-        return backbone.forward_features(images)[:, 0].float()
+@contextmanager
+def _flags_kept(backbone: nn.Module) -> Iterator[None]:
+    """Wrapping a backbone in a prompted model freezes it and sets eval mode; put the caller's flags back."""
+    was_training, grads = backbone.training, [p.requires_grad for p in backbone.parameters()]
+    try:
+        yield
+    finally:
+        backbone.train(was_training)
+        for p, g in zip(backbone.parameters(), grads):
+            p.requires_grad_(g)
 
 
 class _ZeroPrompts(LayerPrompts):
     """p all-zero prompts before every block: the official MPA scores bands through the model it is initialising,
     whose prompts are still zero. Zero tokens are not neutral (LayerNorm(0) = beta: they take part in attention)."""
 
-    def __init__(self, depth: int, dim: int, num_tokens: int, device: torch.device) -> None:
-        super().__init__(depth, num_tokens, dropout=0.0)
-        self.zeros = torch.zeros(num_tokens, dim, device=device)
+    def __init__(self, widths: list[int], num_tokens: int, device: torch.device) -> None:
+        super().__init__(len(widths), num_tokens, dropout=0.0)
+        self.widths = widths
+        self.zeros = {d: torch.zeros(num_tokens, d, device=device) for d in set(widths)}
 
     def prompt_set(self, layer: int) -> torch.Tensor:
-        return self.zeros
+        return self.zeros[self.widths[layer]]
 
 
 def zero_prompt_features(backbone: nn.Module, num_tokens: int) -> FeaturesFn:
-    """[CLS] after the final norm of the backbone with ``num_tokens`` zero prompts before every block (VPT-deep with
-    zero prompts, as PAE's code builds it for MPA), in eval mode; bf16 on CUDA as ``cls_features``."""
-    from ..prompts.base import PromptedViT
+    """What the prompted model's head reads (ViT: [CLS] after the final norm; Swin: the mean final token) with
+    ``num_tokens`` zero prompts before every block (VPT-deep with zero prompts, as PAE's code builds it for MPA;
+    0: the backbone without prompts), in eval mode.
 
-    prompts = _ZeroPrompts(len(backbone.blocks), backbone.embed_dim, num_tokens, next(backbone.parameters()).device)
-    with torch.random.fork_rng(devices=[]):  # its unused head must not move the run's random stream
-        model = PromptedViT(backbone, prompts, 1).eval()
+    On CUDA it runs in bf16: MPA is ~93k forwards at 224 px with the paper's 729 bands, and the ranking does not
+    need fp32.
+    """
+    kind = prompted_model_class(backbone)
+    prompts = _ZeroPrompts(kind.layer_widths(backbone), num_tokens, next(backbone.parameters()).device)
+    with torch.random.fork_rng(devices=[]), _flags_kept(backbone):  # its unused head must not move the random stream
+        model = kind(backbone, prompts, 1).eval()
 
     def features(images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
-            return model.forward_features(images)[:, 0].float()
+        cuda = images.device.type == "cuda"
+        with _eval_mode(backbone), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cuda):
+            return model.readout(model.forward_features(images)).float()
 
     return features
 
 
 def mpa_features(backbone: nn.Module, num_tokens: int, zero_prompts: bool) -> FeaturesFn:
-    """What MPA scores bands by: the zero-prompted model (the official code) or the prompt-free backbone."""
-    return zero_prompt_features(backbone, num_tokens) if zero_prompts else (lambda x: cls_features(backbone, x))
+    """What MPA scores bands by: the zero-prompted model (the official code) or the prompt-free backbone.
 
-
-def patch_tokens(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Patch tokens after position embedding (B, N, d), prefix tokens dropped: the space prompts live in.
-
-    norm_pre is applied because PromptedViT inserts prompts after it (Identity for DINOv2 and orig_in21k ViTs).
-    """
-    return embed_tokens(backbone, images)[:, backbone.num_prefix_tokens :]
+    The official zero prompts are not neutral (LayerNorm(0) = beta); scoring the frozen backbone itself is what "the
+    frozen model's task loss" says."""
+    return zero_prompt_features(backbone, num_tokens if zero_prompts else 0)
 
 
 def _energy_pool(tokens: torch.Tensor) -> torch.Tensor:
@@ -90,28 +92,41 @@ def _energy_pool(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def energy_pooled_tokens(backbone: nn.Module, band_images: torch.Tensor) -> torch.Tensor:
-    """One prompt token per band: (S_sel, B, C, H, W) band-passed batches -> (S_sel, d)."""
+    """One prompt token per band: (S_sel, B, C, H, W) band-passed batches -> (S_sel, d), in the space of the patch
+    tokens where the first prompts go in (ViT: after position embedding; Swin: the patch embedding, width C_0)."""
+    kind = prompted_model_class(backbone)
     with torch.no_grad(), _eval_mode(backbone):
-        return torch.stack([_energy_pool(patch_tokens(backbone, x)) for x in band_images])
+        return torch.stack([_energy_pool(kind.patch_tokens(backbone, x)) for x in band_images])
 
 
-def _check_depth(backbone: nn.Module, depth: int) -> None:
-    n = len(backbone.blocks)
-    if not 1 <= depth <= n:
+def _check_depth(backbone: nn.Module, depth: int | None) -> None:
+    n = len(prompted_model_class(backbone).layer_widths(backbone))
+    if depth is not None and not 1 <= depth <= n:
         raise PaeError(
             f"prompt depth {depth} is outside 1..{n} (the backbone has {n} blocks).",
             f"use depth 1 for shallow prompts or {n} for deep prompts on every block.",
         )
 
 
-def propagate(backbone: nn.Module, first: torch.Tensor, depth: int) -> torch.Tensor:
-    """(p, d) -> (depth, p, d): layer l+1 is block l applied to the prompt-only sequence of layer l."""
+def first_layers(trajectory: Trajectory, n: int) -> Trajectory:
+    """The first ``n`` prompt layers, counted across stages (a Swin's stages stay a list)."""
+    if isinstance(trajectory, torch.Tensor):
+        return trajectory[:n]
+    out = []
+    for stage in trajectory:
+        if n > 0:
+            out.append(stage[:n])
+        n -= stage.shape[0]
+    return out
+
+
+def propagate(backbone: nn.Module, first: torch.Tensor, depth: int | None = None) -> Trajectory:
+    """(p, C) -> the input prompts of the first ``depth`` blocks (None: all), each from the previous block applied
+    to the prompt-only sequence: (depth, p, d) on a ViT, per stage (L_s, p, C_s) on a Swin (``propagate_prompts``)."""
     _check_depth(backbone, depth)
-    states = [first]
     with torch.no_grad(), _eval_mode(backbone):
-        for block in backbone.blocks[: depth - 1]:
-            states.append(block(states[-1][None])[0])
-    return torch.stack(states)
+        states = prompted_model_class(backbone).propagate_prompts(backbone, first)
+    return states if depth is None else first_layers(states, depth)
 
 
 def find_shortcuts(
@@ -129,8 +144,9 @@ def find_shortcuts(
     conjugate_pairs: bool = False,
     chunk_images: int = 2048,
 ) -> ShortcutResult:
-    """Phase I on the frozen backbone (its [CLS] unless ``features_fn`` is given), dropout and drop-path off."""
-    features_fn = features_fn or (lambda x: cls_features(backbone, x))
+    """Phase I on the frozen backbone (what its head reads, without prompts, unless ``features_fn`` is given),
+    dropout and drop-path off."""
+    features_fn = features_fn or zero_prompt_features(backbone, 0)
     with _eval_mode(backbone):
         return discover_shortcuts(
             features_fn,
@@ -148,8 +164,10 @@ def find_shortcuts(
         )
 
 
-def band_prompts(backbone: nn.Module, images: torch.Tensor, bands: torch.Tensor, depth: int) -> torch.Tensor:
-    """Phase II: one energy-pooled token per band (p, H, W), propagated to ``depth`` layers: (depth, p, d)."""
+def band_prompts(
+    backbone: nn.Module, images: torch.Tensor, bands: torch.Tensor, depth: int | None = None
+) -> Trajectory:
+    """Phase II: one energy-pooled token per band (p, H, W), propagated to ``depth`` layers (None: every block)."""
     _check_depth(backbone, depth)
     spectrum = centred_spectrum(images)
     first = torch.cat([energy_pooled_tokens(backbone, band_pass_spectrum(spectrum, m[None])) for m in bands])
@@ -171,11 +189,11 @@ def task_aware_prompts(
     folds: int = 2,
     conjugate_pairs: bool = False,
     chunk_images: int = 2048,
-) -> tuple[torch.Tensor, ShortcutResult]:
+) -> tuple[Trajectory, ShortcutResult]:
     """PAE's MPA: discover ``num_tokens`` shortcut bands, pool one token per band, propagate to ``depth`` layers.
 
     ``images`` are normalised model inputs at the backbone's resolution. Returns the initial prompts
-    (depth, num_tokens, d) and the discovery result.
+    ((depth, num_tokens, d) on a ViT, per stage on a Swin) and the discovery result.
     """
     _check_depth(backbone, depth)
     result = find_shortcuts(

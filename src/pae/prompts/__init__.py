@@ -11,7 +11,7 @@ from torch import nn
 from ..errors import PaeError
 from ..methods import check_options, make_options, method_spec, methods_on, option_fields, options_for
 from ..methods.registry import resolve_options
-from .base import LayerPrompts, PromptedViT, PromptMethod
+from .base import LayerPrompts, PromptedModel, PromptedViT, PromptMethod
 
 
 def build_method(
@@ -29,6 +29,14 @@ def build_method(
     return spec.build(backbone, resolve_options(spec, options, pae_enabled))
 
 
+def prompted_model_class(backbone: nn.Module) -> type[PromptedModel]:
+    """PromptedViT, or PromptedSwin for a timm Swin: the model that runs prompts on this backbone's family."""
+    from ..backbones import backbone_family
+    from .swin import PromptedSwin
+
+    return PromptedSwin if backbone_family(backbone) == "swin" else PromptedViT
+
+
 def build_model(
     name: str,
     backbone: nn.Module,
@@ -37,11 +45,10 @@ def build_model(
     head_init: str = "official",
     pae_enabled: bool = False,
     **values: Any,
-) -> PromptedViT:
+) -> PromptedModel:
     """Backbone + method + head: the model a run trains (``head_init`` 'official': the method's official head), a
     PromptedViT or, on a Swin backbone, a PromptedSwin."""
     from ..backbones import backbone_family
-    from .swin import PromptedSwin
 
     spec = method_spec(name)
     family = backbone_family(backbone)
@@ -51,8 +58,7 @@ def build_model(
             f"({type(backbone).__name__}).",
             f"on a {family} backbone use one of: {', '.join(methods_on(family))} (README, 'Backbones', says why).",
         )
-    model = PromptedSwin if family == "swin" else PromptedViT
-    return model(
+    return prompted_model_class(backbone)(
         backbone,
         build_method(name, backbone, options, pae_enabled, **values),
         num_classes,
@@ -61,4 +67,12 @@ def build_model(
     )
 
 
-__all__ = ["LayerPrompts", "PromptMethod", "PromptedViT", "build_method", "build_model"]
+__all__ = [
+    "LayerPrompts",
+    "PromptMethod",
+    "PromptedModel",
+    "PromptedViT",
+    "build_method",
+    "build_model",
+    "prompted_model_class",
+]

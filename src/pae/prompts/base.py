@@ -26,6 +26,14 @@ def embed_tokens(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return backbone.norm_pre(backbone.patch_drop(backbone._pos_embed(backbone.patch_embed(images))))
 
 
+Trajectory = torch.Tensor | list[torch.Tensor]  # (L, p, d), or per stage (L_s, p, C_s) on a Swin
+
+
+def as_stages(trajectory: Trajectory) -> list[torch.Tensor]:
+    """A trajectory as its stages: a ViT's (L, p, d) is one stage."""
+    return [trajectory] if isinstance(trajectory, torch.Tensor) else list(trajectory)
+
+
 def fused_qkv(attn: nn.Module) -> nn.Linear:
     """The block's fused qkv projection, which BPT's whitening and iVPT's [CLS] attention read."""
     if not isinstance(getattr(attn, "qkv", None), nn.Linear):
@@ -68,12 +76,12 @@ class PromptMethod(nn.Module):
         """Extra keys and values (batch, heads, n, head_dim) for block ``layer``'s attention (E2VPT), or None."""
         return None
 
-    def trajectory(self) -> torch.Tensor:
-        """Prompt states across depth (L, p, d), the chain PAE's Koopman operator constrains."""
+    def trajectory(self) -> Trajectory:
+        """Prompt states across depth (L, p, d) (per stage on a Swin), the chain PAE's Koopman operator constrains."""
         raise NotImplementedError(f"{type(self).__name__} has no prompt trajectory")
 
-    def initialize(self, prompts: torch.Tensor) -> None:
-        """Write task-aware initial prompts (L, p, d) (PAE), replacing the method's own init."""
+    def initialize(self, prompts: Trajectory) -> None:
+        """Write task-aware initial prompts shaped as ``trajectory()`` (PAE), replacing the method's own init."""
         raise NotImplementedError(f"{type(self).__name__} has no prompts to initialize")
 
     def per_layer_parameters(self) -> list[nn.Parameter]:
@@ -146,6 +154,22 @@ class PromptedModel(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    # What MPA needs of a family (pae.evolution.task_init): the first prompts' space and how prompts pass the blocks.
+    @staticmethod
+    def layer_widths(backbone: nn.Module) -> list[int]:
+        """The width of every promptable block's prompts, blocks in order."""
+        raise NotImplementedError
+
+    @staticmethod
+    def patch_tokens(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) patch tokens where the first prompts go in, prefix tokens dropped."""
+        raise NotImplementedError
+
+    @staticmethod
+    def propagate_prompts(backbone: nn.Module, first: torch.Tensor) -> Trajectory:
+        """(p, C) prompts before the first block -> the prompt-only sequence's input to every block."""
+        raise NotImplementedError
+
     def readout(self, features: torch.Tensor) -> torch.Tensor:
         """The (B, d) vector the head reads from ``forward_features``."""
         raise NotImplementedError
@@ -186,6 +210,24 @@ class PromptedViT(PromptedModel):
 
     def readout(self, features: torch.Tensor) -> torch.Tensor:
         return features[:, 0]
+
+    @staticmethod
+    def layer_widths(backbone: nn.Module) -> list[int]:
+        return [backbone.embed_dim] * len(backbone.blocks)
+
+    @staticmethod
+    def patch_tokens(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """After position embedding and norm_pre, where PromptedViT inserts prompts (norm_pre is Identity for DINOv2
+        and the orig_in21k ViTs)."""
+        return embed_tokens(backbone, images)[:, backbone.num_prefix_tokens :]
+
+    @staticmethod
+    def propagate_prompts(backbone: nn.Module, first: torch.Tensor) -> torch.Tensor:
+        """(p, d) -> (L, p, d): layer l+1 is block l applied to the prompt-only sequence of layer l (PAE's code)."""
+        states = [first]
+        for block in backbone.blocks[:-1]:
+            states.append(block(states[-1][None])[0])
+        return torch.stack(states)
 
 
 HEAD_INITS = ("kaiming_fan_out", "kaiming_fan_in", "trunc_normal")

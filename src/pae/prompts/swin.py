@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LayerPrompts, PromptedModel, xavier_bound
+from .base import LayerPrompts, PromptedModel, Trajectory, as_stages, xavier_bound
+from .vpt import check_initial_prompts
 
 
 def merge_prompts(merge: nn.Module, prompts: torch.Tensor) -> torch.Tensor:
@@ -37,21 +38,32 @@ def merge_prompts(merge: nn.Module, prompts: torch.Tensor) -> torch.Tensor:
     return merge.reduction(merge.norm(prompts.repeat(1, 1, 4)))
 
 
+def attend(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """timm ``WindowAttention``'s attention on token groups (b_, n, C) with an additive bias (None: plain)."""
+    b_, n, _ = x.shape
+    q, k, v = attn.qkv(x).reshape(b_, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=None if bias is None else bias.to(q.dtype),
+        scale=attn.scale,
+        dropout_p=attn.attn_drop.p if attn.training else 0.0,
+    )
+    return attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(b_, n, -1)))
+
+
 def window_attention(attn: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, n_prompts: int) -> torch.Tensor:
     """timm ``WindowAttention.forward`` on windows (B * nW, n_prompts + area, C) whose first tokens are prompts.
 
     The relative position bias and the shift mask (nW, area, area) are padded with zeros for the prompts.
     """
-    b_, n, _ = x.shape
-    q, k, v = attn.qkv(x).reshape(b_, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
     bias = F.pad(attn._get_rel_pos_bias(), (n_prompts, 0, n_prompts, 0))  # (1, heads, n, n)
     if mask is not None:  # windows are batch-major: window w of sample b is row b * nW + w
         mask = F.pad(mask, (n_prompts, 0, n_prompts, 0))
-        bias = (bias.unsqueeze(1) + mask[None, :, None]).expand(b_ // mask.shape[0], -1, -1, -1, -1).flatten(0, 1)
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=bias.to(q.dtype), scale=attn.scale, dropout_p=attn.attn_drop.p if attn.training else 0.0
-    )
-    return attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(b_, n, -1)))
+        bias = (bias.unsqueeze(1) + mask[None, :, None]).expand(x.shape[0] // mask.shape[0], -1, -1, -1, -1)
+        bias = bias.flatten(0, 1)
+    return attend(attn, x, bias)
 
 
 def shifted_window_attention(
@@ -80,14 +92,20 @@ def shifted_window_attention(
     return x, prompts
 
 
+def mlp_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The second half of a timm ``SwinTransformerBlock``: x + MLP(norm2(x))."""
+    return x + block.drop_path2(block.mlp(block.norm2(x)))
+
+
 def prompted_block(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """timm ``SwinTransformerBlock.forward`` on the map (B, H, W, C) and the prompts (B, p, C), side by side."""
     a, ap = shifted_window_attention(block, block.norm1(x), block.norm1(prompts))
-    x, prompts = x + block.drop_path1(a), prompts + block.drop_path1(ap)
-    return (
-        x + block.drop_path2(block.mlp(block.norm2(x))),
-        prompts + block.drop_path2(block.mlp(block.norm2(prompts))),
-    )
+    return mlp_residual(block, x + block.drop_path1(a)), mlp_residual(block, prompts + block.drop_path1(ap))
+
+
+def prompt_only_block(block: nn.Module, prompts: torch.Tensor) -> torch.Tensor:
+    """A Swin block on the prompts (B, p, C) alone: one window of p tokens, no position bias, no shift mask."""
+    return mlp_residual(block, prompts + block.drop_path1(attend(block.attn, block.norm1(prompts), None)))
 
 
 class SwinPrompts(LayerPrompts):
@@ -122,6 +140,16 @@ class SwinPrompts(LayerPrompts):
     def prompt_set(self, layer: int) -> torch.Tensor:
         stage, block = self.places[layer]
         return self.embeddings[stage][block]
+
+    @torch.no_grad()
+    def initialize(self, prompts: Trajectory) -> None:
+        """Per-stage initial prompts (MPA's), each stage at least as deep as this method's; extra layers ignored."""
+        stages = as_stages(prompts)
+        if len(stages) < len(self.embeddings):
+            raise ValueError(f"initial prompts hold {len(stages)} stages, the method {len(self.embeddings)}")
+        for embedding, init in zip(self.embeddings, stages):
+            check_initial_prompts(init, embedding.shape)
+            embedding.copy_(init[: embedding.shape[0]])
 
     def trajectory(self) -> list[torch.Tensor]:
         """Prompt states per stage, each (L_s, p, C_s): widths grow 2x per stage, so there is no single (L, p, d)."""
@@ -162,3 +190,26 @@ class PromptedSwin(PromptedModel):
 
     def readout(self, features: torch.Tensor) -> torch.Tensor:
         return features.mean(dim=1)
+
+    @staticmethod
+    def layer_widths(backbone: nn.Module) -> list[int]:
+        return [block.dim for stage in backbone.layers for block in stage.blocks]
+
+    @staticmethod
+    def patch_tokens(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The normed patch embedding (B, H * W, C_0): Swin-B has no absolute position embedding."""
+        return backbone.patch_embed(images).flatten(1, 2)
+
+    @staticmethod
+    def propagate_prompts(backbone: nn.Module, first: torch.Tensor) -> list[torch.Tensor]:
+        """(p, C_0) -> per stage (L_s, p, C_s): the prompt-only sequence through every block, and across patch merging
+        as shallow prompts cross it (tiled 4x, the merge's norm and reduction), so stage s starts from the merged
+        output of stage s-1's last block. The ViT's propagation, stage by stage (our design: PAE has no Swin code)."""
+        prompts, stages = first[None], []
+        for stage in backbone.layers:
+            prompts, states = merge_prompts(stage.downsample, prompts), []
+            for block in stage.blocks:
+                states.append(prompts[0])
+                prompts = prompt_only_block(block, prompts)
+            stages.append(torch.stack(states))
+        return stages

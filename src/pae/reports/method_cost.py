@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..files import write_csv
 from ..methods import options_for, ordered
-from ..prompts import PromptedViT, build_model
+from ..prompts import PromptedModel, build_model
 
 # Counts the papers report for ViT-B/16 (d = 768, 12 blocks), prompt parameters only (no head), with the
 # settings that produce them. BPT's ablation lists VPT-shallow beside its own variants with 100 prompts.
@@ -22,12 +22,12 @@ PAPER_COUNTS = [
 ]
 
 
-def prompt_parameters(model: PromptedViT) -> int:
+def prompt_parameters(model: PromptedModel) -> int:
     """Trainable parameters of the prompt method alone (the head is the same for every method)."""
     return sum(p.numel() for p in model.method.parameters() if p.requires_grad)
 
 
-def step_time(model: PromptedViT, batch: int, img_size: int, steps: int = 3) -> float:
+def step_time(model: PromptedModel, batch: int, img_size: int, steps: int = 3) -> float:
     """Median seconds of one SGD step (forward, backward, update) after one warm-up step, on the model's device."""
     device = next(model.parameters()).device
     x = torch.randn(batch, 3, img_size, img_size, device=device)
