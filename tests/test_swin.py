@@ -335,3 +335,52 @@ def test_swin_trains_from_the_cli_with_pae(tiny_task, tmp_path, method):
     assert math.isfinite(metrics["final_train_loss"])
     per_block = 2 * (2 * 96 + 2 * 192 + 6 * 384 + 2 * 768)  # Swin-T: p (2) x width, a set per block of each stage
     assert metrics["prompt_params"] == (per_block if method == "vpt_deep" else 0)
+
+
+@pytest.mark.slow
+def test_a_swin_grid_runs_through_a_tiny_dag(tiny_task, tmp_path):
+    """The pipeline on a random Swin-T at 32 px: import, data, MPA's jobs (per-stage prompts), training, evaluation,
+    tables; every method with and without all of PAE, and the ablation. No init diagnosis: it measures [CLS]."""
+    import json
+
+    from safetensors import safe_open
+
+    from pae.backbones import create_backbone
+    from pae.backbones.checkpoints import save_backbone
+
+    from .test_pipeline import EXPERIMENT, make_project, run, tiny_params
+
+    arch = "swin_tiny_patch4_window7_224"
+    weights = tmp_path / "random_swin.safetensors"
+    torch.manual_seed(0)
+    save_backbone(create_backbone(arch, 32).state_dict(), weights, {})
+    params = tiny_params(tiny_task, weights)
+    params["backbone"] = {"arch": arch, "source": str(weights), "file": "data/backbones/tiny_swin.safetensors"}
+    params.update(img_size=32, search={"lr": [], "weight_decay": []})
+    root = tmp_path / "project"
+    env = make_project(root, params)
+    run(["snakemake", "--cores", "2", "reproduce_all"], root, env)
+    results, reports = root / f"results/{EXPERIMENT}", root / f"reports/{EXPERIMENT}"
+    runs = {p.parent: json.loads(p.read_text()) for p in (results / "runs/tiny").glob("*/*/seed1/metrics.json")}
+    assert sorted((r["method"], r["pae"]) for r in runs.values()) == [
+        ("linear", "none"),
+        ("vpt_deep", "init+koopman+lyapunov"),
+        ("vpt_deep", "koopman"),
+        ("vpt_deep", "none"),
+        ("vpt_shallow", "init"),
+        ("vpt_shallow", "none"),
+    ]
+    for folder, r in runs.items():
+        assert r["settings"]["arch"] == arch and r["final_test_top1"] >= 0
+        evaluated = json.loads((results / f"evaluations/tiny/{r['method']}.json").read_text())
+        assert evaluated[str(folder.relative_to(root))]["test_top1"] == pytest.approx(r["final_test_top1"], abs=1e-6)
+    (prompts,) = results.glob("mpa/final/tiny/*/seed1/prompts.safetensors")
+    with safe_open(str(prompts), "pt") as f:
+        assert [tuple(f.get_tensor(f"prompts.{i}").shape) for i in range(4)] == [
+            (2, 2, 96),
+            (2, 2, 192),
+            (6, 2, 384),
+            (2, 2, 768),
+        ]
+    assert arch in (reports / "accuracy.md").read_text()
+    assert (reports / "ablation.md").is_file() and not (reports / "init_diagnosis.md").exists()

@@ -122,9 +122,10 @@ def shortcuts(args: argparse.Namespace) -> None:
 
 def init_prompts(args: argparse.Namespace) -> None:
     from .mpa import build_init_prompts
+    from .prompts.base import as_stages
 
     prompts = build_init_prompts(one_run(args), args.shortcuts, args.out)
-    print(json.dumps({"out": args.out, "shape": list(prompts.shape)}))
+    print(json.dumps({"out": args.out, "shapes": [list(s.shape) for s in as_stages(prompts)]}))  # one per stage
 
 
 def evaluate(args: argparse.Namespace) -> None:

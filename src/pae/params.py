@@ -23,7 +23,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .backbones.catalogue import CATALOGUE
+from .backbones.catalogue import CATALOGUE, arch_family
 from .config.pae import PARTS, PAEOptions
 from .config.train import TrainConfig, make_config
 from .errors import PaeError
@@ -283,13 +283,14 @@ def check_grid(config: dict, grid: str) -> None:
                     f"{grid}.{key}[{i}] is {name!r}, not {what[key]}.",
                     suggest(name, known, f"use one of: {', '.join(known)}."),
                 )
-    family = CATALOGUE[config["backbone"]["name"]].family if "name" in config["backbone"] else None
+    arch = config["backbone"]["arch"]
+    family = arch_family(arch)
     for i, name in enumerate(selection["methods"]):
         runs_on = method_spec(name).backbones
-        if family is not None and family not in runs_on:
+        if family not in runs_on:
             raise PaeError(
                 f"{grid}.methods[{i}] is {name!r}, which runs on {' and '.join(runs_on)} backbones, not on "
-                f"backbone.name {config['backbone']['name']!r} (a {family}).",
+                f"backbone {config['backbone'].get('name', arch)!r} (a {family}).",
                 f"drop it from {grid}.methods; on a {family} the methods are: {', '.join(methods_on(family))}.",
             )
 

@@ -162,6 +162,12 @@ CATALOGUE: dict[str, Backbone] = {
 }
 
 
+def arch_family(arch: str) -> str:
+    """'swin' or 'vit' from a timm name, without torch (check-params and the plan run before any model exists);
+    ``pae.backbones.backbone_family`` says the same of a built model."""
+    return "swin" if arch.split(".")[0].startswith("swin") else "vit"
+
+
 def backbone(name: str) -> Backbone:
     """The catalogue entry ``name``."""
     if name not in CATALOGUE:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from ..backbones.catalogue import arch_family
 from ..methods import method_spec
 from ..params import job_settings, variant_parts
 
@@ -146,7 +147,9 @@ class Plan:
     def init_diagnosis_pair(self) -> tuple[str, str] | None:
         """(PAE run, base run) folders the init diagnosis compares: the ablation's first deep method with PAE's init
         alone (else the first variant with init) against it without PAE, on the first task and seed; None without
-        an ablation (the diagnosis explains the ablation's init row)."""
+        an ablation (the diagnosis explains the ablation's init row) and on a Swin (it measures [CLS] attention)."""
+        if arch_family(self.config["backbone"]["arch"]) != "vit":
+            return None
         grid = self.config["ablation"]
         for method in grid["methods"]:
             variants = self.variants_for(method, grid["pae"])

@@ -19,6 +19,8 @@ deviations: windows and their prompts are paired per sample (the official code e
 windows are batch-major, which mixes samples' prompts when the batch holds more than one image; at batch size 1 the
 two agree), and prompt dropout draws a mask per sample (the official code shares one across the batch for deep
 prompts). Zero prompts reproduce timm's forward.
+
+PAE's MPA (``PromptedSwin.patch_tokens``, ``propagate_prompts``) is ours: PAE's code has no Swin prompting.
 """
 
 from __future__ import annotations

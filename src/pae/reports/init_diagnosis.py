@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones.catalogue import arch_family
 from ..build import LoadedTask, load_task, run_model, run_pae, sample_batch
 from ..config.train import TrainConfig
 from ..errors import PaeError
@@ -244,6 +245,11 @@ def diagnose(
     for cfg in (pae_cfg, base_cfg):
         cfg.validate()
     check_pair(pae_cfg, base_cfg)
+    if arch_family(base_cfg.arch) != "vit":
+        raise PaeError(
+            f"the init diagnosis measures [CLS] attention and the tokens of a ViT; '{base_cfg.arch}' is a Swin.",
+            "diagnose a ViT run pair; on Swin compare the runs' epoch-0 top-1 in their history.csv instead.",
+        )
     if images < 1:
         raise PaeError(f"--images must be >= 1, got {images}.", "measure on at least one training image.")
     task = load_task(base_cfg, evaluation=recorded is not None)
