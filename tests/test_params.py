@@ -323,3 +323,22 @@ def test_the_shipped_params_name_their_backbones_and_resolve_as_before() -> None
     )
     paper = from_catalogue(with_defaults(load_params(ROOT / "params/default.yaml", ROOT / "params/paper.yaml")))
     assert paper["backbone"]["arch"] == "vit_base_patch16_224.orig_in21k" and paper["img_size"] == 224
+
+
+def test_the_swin_overlay_runs_the_paper_grid_on_swin_b() -> None:
+    """paper.yaml with only the backbone swapped is refused before any job (it names ViT-only methods); with the
+    overlay its grid, search, schedule and per-task settings run on Swin-B with the methods Swin has."""
+    from pae.params import check_grid
+
+    files = [ROOT / "params/default.yaml", ROOT / "params/paper.yaml"]
+    swapped = load_params(*files)
+    swapped["backbone"] = {"name": "swin_b_22k", "source": "hub"}
+    with pytest.raises(PaeError, match=r"run.methods\[3\] is 'bpt_bilinear'.*on a swin the methods are"):
+        check_grid(from_catalogue(with_defaults(swapped)), "run")
+    swin = from_catalogue(with_defaults(load_params(*files, ROOT / "params/paper_swin.yaml")))
+    for grid in ("run", "ablation"):
+        check_grid(swin, grid)
+    assert swin["backbone"]["arch"] == "swin_base_patch4_window7_224.ms_in22k" and swin["experiment"] == "paper_swin"
+    assert swin["run"]["methods"] == ["linear", "vpt_shallow", "vpt_deep", "vfpt"]
+    assert swin["run"]["seeds"] == [42, 44, 82]
+    assert swin["tasks"]["svhn"]["methods"]["vfpt"] == {"fourier_fraction": 0.2} and swin["train"]["epochs"] == 100

@@ -181,8 +181,28 @@ def test_registry_builds_vpt_on_swin_and_refuses_vit_only_methods(backbone):
         model = build_model(name, backbone, 5, num_tokens=3)
         assert isinstance(model, PromptedSwin) and model(torch.randn(2, 3, 64, 64)).shape == (2, 5)
     assert {n for n, s in METHODS.items() if "swin" in s.backbones} >= {"vpt_deep", "vpt_shallow", "linear", "full"}
-    with pytest.raises(PaeError, match=r"vfpt runs on vit backbones, not on this swin.*use one of: linear, full"):
-        build_model("vfpt", backbone, 5)
+    with pytest.raises(PaeError, match=r"e2vpt runs on vit backbones, not on this swin.*use one of: linear, full"):
+        build_model("e2vpt", backbone, 5)
+
+
+def test_vfpt_on_swin_is_vpt_deep_on_the_fourier_transformed_prompts(backbone):
+    """VFPT's Swin code: the first floor(alpha * p) prompts of every block, Re(FFT_seq(FFT_hidden(P))) at the stage's
+    width. With dropout off, VFPT on prompts P is VPT-deep on T(P), checked against the official-algorithm reference."""
+    from pae.prompts import build_model
+
+    vfpt = build_model("vfpt", backbone, 5, num_tokens=4, fourier_fraction=0.5).eval()  # no prompt dropout
+    vpt = _model(backbone, 4, deep=True)
+    with torch.no_grad():
+        for got, src in zip(vpt.method.embeddings, vfpt.method.embeddings):
+            src.normal_()
+            p = src.data.double()
+            fourier = torch.stack([torch.fft.fft2(layer[:2], dim=(-2, -1)).real for layer in p])  # by the formula
+            got.copy_(torch.cat([fourier, p[:, 2:]], dim=1).float())
+        vpt.head.load_state_dict(vfpt.head.state_dict())
+        img = torch.randn(2, 3, 64, 64)
+        torch.testing.assert_close(vfpt(img), vpt(img), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(vfpt(img)[0], _ref_vpt(vpt, img[0]), rtol=1e-4, atol=1e-4)
+    assert [tuple(t.shape) for t in vfpt.method.trajectory()] == [(2, 4, 16), (2, 4, 32)]  # pre-FFT: PAE's chain
 
 
 def test_pae_koopman_chain_covers_every_prompted_layer_of_every_stage(backbone):

@@ -27,10 +27,17 @@ class VFPTOptions(VPTOptions):
     summary="VFPT: VPT-deep with a fraction of each layer's prompts passed through a 2-D FFT (real part)",
     options=VFPTOptions,
     order=5,
+    backbones=("vit", "swin"),
 )
 def vfpt(backbone: Any, o: VFPTOptions) -> Any:
+    from ..backbones import backbone_family
     from ..prompts.base import dims
-    from ..prompts.vfpt import VFPT
+    from ..prompts.vfpt import VFPT, SwinVFPT
+
+    if backbone_family(backbone) == "swin":
+        return SwinVFPT.for_backbone(
+            backbone, o.num_tokens, o.fourier_fraction, o.prompt_dropout, o.prompt_dropout_mask
+        )
 
     depth, dim, patch = dims(backbone)
     return VFPT(
