@@ -304,9 +304,9 @@ def test_a_wrong_backbone_entry_names_the_problem(params: dict, project: Path, b
 def test_a_swin_grid_refuses_vit_only_methods(params: dict, project: Path) -> None:
     """Found when the params are checked, not hours into the grid: the methods Swin lacks; all of PAE runs on it."""
     params["backbone"] = {"name": "swin_b_22k", "source": "hub"}
-    params["run"]["methods"] = ["linear", "vfpt"]
-    assert "run.methods[1] is 'vfpt', which runs on vit backbones" in error_of(params, project)
-    assert "on a swin the methods are: linear, full, vpt_shallow, vpt_deep" in error_of(params, project)
+    params["run"]["methods"] = ["linear", "e2vpt"]
+    assert "run.methods[1] is 'e2vpt', which runs on vit backbones" in error_of(params, project)
+    assert "on a swin the methods are: linear, full, vpt_shallow, vpt_deep, vfpt" in error_of(params, project)
     params["run"]["methods"] = ["linear", "vpt_deep"]
     assert params["pae_variants"]["all"]["init"]
     assert validate_params(params, "example.yaml", project)["backbone"]["arch"].startswith("swin_base")

@@ -108,3 +108,39 @@ def test_backbones_without_a_cls_readout_are_refused(overrides):
     bb = tiny("vit_base_patch16_224.mae", **overrides)
     with pytest.raises(PaeError, match="pools with 'avg'"):
         PromptedViT(bb, PromptMethod(), 3)
+
+
+def test_vpts_mae_readout_is_timms_avg_pool_with_a_fresh_fc_norm():
+    """VPT's MAE code: the mean of the non-[CLS] tokens through a new LayerNorm at its init, the pretrained final
+    norm deleted. timm builds exactly that with global_pool='avg' (norm -> Identity, fc_norm on the pooled mean)."""
+    mae = tiny("vit_base_patch16_224.mae")
+    avg = tiny("vit_base_patch16_224.mae", global_pool="avg")
+    avg.load_state_dict(
+        {k: v for k, v in mae.state_dict().items() if not k.startswith("norm.")}
+        | {"fc_norm.weight": torch.ones(64), "fc_norm.bias": torch.zeros(64)}
+    )
+    images = _images(mae)
+    ours = PromptedViT(mae, VPT(2, 64, 16, 0, deep=True), 3, readout="mae_pool")
+    cls = PromptedViT(mae, PromptMethod(), 3)
+    with torch.no_grad():
+        want = avg.forward_head(avg.forward_features(images), pre_logits=True)
+        torch.testing.assert_close(ours.readout(ours.forward_features(images)), want, rtol=1e-5, atol=1e-5)
+        before = ours.readout(ours.forward_features(images))
+        mae.norm.weight.mul_(3.0)  # the pretrained final norm is not used ...
+        torch.testing.assert_close(ours.readout(ours.forward_features(images)), before, rtol=0, atol=0)
+        assert (cls.readout(cls.forward_features(images)) - mae.forward_features(images)[:, 0]).abs().max() < 1e-5
+    prompted = PromptedViT(mae, VPT(2, 64, 16, 3, deep=True), 3, readout="mae_pool")
+    assert prompted.forward_features(images).shape[1] == 1 + 3 + 4  # ... and the prompts are in the mean
+
+
+def test_the_official_readout_follows_vpts_code_per_backbone():
+    from pae.config.train import TrainConfig
+
+    def resolved(arch: str) -> str:
+        return TrainConfig(arch=arch, method="vpt_deep").resolved().readout
+
+    assert resolved("vit_base_patch16_224.mae") == "mae_pool" and resolved("vit_large_patch16_224.mae") == "mae_pool"
+    assert resolved("vit_base_patch16_224.orig_in21k") == "cls" and resolved("vit_small_patch14_dinov2") == "cls"
+    assert resolved("swin_base_patch4_window7_224.ms_in22k") == "mean_all"
+    with pytest.raises(PaeError, match="readout 'mean_all' does not apply to a PromptedViT.*cls, mae_pool"):
+        PromptedViT(tiny("vit_base_patch16_224.mae"), PromptMethod(), 3, readout="mean_all")

@@ -110,9 +110,9 @@ def run_model(cfg: TrainConfig, task: LoadedTask) -> PromptedModel:
     """The prompted model of a run on the task's backbone, fitted to the data where its method needs it; its init
     depends on the seed alone, not on how the backbone was made."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.method, task.backbone, task.num_classes, cfg.options, cfg.head_init, cfg.pae.enabled).to(
-        task.device
-    )
+    model = build_model(
+        cfg.method, task.backbone, task.num_classes, cfg.options, cfg.head_init, cfg.pae.enabled, cfg.resolved().readout
+    ).to(task.device)
     method = model.method
     if method.fit_images:
         method.fit_to_data(model.backbone, sample_batch(task, method.fit_images, cfg.img_size, cfg.seed)[0])
@@ -154,7 +154,9 @@ def initial_prompts(cfg: TrainConfig, task: LoadedTask, model: PromptedModel) ->
     if cfg.seed not in task.init:
         start = time.perf_counter()
         x, y = sample_batch(task, cfg.pae.init_images, cfg.img_size, cfg.seed)
-        record = discover(cfg.pae, model.backbone, x, y, task.num_classes, model.method.num_tokens, cfg.seed)
+        record = discover(
+            cfg.pae, model.backbone, x, y, task.num_classes, model.method.num_tokens, cfg.seed, model.pool
+        )
         prompts = record_prompts(model.backbone, x, record)
         record["seconds"] = time.perf_counter() - start
         task.init[cfg.seed] = prompts, record

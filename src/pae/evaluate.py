@@ -57,9 +57,10 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", tolerance: float = 0
     spec = data_spec(cfg)
     splits = {s: load_split(spec, s, cfg.img_size, cfg.cache_dir).to(dev) for s in protocol_splits(cfg)[1]}
     num_classes = len(next(iter(splits.values())).classes)
-    model = build_model(cfg.method, seeded_backbone(cfg), num_classes, cfg.options, cfg.head_init, cfg.pae.enabled).to(
-        dev
-    )
+    readout = cfg.resolved().readout
+    model = build_model(
+        cfg.method, seeded_backbone(cfg), num_classes, cfg.options, cfg.head_init, cfg.pae.enabled, readout
+    ).to(dev)
     load_checkpoint(model, tensors, run_dir / CHECKPOINT)
     autocast = uses_bf16(cfg.precision, dev)
     out: dict = {"run_dir": str(run_dir), "mlflow_run_id": metrics.get("mlflow_run_id")}

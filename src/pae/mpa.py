@@ -37,13 +37,14 @@ def find_task_shortcuts(cfg: TrainConfig, out: str | Path) -> dict:
     task = training_task(cfg)
     n, classes, backbone = cfg.pae.init_images, task.num_classes, task.backbone
     x, y = sample_batch(task, n, cfg.img_size, cfg.seed)
-    record = discover(cfg.pae, backbone, x, y, classes, cfg.options.num_tokens, cfg.seed)
+    readout = cfg.resolved().readout
+    record = discover(cfg.pae, backbone, x, y, classes, cfg.options.num_tokens, cfg.seed, readout)
     start = time.perf_counter()
     held_x, held_y = sample_batch(task, n, cfg.img_size, cfg.seed, offset=n)
     maps: list = []
     if len(held_y):
         with torch.no_grad():
-            features = mpa_features(backbone, cfg.options.num_tokens, cfg.pae.zero_prompt_scoring)
+            features = mpa_features(backbone, cfg.options.num_tokens, cfg.pae.zero_prompt_scoring, readout)
             scorer = fit_scorer(cfg.pae.scorer, features(x), y, classes, cfg.seed)
             maps = dominant_frequency_maps(
                 features, held_x, held_y, classes, record["window"], record["stride"], scorer

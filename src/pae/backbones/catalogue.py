@@ -91,12 +91,12 @@ CATALOGUE: dict[str, Backbone] = {
             224,
             IMAGENET_MEAN,
             IMAGENET_STD,
-            CLS,
+            "mean of the non-[CLS] tokens, prompts included, through a fresh LayerNorm (VPT's MAE code)",
             "VPT, PAE, BPT",
-            "timm's MAE config pools [CLS] after the pretrained norm (MAE's linear-probe readout). VPT's MAE code "
-            "reads something else: the mean of all non-[CLS] tokens, prompts included, through a new LayerNorm left "
-            "at its init (weight 1, bias 0, frozen), with the pretrained final norm deleted (KMnP/vpt "
-            "src/models/vit_prompt/vit_mae.py); we do not reproduce that readout yet",
+            "the default readout (train.readout official -> mae_pool) is VPT's MAE code's: the mean of all non-[CLS] "
+            "tokens, prompts included, through a new LayerNorm left at its init (weight 1, bias 0, frozen: VPT trains "
+            "only 'prompt' parameters), the pretrained final norm deleted (KMnP/vpt src/models/vit_prompt/vit_mae.py). "
+            "readout cls gives timm's MAE config instead ([CLS] after the pretrained norm, MAE's linear probe)",
         ),
         Backbone(
             "moco_v3_b16",
@@ -166,6 +166,18 @@ def arch_family(arch: str) -> str:
     """'swin' or 'vit' from a timm name, without torch (check-params and the plan run before any model exists);
     ``pae.backbones.backbone_family`` says the same of a built model."""
     return "swin" if arch.split(".")[0].startswith("swin") else "vit"
+
+
+READOUTS = ("cls", "mae_pool", "mean_all")  # what the head reads: pae.prompts.base.PromptedViT, prompts.swin
+
+
+def official_readout(arch: str) -> str:
+    """The readout VPT's code uses on this backbone: on Swin the mean of all final-norm tokens; on MAE (timm tag
+    ``.mae``) the mean of the non-[CLS] tokens, prompts included, through a fresh LayerNorm, the pretrained final
+    norm unused (KMnP/vpt src/models/vit_prompt/vit_mae.py, pool type 'original'); else [CLS] after the final norm."""
+    if arch_family(arch) == "swin":
+        return "mean_all"
+    return "mae_pool" if arch.endswith(".mae") else "cls"
 
 
 def backbone(name: str) -> Backbone:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..backbones.catalogue import READOUTS, official_readout
 from ..errors import PaeError
 from .options import NOT_A_FLAG, PROFILES, check_choices, from_dict, option, profile_values
 from .pae import PAEOptions
@@ -69,6 +70,13 @@ class TrainConfig:
         "trunc_normal) | kaiming_fan_out | kaiming_fan_in | trunc_normal",
         choices=("official", *HEAD_INITS),
     )
+    readout: str = option(
+        "official",
+        "what the head reads: official (VPT's code for the backbone: mae_pool on MAE, mean_all on Swin, else cls) | "
+        "cls ([CLS] after the final norm) | mae_pool (mean of the non-[CLS] tokens through a fresh LayerNorm) | "
+        "mean_all (Swin: mean of all final-norm tokens)",
+        choices=("official", *READOUTS),
+    )
     batch_size: int = option(128, "training batch size")
     eval_batch_size: int = option(512, "evaluation batch size")
     seed: int = option(42, "seed of the run's init, data order and dropout", several=True)
@@ -109,6 +117,7 @@ class TrainConfig:
             self,
             options=resolve_options(spec, self.options, self.pae.enabled),
             head_init=spec.head_init if self.head_init == "official" else self.head_init,
+            readout=official_readout(self.arch) if self.readout == "official" else self.readout,
         )
 
     @property

@@ -136,13 +136,15 @@ def discover(
     num_classes: int,
     num_tokens: int,
     seed: int,
+    readout: str | None = None,
 ) -> dict:
     """MPA phase I: the record of the shortcut bands (JSON-ready; ``record_prompts`` turns it into prompts).
 
-    It needs no prompt method, so the pipeline runs it once per task and seed for every method."""
+    It needs no prompt method, so the pipeline runs it once per task and seed for every method. Bands are scored by
+    what the run's head reads (``readout``, as ``TrainConfig.readout`` resolves it)."""
     start = time.perf_counter()
     window, stride = band_window(options, images.shape[-1])
-    features = mpa_features(backbone, num_tokens, options.zero_prompt_scoring)
+    features = mpa_features(backbone, num_tokens, options.zero_prompt_scoring, readout)
     found = find_shortcuts(
         backbone,
         images,

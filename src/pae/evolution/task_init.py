@@ -55,8 +55,8 @@ class _ZeroPrompts(LayerPrompts):
         return self.zeros[self.widths[layer]]
 
 
-def zero_prompt_features(backbone: nn.Module, num_tokens: int) -> FeaturesFn:
-    """What the prompted model's head reads (ViT: [CLS] after the final norm; Swin: the mean final token) with
+def zero_prompt_features(backbone: nn.Module, num_tokens: int, readout: str | None = None) -> FeaturesFn:
+    """What the prompted model's head reads (``readout``, None: the family's default, [CLS] on a ViT) with
     ``num_tokens`` zero prompts before every block (VPT-deep with zero prompts, as PAE's code builds it for MPA;
     0: the backbone without prompts), in eval mode.
 
@@ -66,7 +66,7 @@ def zero_prompt_features(backbone: nn.Module, num_tokens: int) -> FeaturesFn:
     kind = prompted_model_class(backbone)
     prompts = _ZeroPrompts(kind.layer_widths(backbone), num_tokens, next(backbone.parameters()).device)
     with torch.random.fork_rng(devices=[]), _flags_kept(backbone):  # its unused head must not move the random stream
-        model = kind(backbone, prompts, 1).eval()
+        model = kind(backbone, prompts, 1, readout=readout).eval()
 
     def features(images: torch.Tensor) -> torch.Tensor:
         cuda = images.device.type == "cuda"
@@ -76,12 +76,12 @@ def zero_prompt_features(backbone: nn.Module, num_tokens: int) -> FeaturesFn:
     return features
 
 
-def mpa_features(backbone: nn.Module, num_tokens: int, zero_prompts: bool) -> FeaturesFn:
+def mpa_features(backbone: nn.Module, num_tokens: int, zero_prompts: bool, readout: str | None = None) -> FeaturesFn:
     """What MPA scores bands by: the zero-prompted model (the official code) or the prompt-free backbone.
 
     The official zero prompts are not neutral (LayerNorm(0) = beta); scoring the frozen backbone itself is what "the
     frozen model's task loss" says."""
-    return zero_prompt_features(backbone, num_tokens if zero_prompts else 0)
+    return zero_prompt_features(backbone, num_tokens if zero_prompts else 0, readout)
 
 
 def _energy_pool(tokens: torch.Tensor) -> torch.Tensor:

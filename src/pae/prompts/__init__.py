@@ -44,10 +44,11 @@ def build_model(
     options: Any = None,
     head_init: str = "official",
     pae_enabled: bool = False,
+    readout: str | None = None,
     **values: Any,
 ) -> PromptedModel:
-    """Backbone + method + head: the model a run trains (``head_init`` 'official': the method's official head), a
-    PromptedViT or, on a Swin backbone, a PromptedSwin."""
+    """Backbone + method + head: the model a run trains (``head_init`` 'official': the method's official head;
+    ``readout`` None: the family's default, [CLS] on a ViT), a PromptedViT or, on a Swin, a PromptedSwin."""
     from ..backbones import backbone_family
 
     spec = method_spec(name)
@@ -64,6 +65,7 @@ def build_model(
         num_classes,
         train_backbone=spec.trains_backbone,
         head_init=spec.head_init if head_init == "official" else head_init,
+        readout=readout,
     )
 
 

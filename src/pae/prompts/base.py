@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PaeError
@@ -128,6 +129,8 @@ class LayerPrompts(PromptMethod):
 class PromptedModel(nn.Module):
     """Frozen backbone + prompt method + linear head: what every family shares (the head, freezing, eval mode)."""
 
+    readouts: tuple[str, ...] = ()  # what its head can read (pae.backbones.catalogue.READOUTS), the default first
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -135,8 +138,16 @@ class PromptedModel(nn.Module):
         num_classes: int,
         train_backbone: bool = False,
         head_init: str = "kaiming_fan_out",
+        readout: str | None = None,
     ) -> None:
         super().__init__()
+        readout = readout or self.readouts[0]
+        if readout not in self.readouts:
+            raise PaeError(
+                f"readout '{readout}' does not apply to a {type(self).__name__}.",
+                f"use readout official or one of: {', '.join(self.readouts)}.",
+            )
+        self.pool = readout
         self.backbone = backbone
         self.method = method
         self.train_backbone = train_backbone
@@ -182,7 +193,11 @@ class PromptedModel(nn.Module):
 
 
 class PromptedViT(PromptedModel):
-    """Frozen ViT + prompt method + linear head on [CLS] after the final norm."""
+    """Frozen ViT + prompt method + linear head on [CLS] after the final norm (``cls``) or, as VPT's MAE code, on the
+    mean of the non-prefix tokens, prompts included, through a fresh LayerNorm (``mae_pool``: weight 1, bias 0, never
+    trained, eps 1e-6; the pretrained final norm is not used)."""
+
+    readouts = ("cls", "mae_pool")
 
     def __init__(self, backbone: nn.Module, method: PromptMethod, num_classes: int, **kwargs: object) -> None:
         if getattr(backbone, "global_pool", "token") != "token" or not isinstance(backbone.fc_norm, nn.Identity):
@@ -206,10 +221,13 @@ class PromptedViT(PromptedModel):
             x = self.method.adjust_tokens(layer, block, x, start, n_prompt)
             kv = self.method.kv_prompts(layer, x.shape[0])
             x = block(x) if kv is None else block_with_kv(block, x, *kv)
-        return bb.norm(x)
+        return bb.norm(x) if self.pool == "cls" else x
 
     def readout(self, features: torch.Tensor) -> torch.Tensor:
-        return features[:, 0]
+        if self.pool == "cls":
+            return features[:, 0]
+        pooled = features[:, self.backbone.num_prefix_tokens :].mean(dim=1)
+        return F.layer_norm(pooled, pooled.shape[-1:], eps=1e-6)
 
     @staticmethod
     def layer_widths(backbone: nn.Module) -> list[int]:

@@ -175,6 +175,8 @@ class PromptedSwin(PromptedModel):
     token. Methods give prompts by block index counted across stages (``SwinPrompts``); None carries the current
     prompts on, through patch merging too (shallow)."""
 
+    readouts = ("mean_all",)
+
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Final-norm tokens (B, p + H * W, C): the prompts, then the last feature map row by row."""
         bb = self.backbone
