@@ -158,6 +158,34 @@ def test_samples_do_not_see_each_others_prompts(backbone):
         torch.testing.assert_close(model(img)[:1], model(img[:1]), rtol=1e-5, atol=1e-5)
 
 
+def test_official_prompt_dropout_on_swin_is_vpts_swin_code():
+    """VPT's Swin code drops the first prompts after expanding them (a mask per image) and the deep ones before (one
+    mask per batch); VPT's ViT code and the shallow method draw per image; with PAE, PAE's one mask per batch."""
+    from pae.config.pae import PAEOptions
+    from pae.config.train import TrainConfig
+
+    def mask(arch: str, method: str, pae: bool = False) -> tuple[str, str]:
+        cfg = TrainConfig(arch=arch, method=method, pae=PAEOptions(koopman=pae))
+        return cfg.resolved().options.prompt_dropout_mask, cfg.variant
+
+    swin = "swin_base_patch4_window7_224.ms_in22k"
+    assert mask(swin, "vpt_deep") == ("deep_batch", "none") and mask(swin, "vfpt") == ("deep_batch", "none")
+    assert mask(swin, "vpt_shallow")[0] == "image" and mask(swin, "vpt_deep", pae=True) == ("batch", "koopman")
+    assert mask("vit_base_patch16_224.orig_in21k", "vpt_deep") == ("image", "none")
+
+
+def test_deep_batch_draws_per_image_first_and_per_batch_deeper(backbone):
+    method = SwinPrompts.for_backbone(backbone, 8, True, 0.5, "deep_batch").train()
+    with torch.no_grad():
+        for p in method.embeddings:
+            p.fill_(1.0)
+    torch.manual_seed(0)
+    first, deeper = method.prompts(0, 6), [method.prompts(layer, 6) for layer in (1, 2, 3)]
+    assert not all(torch.equal(first[0], first[b]) for b in range(6))  # a mask per image
+    assert all(torch.equal(p[0], p[b]) for p in deeper for b in range(6))  # one mask per batch
+    assert all(bool((p == 0).any()) for p in deeper)  # and dropout did drop
+
+
 def test_trajectory_per_stage_and_gradients_reach_every_block(backbone):
     deep, shallow = _model(backbone, 3, deep=True), _model(backbone, 3, deep=False)
     assert [tuple(t.shape) for t in deep.method.trajectory()] == [(2, 3, 16), (2, 3, 32)]

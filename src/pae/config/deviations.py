@@ -274,6 +274,24 @@ DEVIATIONS = (
         "ours",
         "one protocol for every method; the lr search absorbs the scale",
     ),
+    Deviation(
+        ("vpt_shallow", "vpt_deep", "vfpt"),
+        "Swin: prompts in windows",
+        "prompts expanded window-major while windows are batch-major: with more than one image per batch a window "
+        "attends to another image's prompts (vpt src/models/vit_prompt/swin_transformer.py, PromptedSwinBlock)",
+        "each window joined to its own image's prompts (pae.prompts.swin)",
+        "ours",
+        "a batch-size-dependent mix-up, not a method; the two agree at batch size 1 (tests/test_swin.py)",
+    ),
+    Deviation(
+        ("vpt_deep", "vfpt"),
+        "Swin: prompt dropout mask",
+        "a mask per image for the first prompts, one per batch for the deep ones (vpt swin_transformer.py l.169, "
+        "l.255; VFPT's Swin code the same)",
+        "prompt_dropout_mask image: one mask per image everywhere, as VPT's ViT code",
+        "official",
+        "the base methods as their code runs them (prompt_dropout_mask official -> deep_batch on Swin)",
+    ),
 )
 
 

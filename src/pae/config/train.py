@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..backbones.catalogue import READOUTS, official_readout
+from ..backbones.catalogue import READOUTS, arch_family, official_readout
 from ..errors import PaeError
 from .options import NOT_A_FLAG, PROFILES, check_choices, from_dict, option, profile_values
 from .pae import PAEOptions
@@ -115,19 +115,22 @@ class TrainConfig:
         spec = method_spec(self.method)
         return replace(
             self,
-            options=resolve_options(spec, self.options, self.pae.enabled),
+            options=resolve_options(spec, self.options, self.pae.enabled, arch_family(self.arch)),
             head_init=spec.head_init if self.head_init == "official" else self.head_init,
             readout=official_readout(self.arch) if self.readout == "official" else self.readout,
         )
 
     @property
     def variant(self) -> str:
-        """The run's PAE label in metrics and tables, naming the prompt-dropout mask where it is not the one the
-        PAE code uses for it (one mask per batch with PAE, per image without): 'none+batch_mask' is VPT-deep with
-        PAE's mask and no PAE, the ablation row that separates PAE from its mask."""
+        """The run's PAE label in metrics and tables, naming the prompt-dropout mask where it is not the official
+        one (PAE's one mask per batch with PAE; VPT's without): 'none+batch_mask' is VPT-deep with PAE's mask and no
+        PAE, the ablation row that separates PAE from its mask."""
         options = self.resolved().options
         mask = getattr(options, "prompt_dropout_mask", None)
-        if not getattr(options, "prompt_dropout", 0.0) or mask == ("batch" if self.pae.enabled else "image"):
+        if not getattr(options, "prompt_dropout", 0.0) or mask is None:
+            return self.pae.label
+        official = replace(self, options=replace(self.options, prompt_dropout_mask="official")).resolved()
+        if mask == official.options.prompt_dropout_mask:
             return self.pae.label
         return f"{self.pae.label}+{mask}_mask"
 

@@ -50,8 +50,8 @@ class BPTOptions(VPTOptions):
     whiten_eps: float = option(1e-4, "BPT, per_token whitening: ridge on the eigenvalues, relative to the largest")
     fit_images: int = option(100, "BPT: training images the whitening is computed from")
 
-    def resolved(self, spec: MethodSpec, pae_enabled: bool) -> BPTOptions:
-        options = super().resolved(spec, pae_enabled)
+    def resolved(self, spec: MethodSpec, pae_enabled: bool, family: str = "vit") -> BPTOptions:
+        options = super().resolved(spec, pae_enabled, family)
         if options.bpt_init != "official":
             return options
         return replace(options, bpt_init="whitening" if spec.deep else "xavier")

@@ -156,10 +156,10 @@ def check_options(spec: MethodSpec, options: Any) -> None:
         options.check()
 
 
-def resolve_options(spec: MethodSpec, options: Any, pae_enabled: bool) -> Any:
-    """The options with every 'official' placeholder replaced by what the official code does for this method (and
-    with or without PAE), so a run's config records the value it ran with."""
-    return options.resolved(spec, pae_enabled) if hasattr(options, "resolved") else options
+def resolve_options(spec: MethodSpec, options: Any, pae_enabled: bool, family: str = "vit") -> Any:
+    """The options with every 'official' placeholder replaced by what the official code does for this method (with
+    or without PAE, on this backbone family), so a run's config records the value it ran with."""
+    return options.resolved(spec, pae_enabled, family) if hasattr(options, "resolved") else options
 
 
 def load_plugins(sources: str | None = None) -> None:

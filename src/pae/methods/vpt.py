@@ -8,7 +8,7 @@ from typing import Any
 from ..config.options import option
 from .registry import MethodSpec, register_method
 
-DROPOUT_MASKS = ("official", "image", "batch")
+DROPOUT_MASKS = ("official", "image", "batch", "deep_batch")
 
 
 @dataclass
@@ -19,16 +19,20 @@ class VPTOptions:
     prompt_dropout: float = option(0.1, "dropout on the prompt tokens (VPT-deep's scripts: 0.1)")
     prompt_dropout_mask: str = option(
         "official",
-        "image: one dropout mask per image (VPT's code); batch: one mask for the whole batch (PAE's "
-        "code drops before expanding); official: batch with PAE on, image without",
+        "image: one dropout mask per image (VPT's ViT code); batch: one mask for the whole batch (PAE's "
+        "code drops before expanding); deep_batch: per image for the first prompts, one per batch for every deeper "
+        "layer (VPT's Swin code); official: batch with PAE on, else image (deep_batch for deep prompts on Swin)",
         choices=DROPOUT_MASKS,
         ours="image",
     )
 
-    def resolved(self, spec: MethodSpec, pae_enabled: bool) -> VPTOptions:
+    def resolved(self, spec: MethodSpec, pae_enabled: bool, family: str = "vit") -> VPTOptions:
+        """'official' as the code that made the numbers: PAE's (batch) with PAE on, else VPT's for the family."""
         if self.prompt_dropout_mask != "official":
             return self
-        return replace(self, prompt_dropout_mask="batch" if pae_enabled else "image")
+        if pae_enabled:
+            return replace(self, prompt_dropout_mask="batch")
+        return replace(self, prompt_dropout_mask="deep_batch" if family == "swin" and spec.deep else "image")
 
 
 @dataclass

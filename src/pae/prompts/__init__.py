@@ -26,7 +26,9 @@ def build_method(
         raise PaeError(f"'{unknown[0]}' is no method's option.", "see `pae.cli train --help`, method settings.")
     options = make_options(spec, options_for(name, values)) if options is None else options
     check_options(spec, options)
-    return spec.build(backbone, resolve_options(spec, options, pae_enabled))
+    from ..backbones import backbone_family
+
+    return spec.build(backbone, resolve_options(spec, options, pae_enabled, backbone_family(backbone)))
 
 
 def prompted_model_class(backbone: nn.Module) -> type[PromptedModel]:

@@ -106,8 +106,8 @@ class LayerPrompts(PromptMethod):
 
     def __init__(self, num_layers: int, num_tokens: int, dropout: float, mask: str = "image") -> None:
         super().__init__()
-        if mask not in ("image", "batch"):
-            raise ValueError(f"prompt dropout mask must be 'image' or 'batch', got {mask!r}")
+        if mask not in ("image", "batch", "deep_batch"):
+            raise ValueError(f"prompt dropout mask must be 'image', 'batch' or 'deep_batch', got {mask!r}")
         self.num_layers = num_layers
         self.num_tokens = num_tokens
         self.dropout = nn.Dropout(dropout)
@@ -121,9 +121,9 @@ class LayerPrompts(PromptMethod):
         if layer >= self.num_layers or self.num_tokens == 0:
             return None
         prompts = self.prompt_set(layer).unsqueeze(0)
-        if self.mask == "batch":  # drop, then expand: one mask for the whole batch, as PAE's code does
-            return self.dropout(prompts).expand(batch, -1, -1)
-        return self.dropout(prompts.expand(batch, -1, -1))  # expand, then drop: a mask per image, as VPT's code
+        if self.mask == "batch" or (self.mask == "deep_batch" and layer > 0):
+            return self.dropout(prompts).expand(batch, -1, -1)  # drop, then expand: one mask for the whole batch
+        return self.dropout(prompts.expand(batch, -1, -1))  # expand, then drop: a mask per image, as VPT's ViT code
 
 
 class PromptedModel(nn.Module):

@@ -15,10 +15,11 @@ src/models/vit_prompt/swin_transformer.py) prompts it differently from a ViT:
 
 Deep: stage s holds one prompt set per block, (depth_s, p, C_s); shallow: one set (1, p, C_0) before the first
 block (``SwinPrompts``). Xavier-uniform init with the patch fan-in and C_0 for every stage, as VPT. Deliberate
-deviations: windows and their prompts are paired per sample (the official code expands prompts window-major while
+deviation: windows and their prompts are paired per sample (the official code expands prompts window-major while
 windows are batch-major, which mixes samples' prompts when the batch holds more than one image; at batch size 1 the
-two agree), and prompt dropout draws a mask per sample (the official code shares one across the batch for deep
-prompts). Zero prompts reproduce timm's forward.
+two agree). Prompt dropout is the official code's by default (``prompt_dropout_mask`` official -> deep_batch: a mask
+per image for the first prompts, one per batch for the deep ones; ``image`` draws one per image everywhere). Zero
+prompts reproduce timm's forward.
 
 PAE's MPA (``PromptedSwin.patch_tokens``, ``propagate_prompts``) is ours: PAE's code has no Swin prompting.
 """
