@@ -13,10 +13,9 @@ cost of a step does not depend on their values.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 
 import torch
+from throughput import device_name  # benchmarks/ is on sys.path when this script runs
 
 from pae.backbones import create_backbone, freeze
 from pae.backbones.catalogue import CATALOGUE
@@ -36,14 +35,9 @@ def main() -> None:
     paper = paper_rows(freeze(create_backbone("vit_base_patch16_224", 224)))
     backbone = freeze(create_backbone(args.arch, args.img_size)).to(args.device)
     cost = cost_rows(backbone, args.img_size, args.batch, num_tokens=args.num_tokens)
-    where = (
-        torch.cuda.get_device_name()
-        if args.device.startswith("cuda")
-        else f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
-    )
     setting = (
         f"{args.arch}, {args.img_size} px, batch {args.batch}, {args.num_tokens} prompt tokens, fp32, "
-        f"{where}, torch {torch.__version__}"
+        f"{device_name(torch.device(args.device))}, torch {torch.__version__}"
     )
     per_backbone = backbone_rows(list(CATALOGUE), num_tokens=args.num_tokens)
     print(write_cost_report(paper, cost, args.out_dir, setting, per_backbone).read_text())
