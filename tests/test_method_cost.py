@@ -50,4 +50,5 @@ def test_vpt_deep_counts_per_backbone_are_tokens_times_each_blocks_width():
     assert swin["prompt_params"] == 10 * (2 * 128 + 2 * 256 + 18 * 512 + 2 * 1024)
     assert swin["trainable_params"] == swin["prompt_params"] + 1025 * 100
     assert rows[("swin_b_22k", "vpt_shallow")]["prompt_params"] == 10 * 128
-    assert ("swin_b_22k", "vfpt") not in rows and ("vit_b16_in21k", "vfpt") in rows
+    assert rows[("swin_b_22k", "vfpt")]["prompt_params"] == swin["prompt_params"]  # Fourier prompts add no parameter
+    assert ("swin_b_22k", "e2vpt") not in rows and ("vit_b16_in21k", "e2vpt") in rows  # only where a method runs

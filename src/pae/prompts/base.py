@@ -265,3 +265,9 @@ def init_head(weight: torch.Tensor, how: str, generator: torch.Generator | None 
 def xavier_bound(patch_size: int, embed_dim: int) -> float:
     """VPT's prompt init range: Xavier-uniform with the patch projection's fan-in (3 * patch^2) and d."""
     return math.sqrt(6.0 / float(3 * patch_size * patch_size + embed_dim))
+
+
+def check_initial_prompts(prompts: torch.Tensor, shape: torch.Size) -> None:
+    """Initial prompts must cover every prompted layer with the method's (p, d); extra layers are ignored."""
+    if prompts.dim() != 3 or prompts.shape[1:] != shape[1:] or prompts.shape[0] < shape[0]:
+        raise ValueError(f"initial prompts {tuple(prompts.shape)} do not fit the method's prompts {tuple(shape)}")

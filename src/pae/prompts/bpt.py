@@ -24,8 +24,7 @@ from torch import nn
 
 from ..errors import PaeError
 from ..methods.bpt import B_INITS, VARIANTS
-from .base import LayerPrompts, embed_tokens, fused_qkv
-from .vpt import check_initial_prompts
+from .base import LayerPrompts, check_initial_prompts, embed_tokens, fused_qkv
 
 
 class BPT(LayerPrompts):

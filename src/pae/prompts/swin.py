@@ -30,8 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LayerPrompts, PromptedModel, Trajectory, as_stages, xavier_bound
-from .vpt import check_initial_prompts
+from .base import LayerPrompts, PromptedModel, Trajectory, as_stages, check_initial_prompts, xavier_bound
 
 
 def merge_prompts(merge: nn.Module, prompts: torch.Tensor) -> torch.Tensor:

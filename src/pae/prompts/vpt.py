@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import LayerPrompts, xavier_bound
+from .base import LayerPrompts, check_initial_prompts, xavier_bound
 
 
 class VPT(LayerPrompts):
@@ -40,9 +40,3 @@ class VPT(LayerPrompts):
 
     def per_layer_parameters(self) -> list[nn.Parameter]:
         return [self.embeddings]
-
-
-def check_initial_prompts(prompts: torch.Tensor, shape: torch.Size) -> None:
-    """Initial prompts must cover every prompted layer with the method's (p, d); extra layers are ignored."""
-    if prompts.dim() != 3 or prompts.shape[1:] != shape[1:] or prompts.shape[0] < shape[0]:
-        raise ValueError(f"initial prompts {tuple(prompts.shape)} do not fit the method's prompts {tuple(shape)}")
