@@ -22,6 +22,18 @@ BIN = Path(sys.executable).parent
 EXPERIMENT = "tiny"
 
 
+# (method, PAE label) of the tiny grid's runs: 3 methods x (none, PAE) with shallow taking init only, + the
+# ablation's koopman variant of vpt_deep
+TINY_RUNS = [
+    ("linear", "none"),
+    ("vpt_deep", "init+koopman+lyapunov"),
+    ("vpt_deep", "koopman"),
+    ("vpt_deep", "none"),
+    ("vpt_shallow", "init"),
+    ("vpt_shallow", "none"),
+]
+
+
 def tiny_params(task: Path, backbone: Path) -> dict:
     """The whole grid in miniature: 3 methods x +-PAE (shallow: init only), an ablation variant, a 2-lr search."""
     return {
@@ -149,16 +161,7 @@ def test_every_declared_output_exists_and_tables_hold_the_runs_numbers(project):
         for p in outputs
         if p.startswith(f"results/{EXPERIMENT}/runs/") and p.endswith("metrics.json")
     }
-    # 3 methods x (none, PAE) with shallow taking init only, + the ablation's koopman variant of vpt_deep
-    labels = sorted((r["method"], r["pae"]) for r in runs.values())
-    assert labels == [
-        ("linear", "none"),
-        ("vpt_deep", "init+koopman+lyapunov"),
-        ("vpt_deep", "koopman"),
-        ("vpt_deep", "none"),
-        ("vpt_shallow", "init"),
-        ("vpt_shallow", "none"),
-    ]
+    assert sorted((r["method"], r["pae"]) for r in runs.values()) == TINY_RUNS
     summary = json.loads((root / f"reports/{EXPERIMENT}/accuracy.json").read_text())
     for r in runs.values():
         if (r["method"], r["pae"]) != ("vpt_deep", "koopman"):  # the accuracy table holds the main grid
