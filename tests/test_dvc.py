@@ -13,6 +13,7 @@ import yaml
 
 from .test_pipeline import EXPERIMENT, ROOT, dry_run_jobs, run
 
+REPORT_STAGES = ("table", "figure", "shortcut_maps", "init_diagnosis", "report")
 TRAINING = {"train", "tune", "tune_group0", "evaluate", "shortcuts", "init_prompts", "prepare_data", "import_backbone"}
 
 
@@ -86,8 +87,12 @@ def test_an_edit_reruns_only_the_jobs_it_can_change(finished, edited, retrained)
         path.write_text(original + "\n# an edit\n")
         planned = run(["snakemake", "--cores", "2", "-n", "--printshellcmds", "reproduce_all"], root, env).stdout
         jobs = dry_run_jobs(root, env)
+        status = yaml.safe_load(run(["dvc", "status", "--json"], root, env).stdout)
     finally:
         path.write_text(original)
+    # DVC reads the same code lists: the stages that see the edit are the same methods' training stages.
+    seen = {stage for stage, entries in status.items() for e in entries if edited in e.get("changed deps", {})}
+    assert {s for s in seen if not s.startswith(REPORT_STAGES)} == {f"train_tiny_{m}" for m in retrained}, status
     trained = {
         line.split("--method ")[1].split()[0]
         for line in planned.splitlines()
@@ -96,3 +101,16 @@ def test_an_edit_reruns_only_the_jobs_it_can_change(finished, edited, retrained)
     assert trained == retrained, planned[-3000:]
     assert not {"shortcuts", "init_prompts", "prepare_data", "import_backbone"} & set(jobs)
     assert {"table", "figure", "report"} <= set(jobs)
+
+
+def test_each_method_file_is_an_input_of_its_own_stages_only():
+    """The issue's example on the real default: iVPT's prompt file is a code input of iVPT's training stage in
+    dvc.yaml and of no other stage (nor of any job Snakemake runs for another method)."""
+    from pae.pipeline.code_inputs import code_inputs
+
+    code = code_inputs()
+    ivpt = "src/pae/prompts/ivpt.py"
+    assert [m for m, files in code.per_method.items() if ivpt in files] == ["ivpt"]
+    assert ivpt not in code.shared + code.report + code.backbone
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert [name for name, stage in stages.items() if ivpt in stage.get("deps", [])] == ["train_digits_ivpt"]

@@ -45,7 +45,7 @@ def test_all_of_pae_runs_on_every_deep_method_without_knowing_it(backbone, batch
     pae.initialize(model.method, record_prompts(backbone, batch[0], record, 12))
     # the official MPA: a random head scoring each band through the backbone with all-zero prompts
     expected, _ = task_aware_prompts(
-        backbone, *batch, 3, 4, 12, 8, 4, "random_head", 0, features_fn=zero_prompt_features(backbone, 4)
+        backbone, *batch, 3, 4, 12, 8, 4, scorer="random_head", seed=0, features_fn=zero_prompt_features(backbone, 4)
     )
     got = model.method.trajectory().detach()
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())  # bilinear: p <= r
@@ -68,7 +68,7 @@ def test_shallow_methods_take_the_init_and_refuse_the_chain(backbone, batch, nam
     record = discover(options, backbone, *batch, num_classes=3, num_tokens=4, seed=0)
     pae.initialize(model.method, record_prompts(backbone, batch[0], record, 12))  # the shallow method takes layer 0
     expected, _ = task_aware_prompts(
-        backbone, *batch, 3, 4, 1, 8, 4, "random_head", 0, features_fn=zero_prompt_features(backbone, 4)
+        backbone, *batch, 3, 4, 1, 8, 4, scorer="random_head", seed=0, features_fn=zero_prompt_features(backbone, 4)
     )
     torch.testing.assert_close(model.method.trajectory().detach(), expected)
     with pytest.raises(PaeError, match="initial prompts have shape"):

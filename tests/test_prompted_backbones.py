@@ -40,7 +40,7 @@ def _zero_prompt_methods(bb: nn.Module) -> list[PromptMethod]:
         PromptMethod(),
         VPT(depth, d, patch, 0, deep=True),
         VPT(depth, d, patch, 0, deep=False),
-        VFPT(depth, d, patch, 0, 0.5),
+        VFPT(depth, d, patch, 0, fourier_fraction=0.5),
         E2VPT(depth, d, patch, heads, 0, 0),
         IVPT(depth, d, patch, 0),
     ] + [BPT(depth, d, 0, deep=deep, variant=v) for v in ("bilinear", "fwhiten", "twhiten") for deep in (True, False)]

@@ -106,13 +106,18 @@ def sample_batch(
     return train_input(task.spec, data.images[idx], sizes, img_size, draws), data.labels[idx]
 
 
+def configured_model(cfg: TrainConfig, backbone: nn.Module, num_classes: int) -> PromptedModel:
+    """The prompted model ``cfg`` describes, freshly initialised from the global RNG (training seeds it; evaluation
+    overwrites it with a checkpoint)."""
+    resolved = cfg.resolved()
+    return build_model(cfg.method, backbone, num_classes, cfg.options, cfg.head_init, cfg.pae.enabled, resolved.readout)
+
+
 def run_model(cfg: TrainConfig, task: LoadedTask) -> PromptedModel:
     """The prompted model of a run on the task's backbone, fitted to the data where its method needs it; its init
     depends on the seed alone, not on how the backbone was made."""
     torch.manual_seed(cfg.seed)
-    model = build_model(
-        cfg.method, task.backbone, task.num_classes, cfg.options, cfg.head_init, cfg.pae.enabled, cfg.resolved().readout
-    ).to(task.device)
+    model = configured_model(cfg, task.backbone, task.num_classes).to(task.device)
     method = model.method
     if method.fit_images:
         method.fit_to_data(model.backbone, sample_batch(task, method.fit_images, cfg.img_size, cfg.seed)[0])

@@ -153,7 +153,7 @@ def select(args: argparse.Namespace) -> None:
 
 
 def table(args: argparse.Namespace) -> None:
-    from .reports.tables import write_table
+    from .reports.summary import write_table
 
     write_table(args.kind, args.runs, args.out_md, args.out_csv, args.out_json)
 

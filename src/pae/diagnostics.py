@@ -144,3 +144,9 @@ def _as_series(series: np.ndarray | Sequence) -> np.ndarray:
 def _finite_mean(values: np.ndarray) -> float:
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if finite.size else math.nan
+
+
+def finite_median(values: Sequence[float]) -> float:
+    """The upper median of the finite values (NaN when there are none): the diagnosis' per-layer summaries."""
+    finite = sorted(v for v in values if math.isfinite(v))
+    return finite[len(finite) // 2] if finite else math.nan

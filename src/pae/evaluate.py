@@ -10,7 +10,6 @@ import torch
 
 from .data import ImageTensors, eval_input, load_split
 from .errors import PaeError
-from .prompts import build_model
 
 
 @torch.no_grad()
@@ -45,7 +44,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", tolerance: float = 0
     A difference above ``tolerance`` points (bf16 and compiled kernels may flip a few borderline images) means the
     checkpoint does not reproduce the run: that is an error, never a table entry.
     """
-    from .build import data_spec, protocol_splits, resolve_device, seeded_backbone, uses_bf16
+    from .build import configured_model, data_spec, protocol_splits, resolve_device, seeded_backbone, uses_bf16
     from .config.train import TrainConfig
     from .forward import SingleForward
     from .run_folder import CHECKPOINT, load_checkpoint, read_run, top1_key
@@ -57,10 +56,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", tolerance: float = 0
     spec = data_spec(cfg)
     splits = {s: load_split(spec, s, cfg.img_size, cfg.cache_dir).to(dev) for s in protocol_splits(cfg)[1]}
     num_classes = len(next(iter(splits.values())).classes)
-    readout = cfg.resolved().readout
-    model = build_model(
-        cfg.method, seeded_backbone(cfg), num_classes, cfg.options, cfg.head_init, cfg.pae.enabled, readout
-    ).to(dev)
+    model = configured_model(cfg, seeded_backbone(cfg), num_classes).to(dev)
     load_checkpoint(model, tensors, run_dir / CHECKPOINT)
     autocast = uses_bf16(cfg.precision, dev)
     out: dict = {"run_dir": str(run_dir), "mlflow_run_id": metrics.get("mlflow_run_id")}

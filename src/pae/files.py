@@ -61,10 +61,14 @@ def json_text(record: object) -> str:
     return json.dumps(clean, indent=2, sort_keys=True) + "\n"
 
 
+def write_text(text: str, path: str | Path) -> Path:
+    """``text`` at ``path``, atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
 def write_json(record: object, path: str | Path) -> Path:
     """``record`` as JSON at ``path``, atomically."""
-    text = json_text(record)
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return write_text(json_text(record), path)
 
 
 def read_json(path: str | Path, fix: str) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write
+from .files import atomic_write, write_text
 
 KEEP = 2  # states kept on disk: the newest, and one to fall back on if the newest is damaged
 FORMAT = 4  # 2: the epoch's augmentation draws; 3: running sums per named loss term, no MPA record; 4: Koopman
@@ -173,7 +173,7 @@ DIVERGED = "diverged.json"  # in a run's state folder: this config diverged; a g
 
 def mark_diverged(folder: Path, config: str, message: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / DIVERGED).write_text(json.dumps({"config": config, "message": message}))
+    write_text(json.dumps({"config": config, "message": message}), folder / DIVERGED)
 
 
 def diverged(folder: Path, config: str) -> str | None:

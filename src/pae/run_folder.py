@@ -39,6 +39,9 @@ def top1_key(split: str, kind: str = "final") -> str:
     return f"{kind}_{split}_top1"
 
 
+TEST_TOP1 = top1_key("test")  # the number every accuracy table reports
+
+
 @dataclass
 class RunMetrics:
     """metrics.json: who the run is (its identity, shared by finished and diverged runs) and what it measured."""

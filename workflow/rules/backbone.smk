@@ -1,4 +1,6 @@
 rule import_backbone:
+    input:
+        CODE.backbone,
     output:
         config["backbone"]["file"],
     params:

@@ -145,19 +145,14 @@ def discover(
     start = time.perf_counter()
     window, stride = band_window(options, images.shape[-1])
     features = mpa_features(backbone, num_tokens, options.zero_prompt_scoring, readout)
+    search = {
+        "scorer": options.scorer,
+        "seed": seed,
+        "folds": options.folds,
+        "conjugate_pairs": options.conjugate_pairs,
+    }
     found = find_shortcuts(
-        backbone,
-        images,
-        labels,
-        num_classes,
-        num_tokens,
-        window,
-        stride,
-        options.scorer,
-        seed,
-        features,
-        folds=options.folds,
-        conjugate_pairs=options.conjugate_pairs,
+        backbone, images, labels, num_classes, num_tokens, window, stride, features_fn=features, **search
     )
     return {
         "img_size": images.shape[-1],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -134,34 +135,16 @@ def find_shortcuts(
     images: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
-    num_bands: int,
-    window: int,
-    stride: int,
-    scorer: str = "linear_probe",
-    seed: int = 0,
+    *grid: int,
     features_fn: FeaturesFn | None = None,
-    folds: int = 2,
-    conjugate_pairs: bool = False,
-    chunk_images: int = 2048,
+    **search: Any,
 ) -> ShortcutResult:
     """Phase I on the frozen backbone (what its head reads, without prompts, unless ``features_fn`` is given),
-    dropout and drop-path off."""
+    dropout and drop-path off. ``grid`` (num_bands, window, stride) and ``search`` (scorer, seed, folds, ...) are
+    ``discover_shortcuts``' arguments."""
     features_fn = features_fn or zero_prompt_features(backbone, 0)
     with _eval_mode(backbone):
-        return discover_shortcuts(
-            features_fn,
-            images,
-            labels,
-            num_classes,
-            num_bands,
-            window,
-            stride,
-            scorer=scorer,
-            seed=seed,
-            folds=folds,
-            conjugate_pairs=conjugate_pairs,
-            chunk_images=chunk_images,
-        )
+        return discover_shortcuts(features_fn, images, labels, num_classes, *grid, **search)
 
 
 def band_prompts(
@@ -183,32 +166,14 @@ def task_aware_prompts(
     depth: int,
     window: int,
     stride: int,
-    scorer: str = "linear_probe",
-    seed: int = 0,
-    features_fn: FeaturesFn | None = None,
-    folds: int = 2,
-    conjugate_pairs: bool = False,
-    chunk_images: int = 2048,
+    **search: Any,
 ) -> tuple[Trajectory, ShortcutResult]:
     """PAE's MPA: discover ``num_tokens`` shortcut bands, pool one token per band, propagate to ``depth`` layers.
 
-    ``images`` are normalised model inputs at the backbone's resolution. Returns the initial prompts
-    ((depth, num_tokens, d) on a ViT, per stage on a Swin) and the discovery result.
+    ``images`` are normalised model inputs at the backbone's resolution; ``search`` takes ``find_shortcuts``'
+    keywords. Returns the initial prompts ((depth, num_tokens, d) on a ViT, per stage on a Swin) and the
+    discovery result.
     """
     _check_depth(backbone, depth)
-    result = find_shortcuts(
-        backbone,
-        images,
-        labels,
-        num_classes,
-        num_tokens,
-        window,
-        stride,
-        scorer,
-        seed,
-        features_fn,
-        folds,
-        conjugate_pairs,
-        chunk_images,
-    )
+    result = find_shortcuts(backbone, images, labels, num_classes, num_tokens, window, stride, **search)
     return band_prompts(backbone, images, result.masks[result.selected], depth), result

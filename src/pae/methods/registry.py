@@ -49,6 +49,11 @@ class MethodSpec:
     def deep(self) -> bool:
         return self.prompts == "deep"
 
+    @property
+    def is_linear_probe(self) -> bool:
+        """No prompts and a frozen backbone: only the head trains (the baseline every table should hold)."""
+        return not self.has_prompts and not self.trains_backbone
+
     def option_names(self) -> set[str]:
         return {f.name for f in fields(self.options)}
 

@@ -41,5 +41,11 @@ def vfpt(backbone: Any, o: VFPTOptions) -> Any:
 
     depth, dim, patch = dims(backbone)
     return VFPT(
-        depth, dim, patch, o.num_tokens, o.fourier_fraction, dropout=o.prompt_dropout, mask=o.prompt_dropout_mask
+        depth,
+        dim,
+        patch,
+        o.num_tokens,
+        fourier_fraction=o.fourier_fraction,
+        dropout=o.prompt_dropout,
+        mask=o.prompt_dropout_mask,
     )

@@ -105,7 +105,11 @@ def code_inputs() -> CodeInputs:
     # file registers it; it does not make that method's code run in another method's job.
     shared = closure(candidates, follow=lambda importer, dep: relative(importer) != REGISTRATIONS)
     shared -= {*report, *dag}
-    backbone = closure([p for p in every if relative(p).startswith("backbones/")])
+    # The importer's own closure; it reaches the registry through the config, never a method's modules.
+    backbone = closure(
+        [p for p in every if relative(p).startswith("backbones/")],
+        follow=lambda importer, dep: not _is_method_module(dep),
+    )
     root = PACKAGE.parents[1]
     per_method = {}
     for name, spec in METHODS.items():

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ..config.pae import SETTINGS_OF
+from ..files import write_text
 from .code_inputs import code_inputs
 from .plan import FIGURES, TABLES, Plan
 
@@ -175,5 +176,5 @@ def write_dvc_yaml(params_file: str, out: str | Path = "dvc.yaml") -> str:
 
     raw = load_params(params_file)
     text = render(Plan(validate_params(load_params(params_file), base_dir=".")), params_file, raw)
-    Path(out).write_text(text)
+    write_text(text, out)
     return text

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import PaeError
+from ..run_folder import TEST_TOP1
 
 SOURCE_PREFIXES = ("src/", "workflow/", "params/")  # dependencies that are code or params, never computed
 
@@ -37,11 +38,11 @@ def stale_inputs(committed: dict, current: dict) -> list[str]:
 def accuracy_cells(table: dict) -> dict[str, float]:
     """'task / method / PAE' -> mean test top-1 of an accuracy.json (task -> method -> PAE label -> numbers)."""
     return {
-        f"{task} / {method} / {pae}": float(cell["final_test_top1"])
+        f"{task} / {method} / {pae}": float(cell[TEST_TOP1])
         for task, methods in table.items()
         for method, variants in methods.items()
         for pae, cell in variants.items()
-        if cell.get("final_test_top1") is not None
+        if cell.get(TEST_TOP1) is not None
     }
 
 

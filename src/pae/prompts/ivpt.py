@@ -17,6 +17,8 @@ prompts on as VPT-shallow does. ``trajectory()`` is the learnable P_l, as for VP
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,20 +33,18 @@ class IVPT(VPT):
 
     def __init__(
         self,
-        depth: int,
-        embed_dim: int,
-        patch_size: int,
-        num_tokens: int,
-        dropout: float = 0.0,
+        *vpt_args: Any,
         cdc: bool = True,
         dynamic: bool = True,
         ar: bool = True,
         ar_top_k: int = 8,
         gate_init: float = -2.0,
-        mask: str = "image",
+        **vpt_kwargs: Any,
     ) -> None:
-        super().__init__(depth, embed_dim, patch_size, num_tokens, deep=True, dropout=dropout, mask=mask)
+        """``vpt_args``, ``vpt_kwargs``: VPT's arguments, ``deep`` aside (iVPT is deep)."""
+        super().__init__(*vpt_args, deep=True, **vpt_kwargs)
         self.cdc, self.dynamic, self.ar, self.ar_top_k = cdc, cdc and dynamic, ar, ar_top_k
+        depth, num_tokens, embed_dim = self.embeddings.shape
         if self.cdc:  # gate logits start at gate_init: sigmoid(-2) = 0.12, mostly VPT-deep at the start
             self.gate_bias = nn.Parameter(torch.full((depth - 1, num_tokens), gate_init))
         if self.dynamic:

@@ -118,7 +118,7 @@ class SwinPrompts(LayerPrompts):
         self,
         stage_dims: list[int],
         stage_depths: list[int],
-        patch_size: int,
+        init_bound: float,
         num_tokens: int,
         deep: bool,
         dropout: float = 0.0,
@@ -127,9 +127,11 @@ class SwinPrompts(LayerPrompts):
         sets = list(stage_depths) if deep else [1]
         super().__init__(sum(sets), num_tokens, dropout, mask)
         self.deep = deep
-        bound = xavier_bound(patch_size, stage_dims[0])
         self.embeddings = nn.ParameterList(
-            [nn.Parameter(torch.empty(n, num_tokens, d).uniform_(-bound, bound)) for n, d in zip(sets, stage_dims)]
+            [
+                nn.Parameter(torch.empty(n, num_tokens, d).uniform_(-init_bound, init_bound))
+                for n, d in zip(sets, stage_dims)
+            ]
         )
         self.places = [(s, i) for s, n in enumerate(sets) for i in range(n)]  # layer -> (stage, block)
 
@@ -137,7 +139,8 @@ class SwinPrompts(LayerPrompts):
     def for_backbone(cls, backbone: nn.Module, num_tokens: int, deep: bool, dropout: float, mask: str) -> SwinPrompts:
         dims = [stage.blocks[0].dim for stage in backbone.layers]
         depths = [len(stage.blocks) for stage in backbone.layers]
-        return cls(dims, depths, backbone.patch_embed.patch_size[0], num_tokens, deep, dropout, mask)
+        bound = xavier_bound(backbone.patch_embed.patch_size[0], dims[0])  # VPT: C_0's bound for every stage
+        return cls(dims, depths, bound, num_tokens, deep, dropout, mask)
 
     def prompt_set(self, layer: int) -> torch.Tensor:
         stage, block = self.places[layer]

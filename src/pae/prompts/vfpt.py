@@ -10,6 +10,7 @@ stage's width (``SwinVFPT``), as VFPT's Swin code does.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,18 +38,12 @@ class FourierLayers:
 
 
 class VFPT(FourierLayers, VPT):
-    def __init__(
-        self,
-        depth: int,
-        embed_dim: int,
-        patch_size: int,
-        num_tokens: int,
-        fourier_fraction: float,
-        dropout: float = 0.0,
-        mask: str = "image",
-    ) -> None:
-        super().__init__(depth, embed_dim, patch_size, num_tokens, deep=True, dropout=dropout, mask=mask)
-        self.num_fourier = math.floor(fourier_fraction * num_tokens)
+    """VPT-deep (``vpt_args``: VPT's arguments, ``deep`` aside) whose first floor(alpha * p) prompts per layer are
+    Fourier prompts."""
+
+    def __init__(self, *vpt_args: Any, fourier_fraction: float, **vpt_kwargs: Any) -> None:
+        super().__init__(*vpt_args, deep=True, **vpt_kwargs)
+        self.num_fourier = math.floor(fourier_fraction * self.num_tokens)
 
 
 class SwinVFPT(FourierLayers, SwinPrompts):

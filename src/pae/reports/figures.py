@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..diagnostics import GRAD_KEY, grad_norm_matrix
 from ..errors import PaeError
-from ..files import read_json
+from ..files import atomic_write, read_json, write_csv
 from ..run_folder import CHECKPOINT, GRAD_NORMS, HISTORY, KOOPMAN_KEY, METRICS
 from .tables import ABLATION_ORDER, group_runs, method_order
 
@@ -122,9 +122,8 @@ def _panels(
 
 def _save(fig: Figure, out_base: str | Path) -> None:
     """PNG and PDF side by side; the PDF without its creation date, so reruns give the same bytes for DVC."""
-    Path(out_base).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(f"{out_base}.png", dpi=150)
-    fig.savefig(f"{out_base}.pdf", metadata={"CreationDate": None})
+    atomic_write(f"{out_base}.png", lambda tmp: fig.savefig(tmp, dpi=150, format="png"))
+    atomic_write(f"{out_base}.pdf", lambda tmp: fig.savefig(tmp, format="pdf", metadata={"CreationDate": None}))
 
 
 def _save_empty(out_base: str | Path, reason: str) -> None:
@@ -167,15 +166,6 @@ def curve_rows(runs: list[dict], split: str = "test") -> list[dict]:
                 }
             )
     return rows
-
-
-def _write_curve_csv(rows: list[dict], path: Path) -> None:
-    """Long format for ``dvc plots``; the header is written even with no rows, so the output always parses."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CURVE_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _method_rank(method: str) -> tuple[int, str]:
@@ -237,7 +227,7 @@ def learning_curve_figure(rows: list[dict], split: str = "test") -> Figure:
 def learning_curves(run_dirs: Sequence[str | Path], out_base: str | Path, split: str = "test") -> list[dict]:
     """Top-1 against epoch (see ``learning_curve_figure``). Also writes ``<out_base>.csv``; returns its rows."""
     rows = curve_rows([load_run(d) for d in run_dirs], split)
-    _write_curve_csv(rows, Path(f"{out_base}.csv"))
+    write_csv(rows, f"{out_base}.csv", header=list(CURVE_FIELDS))  # long format for `dvc plots`; a header always
     if not rows:
         _save_empty(out_base, "no training run was given, so there is no learning curve to draw.")
         return rows

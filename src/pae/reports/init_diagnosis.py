@@ -26,9 +26,10 @@ from torch import nn
 from ..backbones.catalogue import arch_family
 from ..build import LoadedTask, load_task, run_model, run_pae, sample_batch
 from ..config.train import TrainConfig
+from ..diagnostics import finite_median
 from ..errors import PaeError
 from ..evaluate import predictions, top1
-from ..files import atomic_write, read_json, write_json
+from ..files import atomic_write, read_json, write_json, write_text
 from ..prompts import PromptedViT, PromptMethod
 from ..prompts.base import fused_qkv
 from ..run_folder import CONFIG, METRICS, top1_key
@@ -306,11 +307,6 @@ def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda i: -math.inf if math.isnan(values[i]) else values[i])
 
 
-def _median(values: list[float]) -> float:
-    finite = sorted(v for v in values if math.isfinite(v))
-    return finite[len(finite) // 2] if finite else math.nan
-
-
 def finding(result: dict) -> str:
     """Four sentences from the measured numbers: loss, norm, attention, and how far a gradient step moves prompts."""
     mpa, rnd = result["mpa"], result["random"]
@@ -318,8 +314,8 @@ def finding(result: dict) -> str:
     cls = {i: [100 * v for v in series(result, i, "cls_to_prompts")] for i in INITS}
     top_ratio, top_cls = _argmax(ratio["mpa"]), _argmax(cls["mpa"])
     first = result["mpa"]["layers"][0]
-    step = _median(mpa["relative_grad"]) / _median(rnd["relative_grad"])
-    between = {i: _median(series(result, i, "cos_between_prompts")) for i in INITS}
+    step = finite_median(mpa["relative_grad"]) / finite_median(rnd["relative_grad"])
+    between = {i: finite_median(series(result, i, "cos_between_prompts")) for i in INITS}
     distinct = (
         ""
         if math.isnan(between["mpa"])
@@ -340,7 +336,7 @@ def finding(result: dict) -> str:
         f"(up to {max(cls['random']):.0f}%) for the random prompts; uniform attention over the {first['keys']} keys "
         f"would give the prompts {100 * first['uniform_share']:.0f}%. "
         f"The CE gradient relative to the prompts' own norm (median over prompt layers) is {step:.2g}x the random "
-        f"prompts' ({_median(mpa['relative_grad']):.2g} vs {_median(rnd['relative_grad']):.2g}){distinct}."
+        f"prompts' ({finite_median(mpa['relative_grad']):.2g} vs {finite_median(rnd['relative_grad']):.2g}){distinct}."
     )
 
 
@@ -456,7 +452,6 @@ def write_diagnosis(
     if out_json:
         write_json(result, out_json)
     if out_md:
-        text = markdown(result)
-        atomic_write(out_md, lambda tmp: tmp.write_text(text))
+        write_text(markdown(result), out_md)
     if out_png:
         atomic_write(out_png, lambda tmp: draw(result, tmp))

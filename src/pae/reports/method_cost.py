@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..files import write_csv
+from ..files import write_csv, write_text
 from ..methods import options_for, ordered
 from ..prompts import PromptedModel, build_model
 
@@ -163,5 +163,5 @@ def write_cost_report(
             for r in per_backbone
         ]
     lines.append("")
-    (out / "README.md").write_text("\n".join(lines) + "\n")
+    write_text("\n".join(lines) + "\n", out / "README.md")
     return out / "README.md"

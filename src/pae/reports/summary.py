@@ -1,4 +1,5 @@
-"""Headline numbers of a set of runs as nested JSON, which `dvc metrics show` / `dvc metrics diff` read."""
+"""The pipeline's table job, and the headline numbers of its runs as nested JSON, which `dvc metrics show` /
+`dvc metrics diff` read."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import math
 import statistics
 from pathlib import Path
 
-from .tables import group_runs
+from ..files import write_text
+from ..run_folder import TEST_TOP1
+from .tables import TABLE_WRITERS, group_runs, load_runs
 
-HEADLINE = ("final_test_top1", "convergence_epoch", "wall_time_s")
+HEADLINE = (TEST_TOP1, "convergence_epoch", "wall_time_s")
 
 
 def summary(runs: list[dict]) -> dict:
@@ -26,5 +29,18 @@ def summary(runs: list[dict]) -> dict:
 
 
 def write_summary(runs: list[dict], path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(summary(runs), indent=2, sort_keys=True) + "\n")
+    write_text(json.dumps(summary(runs), indent=2, sort_keys=True) + "\n", path)
+
+
+def write_table(
+    kind: str,
+    metrics_files: list[str | Path],
+    out_md: str | Path,
+    out_csv: str | Path,
+    out_json: str | Path | None = None,
+) -> None:
+    """The pipeline's table job: table ``kind`` from runs' metrics.json, and their headline means as JSON."""
+    runs = load_runs(metrics_files)
+    TABLE_WRITERS[kind](runs, out_md, out_csv)
+    if out_json:
+        write_summary(runs, out_json)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from ..diagnostics import epochs_to_reach, speedup
 from ..errors import PaeError
-from ..files import write_csv
-from ..run_folder import read_metrics
+from ..files import write_csv, write_text
+from ..run_folder import TEST_TOP1, read_metrics
 from .paper import (
     MEAN_PARTS,
     PAE_FULL,
@@ -331,8 +331,8 @@ def write_tables(tables: list[Table], out_md: str | Path, out_csv: str | Path) -
     column tells the tables apart in the CSV when there are several."""
     out_md = Path(out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text("\n".join(render_markdown(t) for t in tables))
-    out_md.with_suffix(".tex").write_text("\n".join(render_latex(t) for t in tables))
+    write_text("\n".join(render_markdown(t) for t in tables), out_md)
+    write_text("\n".join(render_latex(t) for t in tables), out_md.with_suffix(".tex"))
     section = ["section"] if len(tables) > 1 else []
     header = list(dict.fromkeys(section + [k for t in tables for k in csv_header(t)]))
     write_csv([dict.fromkeys(section, t.title) | row for t in tables for row in csv_rows(t)], out_csv, header)
@@ -463,6 +463,12 @@ def _cited_sources(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(cited))
 
 
+def _has_linear_probe(runs: list[dict]) -> bool:
+    from ..methods import METHODS
+
+    return any(r["method"] in METHODS and METHODS[r["method"]].is_linear_probe for r in runs)
+
+
 def _accuracy_caption(runs: list[dict], rows: list[dict], columns: list[MeanColumn], metric: str, note: str) -> str:
     multi = any(c.key == "mean_of_groups" for c in columns)
     sources = _cited_sources(rows)
@@ -470,8 +476,8 @@ def _accuracy_caption(runs: list[dict], rows: list[dict], columns: list[MeanColu
         f"Top-1 (%, metrics.json `{metric}`): mean ± 95% CI half-width over seeds (Student t, n-1 df; none with one "
         "seed).",
         note
-        if any(r["method"] == "linear" for r in runs)
-        else note + " (No linear-probe run here: add `linear` to the methods for the baseline.)",
+        if _has_linear_probe(runs)
+        else note + " (No linear-probe run here: add one, e.g. `linear`, to the methods for the baseline.)",
         "Group means average the group's task means (– where a row lacks one of its tasks)."
         + (
             " 'mean of groups' averages the group means (VPT's and PAE's 'VTAB mean'); 'mean of tasks' averages "
@@ -501,7 +507,7 @@ def backbone_note(runs: list[dict]) -> str:
     return " ".join(filter(None, (named, weak)))
 
 
-def accuracy_tables(runs: list[dict], metric: str = "final_test_top1", note: str | None = None) -> list[Table]:
+def accuracy_tables(runs: list[dict], metric: str = TEST_TOP1, note: str | None = None) -> list[Table]:
     """VTAB-style tables: one per section (FGVC apart from the rest), one column per task, group and overall.
 
     ``note`` defaults to ``backbone_note(runs)``."""
@@ -536,7 +542,7 @@ def accuracy_tables(runs: list[dict], metric: str = "final_test_top1", note: str
 
 
 def write_accuracy_table(
-    runs: list[dict], out_md: str | Path, out_csv: str | Path, metric: str = "final_test_top1", note: str | None = None
+    runs: list[dict], out_md: str | Path, out_csv: str | Path, metric: str = TEST_TOP1, note: str | None = None
 ) -> None:
     """Markdown, LaTeX (``out_md`` with suffix .tex) and CSV of ``accuracy_tables``."""
     write_tables(accuracy_tables(runs, metric, note), out_md, out_csv)
@@ -772,7 +778,7 @@ ABLATION_COLUMNS = {  # metrics.json key -> column title; means over tasks and s
 }
 
 
-def ablation_table(runs: list[dict], metric: str = "final_test_top1") -> Table:
+def ablation_table(runs: list[dict], metric: str = TEST_TOP1) -> Table:
     """One row per (method, PAE variant): top-1 per task (mean over seeds), its mean over tasks (CI over the seeds
     that ran every task), diagnostics, and the speed-up over the same method's 'none'."""
     check_runs(runs, [metric], "ablation")
@@ -824,19 +830,3 @@ TABLE_WRITERS = {
     "cost": write_cost_table,
     "ablation": write_ablation_table,
 }
-
-
-def write_table(
-    kind: str,
-    metrics_files: list[str | Path],
-    out_md: str | Path,
-    out_csv: str | Path,
-    out_json: str | Path | None = None,
-) -> None:
-    """The pipeline's table job: table ``kind`` from runs' metrics.json, and their headline means as JSON."""
-    from .summary import write_summary
-
-    runs = load_runs(metrics_files)
-    TABLE_WRITERS[kind](runs, out_md, out_csv)
-    if out_json:
-        write_summary(runs, out_json)
