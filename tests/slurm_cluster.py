@@ -21,11 +21,32 @@ SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 # The jobstep plugin starts each job's `srun` without the SLURM_* variables, SLURM_CONF included, so srun reads the
 # default configuration path: the cluster's slurm.conf is linked there while it runs.
 DEFAULT_CONF = Path("/etc/slurm/slurm.conf")
-PARTITION = "test"
+PARTITION = "test"  # the partition the tests ask for; Default=NO, so a job lands in it only if the plugin asks
+DEFAULT_PARTITION = "fallback"  # the cluster's default, on the same node: where a job without --partition goes
+# What cluster set-up raises when this machine refuses it (a command failing or hanging, a file it may not write, an
+# answer it cannot parse): turned into Unavailable with the message, so the tests skip (or fail) saying why.
+SETUP_ERRORS = (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError, RuntimeError, KeyError, ValueError)
 
 
 class Unavailable(Exception):
     """This machine cannot run the test cluster; the message says why."""
+
+
+def setup(*cmd: str, env: dict[str, str]) -> str:
+    """A set-up command's stdout; its failure is the machine refusing the cluster, in the command's own words."""
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode:
+        raise Unavailable(f"{' '.join(cmd)} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-1500:]}")
+    return done.stdout
+
+
+def unavailable(exc: BaseException) -> Unavailable:
+    """A set-up error as Unavailable, keeping its message (a failed command's stderr included)."""
+    if isinstance(exc, subprocess.CalledProcessError):
+        said = exc.stderr or exc.output or ""
+        said = said.decode(errors="replace") if isinstance(said, bytes) else said
+        return Unavailable(f"{exc}: {said.strip()[-1500:]}" if said.strip() else str(exc))
+    return Unavailable(f"cluster set-up failed: {type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -122,13 +143,21 @@ def listening(port: int) -> bool:
 
 def node_resources(env: dict[str, str]) -> tuple[int, int]:
     """CPUs and memory (MB) as slurmd itself detects them, so the node is never drained for claiming more."""
-    out = subprocess.run(["slurmd", "-C"], env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    out = setup("slurmd", "-C", env=env)
     fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
     return int(fields["CPUs"]), int(fields["RealMemory"])
 
 
 def start_cluster(root: Path) -> Cluster:
-    """Install if needed, then start munged, MariaDB, slurmdbd, slurmctld and slurmd; ready once the node is idle."""
+    """Install if needed, then start munged, MariaDB, slurmdbd, slurmctld and slurmd; ready once the node is idle.
+    Any set-up failure is raised as Unavailable with its message, every daemon started so far stopped."""
+    try:
+        return _start_cluster(root)
+    except SETUP_ERRORS as exc:
+        raise unavailable(exc) from exc
+
+
+def _start_cluster(root: Path) -> Cluster:
     install()
     if os.geteuid() != 0:
         raise Unavailable("slurmd must run as root")
@@ -160,6 +189,7 @@ def _start_daemons(c: Cluster) -> None:
         "cpus": cpus,
         "memory": memory,
         "partition": c.partition,
+        "default_partition": DEFAULT_PARTITION,
         "db_port": db_port,
         "dbd_port": dbd_port,
         "ctld_port": ctld_port,
@@ -170,7 +200,7 @@ def _start_daemons(c: Cluster) -> None:
     (root / "slurmdbd.conf").chmod(0o600)  # slurmdbd refuses a readable file holding a password
 
     sock = root / "run" / "munge.sock"
-    subprocess.run(["mungekey", "--create", "--keyfile", str(root / "munge" / "munge.key")], check=True, env=env)
+    setup("mungekey", "--create", "--keyfile", str(root / "munge" / "munge.key"), env=env)
     # --force: munged's checks of who may reach its folders are for shared hosts; a test's temp folder fails them
     munged = c.start(
         "munged",
@@ -185,18 +215,14 @@ def _start_daemons(c: Cluster) -> None:
     )
     c.wait("munged", sock.exists, munged)
 
-    subprocess.run(
-        [
-            "mariadb-install-db",
-            "--no-defaults",
-            f"--datadir={root}/db",
-            "--user=root",
-            "--auth-root-authentication-method=normal",
-            "--skip-test-db",
-        ],
-        check=True,
+    setup(
+        "mariadb-install-db",
+        "--no-defaults",
+        f"--datadir={root}/db",
+        "--user=root",
+        "--auth-root-authentication-method=normal",
+        "--skip-test-db",
         env=env,
-        capture_output=True,
     )
     mariadb = c.start(
         "mariadbd",
@@ -222,5 +248,5 @@ def _start_daemons(c: Cluster) -> None:
     ctld = c.start("slurmctld", "slurmctld", "-D", "-i")
     c.wait("slurmctld", lambda: "UP" in c.run("scontrol", "ping", check=False), ctld)
     slurmd = c.start("slurmd", "slurmd", "-D", "-N", host)
-    c.wait("slurmd", lambda: c.run("sinfo", "-h", "-o", "%T", check=False).strip() == "idle", slurmd)
+    c.wait("slurmd", lambda: set(c.run("sinfo", "-h", "-o", "%T", check=False).split()) == {"idle"}, slurmd)
     c.version = c.run("sinfo", "--version").strip()

@@ -1,7 +1,8 @@
 """The tiny DAG through a real SLURM scheduler (a one-node cluster, tests/slurm_cluster.py), every job submitted by
 Snakemake's SLURM executor plugin with the profile users copy: the tables of a local run, one completed sacct job per
-Snakemake job with the resources asked for, and a training job preempted mid-run (SIGTERM), resubmitted by
-Snakemake's retry, that resumes to exactly the uninterrupted run's numbers in one MLflow run."""
+Snakemake job with the resources and partition asked for (not the cluster's default one), and a training job preempted
+mid-run (SIGTERM), resubmitted by Snakemake's retry, that resumes from the first attempt's saved state (its log says
+so) to exactly the uninterrupted run's numbers in one MLflow run."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .slurm_cluster import SBIN, Cluster, Unavailable, start_cluster
+from .slurm_cluster import SBIN, Cluster, Unavailable, setup, start_cluster, unavailable
 from .test_pipeline import EXPERIMENT, run, tiny_params, tiny_project
 from .test_resume import same_run, states
 
@@ -28,6 +30,7 @@ PROFILE = "workflow/profiles/slurm-test"
 FIXED_RESOURCES = {"import_backbone": (1, 4000), "prepare_data": (2, 8000)}  # rules that ask for their own
 NOT_NUMBERS = re.compile(r"wall|_s$|mlflow_run_ids")  # table columns that are timings or run ids
 PREEMPTED_EPOCHS = 12  # long enough that the signal lands mid-training; the tiny grid trains 2
+RESUMED = re.compile(r"resuming \S+ from epoch (\d+), step (\d+) \(state [^\n]+\)")  # pae.loop.resume's line
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +62,22 @@ def slurm_project(tmp_path_factory: pytest.TempPathFactory, tiny_task: Path, clu
     (root / PROFILE).mkdir(parents=True)
     (root / PROFILE / "config.yaml").write_text(yaml.safe_dump(profile))
     return root, env
+
+
+def test_a_failing_set_up_command_is_unavailable_with_its_message():
+    """Set-up failures skip (or fail, PAE_REQUIRE_SLURM=1) with the reason, not as an unrelated error."""
+    fail = (sys.executable, "-c", "import sys; sys.exit('no key for you')")
+    with pytest.raises(Unavailable, match="failed \\(1\\): no key for you"):
+        setup(*fail, env=dict(os.environ))
+    called = subprocess.run(fail, capture_output=True, text=True, check=False)
+    exc = subprocess.CalledProcessError(called.returncode, fail, called.stdout, called.stderr)
+    assert "no key for you" in str(unavailable(exc))
+    assert "TimeoutExpired" in str(unavailable(subprocess.TimeoutExpired("slurmd", 30)))
+
+
+def default_partition(cluster: Cluster) -> str:
+    """The partition a job goes to without --partition (sinfo marks it with '*')."""
+    return next(p[:-1] for p in cluster.run("sinfo", "-h", "-o", "%P").split() if p.endswith("*"))
 
 
 def slurm(*args: str) -> list[str]:
@@ -106,6 +125,7 @@ def test_the_tiny_dag_through_slurm_gives_the_local_tables_one_completed_job_eac
     assert Counter(rule_of(j["Comment"]) for j in jobs) == submitted
     assert len({j["Comment"] for j in jobs}) == len(jobs)  # one job per (rule, wildcards): none resubmitted
     train = tiny_params(Path(), Path())["resources"]["train"]
+    assert default_partition(cluster) != cluster.partition  # so each job's partition is the profile's doing
     for job in jobs:
         cpus, mem = FIXED_RESOURCES.get(rule_of(job["Comment"]), (train["threads"], train["mem_mb"]))
         assert (job["State"], job["ExitCode"], job["Partition"]) == ("COMPLETED", "0:0", cluster.partition), job
@@ -124,6 +144,12 @@ def running_train_job(cluster: Cluster, out: Path, snakemake: subprocess.Popen, 
         if ids and any(int(p.name.split("-")[1]) >= after_epoch for p in states(out)):
             return ids[0]
         time.sleep(0.2)
+
+
+def position(state: Path) -> tuple[int, int]:
+    """(completed epochs, steps into the next) of a saved state, from its name state-<epoch>-<step>.pt."""
+    _, epoch, step = state.stem.split("-")
+    return int(epoch), int(step)
 
 
 def test_a_preempted_training_job_is_resubmitted_by_snakemake_and_resumes_exactly(slurm_project, cluster):
@@ -166,19 +192,27 @@ def test_a_preempted_training_job_is_resubmitted_by_snakemake_and_resumes_exactl
         stderr=subprocess.STDOUT,
         text=True,
     )
+    log = root / "logs/preempted/train_tiny_vpt_deep_koopman_seed1.log"  # each attempt rewrites it
     job = running_train_job(cluster, out, snakemake, after_epoch=2)
+    signalled = max(position(p)[0] for p in states(out))
     cluster.run("scancel", f"--signal={signal.SIGTERM.name[3:]}", "--full", job)
     deadline = time.monotonic() + 120
     while job in cluster.run("squeue", "-h", "-o", "%i").split() and time.monotonic() < deadline:
         time.sleep(0.2)
-    saved = states(out)
+    saved, first_log = states(out), log.read_text()  # read before the retry's job starts (sacct, sbatch: seconds)
     output, _ = snakemake.communicate(timeout=600)
     assert snakemake.returncode == 0, output[-4000:]
 
     attempts = [j for j in sacct(cluster, run_id(output)) if rule_of(j["Comment"]) == "train"]
     assert [(j["JobIDRaw"], j["State"]) for j in attempts] == [(job, "FAILED"), (attempts[1]["JobIDRaw"], "COMPLETED")]
     assert saved and not states(out)  # the first attempt left its state, the second resumed from it and finished
-    assert "starting afresh" not in (root / "logs/preempted/train_tiny_vpt_deep_koopman_seed1.log").read_text()
+    # The first attempt trained from scratch; the second says it resumed from the newest state the first one left (a
+    # restart from epoch 0 would end with the same numbers: training is deterministic).
+    assert first_log.strip() and not RESUMED.search(first_log), first_log[-2000:]
+    retried_log = log.read_text()
+    resumed = [(int(e), int(s)) for e, s in RESUMED.findall(retried_log)]
+    assert resumed == [position(saved[-1])] and resumed[0][0] >= signalled, retried_log[-2000:]
+    assert "starting afresh" not in retried_log
     same_run(out, root / f"results/uninterrupted/{run_dir}")
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -237,8 +238,9 @@ def run_tags(run: TrainingRun, shared: tuple[dict[str, str], dict[str, str]]) ->
 
 
 def resume(runs: list[TrainingRun]) -> None:
-    """Each run's progress from states aligned to one position (see ``load_states``), or fresh. A run that
-    diverged in an earlier attempt keeps its error and stays out of the group."""
+    """Each run's progress from states aligned to one position (see ``load_states``), or fresh; a resumed run says so
+    on stderr, so a job's log shows which attempt resumed and from where. A run that diverged in an earlier attempt
+    keeps its error and stays out of the group."""
     for run in runs:
         message = diverged(run.state, run.config)
         if message:
@@ -247,6 +249,8 @@ def resume(runs: list[TrainingRun]) -> None:
     for run, loaded in zip(live, load_states([r.state for r in live], [r.config for r in live])):
         if loaded:
             run.progress = restore(loaded, run.task.device, run.tensors(), run.optimizer)
+            at = run.progress
+            print(f"resuming {run.label} from epoch {at.epoch}, step {at.step} (state {run.state})", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------- one epoch
