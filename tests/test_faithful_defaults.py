@@ -1,6 +1,7 @@
 """Faithful by default: every method's and PAE's default is its official code's, each checked against an independent
-computation (the distribution's formula, the official code's lines written out), and params/paper.yaml resolves to
-the official option at every point of the deviations table."""
+computation (the distribution's formula, the official code's lines written out); params/paper.yaml and mini.yaml
+resolve to the official option at every point of the deviations table, and with an overlay `train: {profile: ours}`
+to every ours value."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pae.config.deviations import DEVIATIONS, markdown_table
+from pae.config.deviations import DEVIATIONS, Deviation, markdown_table
 from pae.config.options import flatten
 from pae.config.pae import PARTS, PAEOptions
 from pae.config.train import TrainConfig, make_config
@@ -24,6 +25,9 @@ from pae.prompts.bpt import block_inputs, whitening_matrix
 from pae.reports.tables import convergence_table
 
 from .conftest import ROOT, random_vit
+
+PAE_FULL = "+".join(PARTS)
+LABELS = {"none", "none+batch_mask", "init", "koopman", "koopman+lyapunov", PAE_FULL}  # the grids' variants, by label
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +68,24 @@ def test_the_official_mask_is_pae_codes_with_pae_and_vpts_without():
     assert (with_pae.variant, without.variant) == ("koopman", "none")
     batch_only = make_config({"method": "vpt_deep"}, {"prompt_dropout_mask": "batch"}).resolved()
     assert batch_only.variant == "none+batch_mask"  # the ablation row that separates PAE from its mask
+
+
+@pytest.mark.parametrize(
+    "profile, mask, parts, label",
+    [
+        ("official", None, PARTS, PAE_FULL),  # PAE's batch mask: its profile's, so unnamed
+        ("official", "image", PARTS, PAE_FULL + "+image_mask"),
+        ("ours", None, PARTS, PAE_FULL),  # the per-image mask is ours' own: still the paper's full PAE
+        ("ours", None, (), "none"),
+        ("ours", "batch", (), "none+batch_mask"),  # the ablation row names the same departure under either profile
+        ("ours", "batch", PARTS, PAE_FULL + "+batch_mask"),
+        ("ours", "official", ("koopman",), "koopman+batch_mask"),  # the official code's mask departs from ours
+    ],
+)
+def test_a_label_names_the_mask_only_where_it_departs_from_the_profile(profile, mask, parts, label):
+    options = {"prompt_dropout_mask": mask} if mask else {}
+    cfg = make_config({"method": "vpt_deep", "profile": profile}, options, dict.fromkeys(parts, True))
+    assert cfg.variant == label
 
 
 @pytest.mark.parametrize("n", [1, 5, 10])
@@ -179,21 +201,22 @@ def test_pae_loss_under_the_official_defaults_is_the_official_formula(backbone):
 def test_the_ours_profile_switches_every_declared_improvement_and_nothing_else():
     official, ours = make_config({"method": "bpt_bilinear"}), make_config({"method": "bpt_bilinear", "profile": "ours"})
     changed = {k for k, v in flatten(ours).items() if flatten(official)[k] != v}
-    assert changed == {
-        "profile",
-        "schedule_unit",
-        "options.bpt_whitening",
-        "options.bpt_columns",
-        "options.prompt_dropout_mask",
-        "pae.scorer",
-        "pae.zero_prompt_scoring",
-        "pae.lyapunov_form",
-        "pae.chain_start",
-    }
+    assert changed == {"profile", *OURS}
+    assert {k: v for k, v in flatten(ours).items() if k in OURS} == OURS
     given = make_config({"method": "vpt_deep", "profile": "ours", "schedule_unit": "epoch"}, pae={"chain_start": 1})
     assert (given.schedule_unit, given.pae.chain_start, given.pae.lyapunov_form) == ("epoch", 1, "hinge")
 
 
+OURS = {  # the ours profile's value at each deviations-table setting that has one (README, the table's 'ours' column)
+    "schedule_unit": "step",
+    "options.prompt_dropout_mask": "image",
+    "options.bpt_whitening": "per_token",
+    "options.bpt_columns": "shared",
+    "pae.chain_start": 0,
+    "pae.lyapunov_form": "hinge",
+    "pae.scorer": "linear_probe",
+    "pae.zero_prompt_scoring": False,
+}
 VFPT_ALPHA = {  # VFPT's paper, Tables S1-S4 (research/methods.md §6.1), in %
     "cifar100": 70,
     "caltech101": 50,
@@ -236,19 +259,24 @@ def e2vpt_lengths(task: str) -> tuple[int, int]:
     return E2VPT_LENGTHS.get(task, (5, 5) if task in FGVC else (10, 5))
 
 
-@pytest.fixture(scope="module")
-def paper_config(tmp_path_factory) -> dict:
-    """params/default.yaml + params/paper.yaml, merged and validated with every dataset folder present (empty)."""
-    params = load_params(ROOT / "params/default.yaml", ROOT / "params/paper.yaml")
-    base = tmp_path_factory.mktemp("paper")
+def merged_params(tmp_path_factory: pytest.TempPathFactory, name: str, profile: str | None = None) -> dict:
+    """params/default.yaml + params/<name> (+ an overlay file `train: {profile: <profile>}`), merged as Snakemake
+    merges --configfile and validated with every dataset folder present (empty)."""
+    base = tmp_path_factory.mktemp("params") / "project" / "root"  # mini's roots climb out of it with ../
+    files = [ROOT / "params/default.yaml", ROOT / "params" / name]
+    if profile:
+        files.append(base.parent / "overlay.yaml")
+        files[-1].parent.mkdir(parents=True)
+        files[-1].write_text(f"train: {{profile: {profile}}}\n")
+    params = load_params(*files)
     for task in params["tasks"].values():
         if task.get("root"):
             (base / task["root"]).mkdir(parents=True, exist_ok=True)
     return validate_params(params, base_dir=base)
 
 
-def paper_jobs(config: dict) -> list[TrainConfig]:
-    """The resolved config of every (task, method, variant) of the paper grids that the DAG trains."""
+def paper_jobs(config: dict) -> list[tuple[str, str, TrainConfig]]:
+    """(task, variant, resolved config) of every (task, method, variant) of the grids that the DAG trains."""
     jobs = []
     for grid in (config["run"], config["ablation"]):
         for task in grid.get("tasks") or config["run"]["tasks"]:
@@ -267,29 +295,70 @@ def paper_jobs(config: dict) -> list[TrainConfig]:
     return jobs
 
 
-def test_params_paper_resolves_to_the_official_option_at_every_point(paper_config):
-    jobs = paper_jobs(paper_config)
-    checked = set()
+def table_points(config: dict, jobs: list) -> list[tuple[str, TrainConfig, Deviation, object]]:
+    """(task, config, deviation, resolved value) at every deviations-table point with a setting that applies to a
+    job: its method, PAE on or off as the row says, a dropout rate for a mask to act on, and not the ablation row
+    that sets its own mask (none_batch_mask)."""
+    points = []
     for task, variant, cfg in jobs:
         values = flatten(cfg)
-        own_train = "train" in paper_config["pae_variants"][variant]  # the ablation row that changes the mask
         for d in DEVIATIONS:
             applies = {"all": True, "pae": cfg.pae.enabled, "no_pae": not cfg.pae.enabled}[d.runs]
-            if d.setting is None or cfg.method not in d.methods or not applies or own_train:
+            if d.setting is None or cfg.method not in d.methods or not applies:
+                continue
+            if "train" in config["pae_variants"][variant]:
                 continue
             if d.setting == "options.prompt_dropout_mask" and not cfg.options.prompt_dropout:
                 continue  # no dropout, no mask
-            expected = {
-                "options.fourier_fraction": VFPT_ALPHA[task] / 100,
-                "options.kv_tokens": e2vpt_lengths(task)[1],
-            }.get(d.setting, d.value)
-            assert values[d.setting] == expected, (task, cfg.method, variant, d.point)
-            checked.add(d.point)
-        if cfg.method == "e2vpt":
-            assert cfg.options.num_tokens == e2vpt_lengths(task)[0], task
+            points.append((task, cfg, d, values[d.setting]))
+    return points
+
+
+def official_value(name: str, task: str, d: Deviation) -> object:
+    """The official value at a point: VFPT's and E2VPT's per-task values on the paper grid, else the table's (None:
+    the table has no single value, so the point is not checked)."""
+    if name == "paper.yaml" and d.setting == "options.fourier_fraction":
+        return VFPT_ALPHA[task] / 100
+    if name == "paper.yaml" and d.setting == "options.kv_tokens":
+        return e2vpt_lengths(task)[1]
+    return d.value
+
+
+@pytest.mark.parametrize("name", ["paper.yaml", "mini.yaml"])
+def test_params_resolve_to_the_official_option_at_every_point(tmp_path_factory, name):
+    config = merged_params(tmp_path_factory, name)
+    jobs = paper_jobs(config)
+    checked = set()
+    for task, cfg, d, value in table_points(config, jobs):
+        expected = official_value(name, task, d)
+        if expected is not None:
+            assert value == expected, (task, cfg.method, cfg.variant, d.point)
+            checked.add((d.methods, d.point))
     trained = {cfg.method for _, _, cfg in jobs}
-    assert checked == {d.point for d in DEVIATIONS if d.setting is not None and trained & set(d.methods)}
+    assert checked == {
+        (d.methods, d.point)
+        for d in DEVIATIONS
+        if d.setting is not None and trained & set(d.methods) and (d.value is not None or name == "paper.yaml")
+    }
     assert {cfg.profile for _, _, cfg in jobs} == {"official"}
+    assert {cfg.variant for _, _, cfg in jobs} == LABELS
+
+
+@pytest.mark.parametrize("name", ["paper.yaml", "mini.yaml"])
+def test_params_with_the_ours_overlay_resolve_to_every_ours_value(tmp_path_factory, name):
+    """Nothing in the file pins a value the profile owns: default.yaml's per-token whitening is nulled, not undone by
+    pinning BPT's image mean, so `train: {profile: ours}` reaches every point."""
+    config = merged_params(tmp_path_factory, name, profile="ours")
+    jobs = paper_jobs(config)
+    checked = set()
+    for _, cfg, d, value in table_points(config, jobs):
+        if d.setting in OURS:
+            assert value == OURS[d.setting], (cfg.method, cfg.variant, d.point)
+            checked.add((d.methods, d.point))
+    trained = {cfg.method for _, _, cfg in jobs}
+    assert checked == {(d.methods, d.point) for d in DEVIATIONS if d.setting in OURS and trained & set(d.methods)}
+    assert {cfg.profile for _, _, cfg in jobs} == {"ours"}
+    assert {cfg.variant for _, _, cfg in jobs} == LABELS, "the official profile's labels"
 
 
 def test_the_readme_holds_the_deviations_table():
@@ -333,6 +402,35 @@ def test_a_search_run_loads_and_evaluates_no_test_image(tiny_task, tmp_path, mon
     assert ("test", 48) in loaded  # asked for, it is there
 
 
+def test_mlflow_records_the_profile_and_the_resolved_options(tiny_task, tmp_path, monkeypatch):
+    """The params of a run hold its profile and each option as it ran: the mask 'official' resolved to PAE's batch
+    mask, as metrics.json's settings do."""
+    from mlflow import MlflowClient
+
+    from pae.loop import train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    settings = {
+        "data_kind": "vtab1k",
+        "data_root": str(tiny_task),
+        "img_size": 28,
+        "epochs": 1,
+        "warmup_epochs": 0,
+        "lr": 0.01,
+        "batch_size": 16,
+        "device": "cpu",
+        "out_dir": str(tmp_path / "run"),
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    cfg = make_config(settings, {"num_tokens": 2}, {"koopman": True, "koopman_dim": 8})
+    assert cfg.options.prompt_dropout_mask == "official"  # as given: resolved only when the run starts
+    metrics = train(cfg)
+    params = MlflowClient().get_run(metrics["mlflow_run_id"]).data.params
+    assert params["profile"] == metrics["profile"] == "official"
+    assert params["options.prompt_dropout_mask"] == metrics["settings"]["options.prompt_dropout_mask"] == "batch"
+    assert (params["pae.chain_start"], params["schedule_unit"]) == ("1", "epoch")
+
+
 def _curve_run(pae: str, seed: int, curve: list[float]) -> dict:
     return {
         "task": "t",
@@ -358,10 +456,17 @@ def test_common_target_convergence_disagrees_with_own_best_on_planted_curves():
     assert (row["base_to_final"], row["pae_to_final"]) == ("6.0", "never")
     assert (row["base_to_final99"], row["pae_to_final99"]) == ("5.0", "never")
     assert row["speedup_final"].value == 0.0 and row["speedup_final99"].value == 0.0
-    faster = [0, 30, 48.0, 49.0, 49.5, 49.5, 49.5]  # now PAE gets to 99% of the base's 49 at epoch 3
-    runs = [_curve_run("none", s, base) for s in (1, 2)] + [_curve_run(PAE_FULL, s, faster) for s in (1, 2)]
+    assert row["speedup_final99"].ci == 0.0  # both seeds never: no spread
+    faster = {  # now PAE gets to 99% of the base's 49 (48.51) at epoch 3 with seed 1, at epoch 4 with seed 2
+        1: [0, 30, 48.0, 49.0, 49.5, 49.5, 49.5],
+        2: [0, 30, 40.0, 45.0, 49.0, 49.5, 49.5],
+    }
+    runs = [_curve_run("none", s, base) for s in (1, 2)] + [_curve_run(PAE_FULL, s, c) for s, c in faster.items()]
     row = next(r for r in convergence_table(runs).rows if r["pae"] == PAE_FULL)
-    assert row["pae_to_final99"] == "3.0" and row["speedup_final99"].value == pytest.approx(5 / 3)
+    ratios = (5 / 3, 5 / 4)  # the base's 5 epochs over PAE's, per seed
+    assert row["pae_to_final99"] == "3.5" and row["speedup_final99"].value == pytest.approx(sum(ratios) / 2)
+    half = 12.706205 * math.sqrt((ratios[0] - ratios[1]) ** 2 / 2) / math.sqrt(2)  # t_{.975,1} s / sqrt(n)
+    assert row["speedup_final99"].ci == pytest.approx(half, rel=1e-6)
 
 
 def test_common_target_speedup_is_inf_without_ci_when_pae_starts_at_the_target():
@@ -373,6 +478,3 @@ def test_common_target_speedup_is_inf_without_ci_when_pae_starts_at_the_target()
     row = next(r for r in convergence_table(runs).rows if r["pae"] == PAE_FULL)
     assert (row["pae_to_final"], row["base_to_final"]) == ("0.5", "3.0")
     assert row["speedup_final"].value == math.inf and row["speedup_final"].ci is None
-
-
-PAE_FULL = "+".join(PARTS)

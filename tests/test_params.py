@@ -10,8 +10,10 @@ import yaml
 from snakemake.utils import update_config
 
 from pae.config.pae import PARTS
+from pae.config.train import make_config
 from pae.errors import PaeError
-from pae.params import from_catalogue, load_params, load_schema, main, validate_params, with_defaults
+from pae.methods import option_fields
+from pae.params import from_catalogue, job_settings, load_params, load_schema, main, validate_params, with_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 VALID = {
@@ -142,6 +144,37 @@ def test_override_file_merges_like_snakemake(tmp_path: Path) -> None:
     expected = copy.deepcopy(VALID)
     update_config(expected, yaml.safe_load(override.read_text()))
     assert config == expected, "the same as Snakemake's own merge"
+
+
+def test_a_null_setting_is_unset_so_a_less_specific_one_or_the_profile_decides(tmp_path: Path, project: Path) -> None:
+    below = copy.deepcopy(VALID)
+    below["methods"] = {"vpt_deep": {"prompt_dropout_mask": "batch", "num_tokens": 3}}
+    below["tasks"]["cifar10"]["methods"] = {"vpt_deep": {"num_tokens": 7}}
+    below["pae"] |= {"scorer": "ncm", "chain_start": 1}
+    overlay = (
+        "train: {profile: ours, lr: null}\n"
+        "methods: {vpt_deep: {prompt_dropout_mask: null}}\n"
+        "tasks: {cifar10: {methods: {vpt_deep: {num_tokens: null}}}}\n"
+        "pae: {scorer: null, chain_start: null}\n"
+    )
+    merged = load_params(write(tmp_path / "below.yaml", yaml.safe_dump(below)), write(tmp_path / "o.yaml", overlay))
+    config = validate_params(merged, base_dir=project)
+    assert config["methods"]["vpt_deep"] == {"num_tokens": 3} and "lr" not in config["train"]
+    assert config["pae"] == {"window": 8, "stride": 4, "koopman_weight": 0.5}
+    settings = job_settings(config, "cifar10", "vpt_deep", "all")
+    assert settings["num_tokens"] == 3, "the task's null falls through to the method's setting"
+    options = {k: v for k, v in settings.items() if k in option_fields()}
+    shared = {k: v for k, v in settings.items() if k not in options}
+    cfg = make_config({**shared, "method": "vpt_deep"}, options, {**config["pae"], "koopman": True}).resolved()
+    assert (cfg.lr, cfg.options.prompt_dropout_mask) == (0.25, "image"), "the code's default lr; the profile's mask"
+    assert (cfg.pae.scorer, cfg.pae.chain_start) == ("linear_probe", 0), "the ours profile's"
+
+
+def test_a_setting_must_be_a_value_or_null(params: dict, project: Path) -> None:
+    params["methods"] = {"vpt_deep": {"num_tokens": [5, 10]}}
+    assert "methods.vpt_deep.num_tokens is [5, 10] (list), not true or false or a number or a string or empty" in (
+        error_of(params, project)
+    )
 
 
 def test_main_prints_ok_with_the_grid_sizes(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:

@@ -326,3 +326,52 @@ def test_the_accuracy_table_names_each_backbone_its_runs_used(tmp_path):
 def test_only_the_benchmarks_own_tasks_are_titled_vtab(tmp_path):
     write_accuracy_table([run("cifar10", method="linear"), run("cifar10")], tmp_path / "m.md", tmp_path / "m.csv")
     assert (tmp_path / "m.md").read_text().startswith("### Tasks")  # vtab-mini's cifar10 is 'natural', not VTAB-1k
+
+
+def curve_run(task: str, pae: str, seed: int, curve: list[float]) -> dict:
+    """A run with a planted selection-split learning curve and the own-best epoch it implies."""
+    own_best = next(i for i, v in enumerate(curve) if v >= 0.99 * max(curve))
+    return run(task, pae=pae, seed=seed, selection_curve=curve, convergence_epoch=own_best)
+
+
+def planted_ablation_runs() -> list[dict]:
+    """Two tasks x two seeds where PAE reaches its own plateau sooner but often never where none ended.
+    Epochs to 99% of none's final (none / PAE, per seed): a: 5/never, 5/3; b: 3/3, 3/never."""
+    base_a, base_b = [0, 10, 20, 30, 40, 50], [0, 20, 40, 60, 60, 60]
+    pae = {
+        ("a", 1): [0, 30, 45, 45, 45, 45],  # own best at 2, never 49.5
+        ("a", 2): [0, 30, 45, 50, 50, 50],  # 49.5 at 3
+        ("b", 1): [0, 20, 40, 60, 60, 60],  # 59.4 at 3
+        ("b", 2): [0, 30, 59, 59, 59, 59],  # own best at 2, never 59.4
+    }
+    runs = [curve_run(t, "none", s, base_a if t == "a" else base_b) for t, s in pae]
+    return runs + [curve_run(t, FULL_PAE, s, curve) for (t, s), curve in pae.items()]
+
+
+def test_ablation_speedup_to_a_common_target_beside_the_own_best_one(tmp_path):
+    write_ablation_table(planted_ablation_runs(), tmp_path / "a.md", tmp_path / "a.csv")
+    full = row_of(read_csv(tmp_path / "a.csv"), pae=FULL_PAE)
+    per_seed = [(0 + 3 / 3) / 2, (5 / 3 + 0) / 2]  # seed 1: a never (0), b 3/3; seed 2: a 5/3, b never (0)
+    assert float(full["speedup_final99"]) == pytest.approx((((0 + 5 / 3) / 2) + ((3 / 3 + 0) / 2)) / 2)
+    half = 12.706205 * abs(per_seed[0] - per_seed[1]) / math.sqrt(2) / math.sqrt(2)  # t_{.975,1} s / sqrt(n)
+    assert float(full["speedup_final99_ci95"]) == pytest.approx(half, rel=1e-6)
+    assert float(full["speedup"]) == pytest.approx(((5 + 5 + 3 + 3) / 4) / ((2 + 3 + 3 + 2) / 4))  # own best: 1.6
+    none = row_of(read_csv(tmp_path / "a.csv"), pae="none")
+    assert float(none["speedup_final99"]) == 1.0 and float(none["speedup_final99_ci95"]) == 0.0
+    md = (tmp_path / "a.md").read_text()
+    assert "speed-up vs none to 99% of its final (verdict)" in md and "own best (not a verdict)" in md
+
+
+def test_convergence_mean_over_tasks_has_a_ci_over_seeds(tmp_path):
+    write_convergence_table(planted_ablation_runs(), tmp_path / "c.md", tmp_path / "c.csv")
+    rows = read_csv(tmp_path / "c.csv")
+    a, mean = row_of(rows, task="a"), row_of(rows, task="mean over tasks")
+    assert float(a["speedup_final99"]) == pytest.approx(5 / 6) and a["pae_to_final99"] == "3.0 (1/2)"
+    assert float(mean["speedup_final99"]) == pytest.approx((5 / 6 + 1 / 2) / 2)
+    assert float(mean["speedup_final99_ci95"]) == pytest.approx(12.706205 * abs(0.5 - 5 / 6) / 2, rel=1e-6)
+
+
+def test_runs_of_two_profiles_are_refused(tmp_path):
+    runs = [run(profile="official"), run(pae=FULL_PAE, profile="ours")]
+    with pytest.raises(PaeError, match="profiles official and ours"):
+        write_ablation_table(runs, tmp_path / "a.md", tmp_path / "a.csv")

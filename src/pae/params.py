@@ -117,7 +117,7 @@ def validate_params(config: dict, source: str = "params", base_dir: str | Path =
     """
     try:
         check_schema(config)
-        config = from_catalogue(with_defaults(config))
+        config = drop_unset(from_catalogue(with_defaults(config)))
         load_plugins(":".join(config["plugins"]))
         check_variants(config["pae_variants"])
         for grid in ("run", "ablation"):
@@ -262,6 +262,31 @@ def fill_defaults(config: dict, schema: dict) -> dict:
     return config
 
 
+def settings_sections(config: dict) -> dict[str, dict]:
+    """Every mapping of train settings, by its key path: train, methods.<m>, tasks.<t>.train, tasks.<t>.methods.<m>,
+    pae_variants.<v>.train (``job_settings`` layers them in this order)."""
+    sections = {
+        "train": config["train"],
+        **{f"methods.{m}": v for m, v in config["methods"].items()},
+        **{f"pae_variants.{v}.train": e["train"] for v, e in config["pae_variants"].items() if "train" in e},
+    }
+    for name, task in config["tasks"].items():
+        if "train" in task:
+            sections[f"tasks.{name}.train"] = task["train"]
+        sections.update({f"tasks.{name}.methods.{m}": v for m, v in task.get("methods", {}).items()})
+    return sections
+
+
+def drop_unset(config: dict) -> dict:
+    """Remove the null settings: null means 'not set here', so a less specific section, else the run's profile, else
+    the code's default decides. An overlay (params/paper.yaml over params/default.yaml) undoes a setting of the file
+    below it this way, and ``profile: ours`` then reaches every option neither file sets."""
+    for section in [*settings_sections(config).values(), config["pae"]]:
+        for key in [k for k, v in section.items() if v is None]:
+            del section[key]
+    return config
+
+
 def check_variants(variants: dict) -> None:
     for name, parts in variants.items():
         if parts.get("lyapunov") and not parts.get("koopman"):
@@ -372,15 +397,7 @@ def variant_parts(config: dict, variant: str) -> dict[str, bool]:
 def check_job_settings(config: dict) -> None:
     """Every section of train settings holds train flags, and every job of the grids passes the checks the
     training job itself runs, with the settings it will get."""
-    sections = {
-        "train": config["train"],
-        **{f"methods.{m}": v for m, v in config["methods"].items()},
-        **{f"pae_variants.{v}.train": e["train"] for v, e in config["pae_variants"].items() if "train" in e},
-    }
-    for name, task in config["tasks"].items():
-        sections[f"tasks.{name}.train"] = task.get("train", {})
-        sections.update({f"tasks.{name}.methods.{m}": v for m, v in task.get("methods", {}).items()})
-    for section, settings in sections.items():
+    for section, settings in settings_sections(config).items():
         check_options(settings, section, train_fields())
     known = [s.name for s in ordered()]
     for place in [("methods",)] + [("tasks", n, "methods") for n in config["tasks"]]:

@@ -2,8 +2,9 @@
 
 One list, rendered into the README ("Deviations from the official code", ``python -m pae.cli deviations``) and
 checked by the tests: every entry with a ``setting`` is verified against the resolved config of every job of
-``params/paper.yaml``. The official code read is KMnP/vpt 4410440, reeive/PAE 30f40b9 (and 4a3d514), runtsang/VFPT
-1b3d984, ChengHan111/E2VPT 7a66e75, WangYZ1608/BPT 9fc3c78.
+``params/paper.yaml``, with the official value alone and with the ``ours`` profile's value under an overlay
+``train: {profile: ours}``. The official code read is KMnP/vpt 4410440, reeive/PAE 30f40b9 (and 4a3d514),
+runtsang/VFPT 1b3d984, ChengHan111/E2VPT 7a66e75, WangYZ1608/BPT 9fc3c78; file references are at those commits.
 """
 
 from __future__ import annotations
@@ -161,10 +162,20 @@ DEVIATIONS = (
     Deviation(
         BPT,
         "training recipe",
-        "AdamW, head weight decay 3-10, batch 32, 100 prompts (a perfect square), rank 75 (BPT script/Sup-IN21K/*.sh)",
+        "AdamW, head weight decay 3-10, batch 32, 100 prompts (a perfect square) (BPT script/Sup-IN21K/*.sh)",
         "VPT's protocol (SGD, lr/wd search, batch 128) for every method",
         "ours",
         "one protocol for every method, as PAE compares them; BPT's head weight decay is not an option here",
+    ),
+    Deviation(
+        ("bpt_bilinear", "bpt_bilinear_shallow"),
+        "bilinear rank",
+        "per task: --channels 25 on CUB, 75 on NABirds, Flowers, Dogs, Cars (BPT script/Sup-IN21K/*.sh; "
+        "train_Sup.py l.426 defaults to 16); BPT runs no VTAB task",
+        "bpt_rank 32 on every task",
+        "ours",
+        "BPT's ranks go with its 100 prompts and its recipe (previous row), and no VTAB rank exists; set "
+        "tasks.<t>.methods.<m>.bpt_rank to follow them",
     ),
     Deviation(
         VPT_FAMILY + BPT,
@@ -224,7 +235,7 @@ DEVIATIONS = (
     Deviation(
         VPT_FAMILY + BPT,
         "MPA scoring model",
-        "the model being initialised, all prompts zero (same file)",
+        "the model being initialised, all prompts zero (PAE src/models/vit_models.py::init_mpa)",
         "pae zero_prompt_scoring off: the prompt-free backbone (profile ours)",
         "official",
         "zero prompts are not neutral (LayerNorm(0) = beta)",
@@ -235,7 +246,7 @@ DEVIATIONS = (
     Deviation(
         VPT_FAMILY + BPT,
         "MPA scorer's head",
-        "the run's own, just-initialised head",
+        "the run's own, just-initialised head (PAE src/models/vit_models.py::init_mpa l.89, l.149)",
         "a head drawn from the same distribution with the run's seed",
         "ours",
         "the pipeline runs MPA once per task and seed for every method, so it cannot hold each method's head",
@@ -243,7 +254,7 @@ DEVIATIONS = (
     Deviation(
         VPT_FAMILY + BPT,
         "MPA bands",
-        "window 16, stride 8 at any resolution (PAE config MPA_WINDOW_SIZE)",
+        "window 16, stride 8 at any resolution (PAE src/configs/config.py l.85-86, MPA_WINDOW_SIZE / MPA_STRIDE)",
         "16/8 at 224 px scaled with the resolution (window 0)",
         "ours",
         "identical at 224 px; at 28 px the official window leaves 4 bands for 5 tokens",
@@ -251,7 +262,7 @@ DEVIATIONS = (
     Deviation(
         ("vfpt",),
         "Fourier fraction",
-        "per task, 0 to 1 (VFPT paper Tables S1-S4; the config default 0.5)",
+        "per task, 0 to 1 (VFPT paper Tables S1-S4; FOURIER_PERCENTAGE 0.5 in VFPT src/configs/config.py l.157)",
         "one fraction for every task",
         "official",
         "params/paper.yaml sets VFPT's per-task values",
@@ -260,11 +271,39 @@ DEVIATIONS = (
     Deviation(
         ("e2vpt",),
         "prompt lengths",
-        "per task, mostly 10 visual / 5 key-value (E2VPT command.txt)",
+        "per task, mostly 10 visual / 5 key-value (E2VPT command.txt l.63-107)",
         "VPT-deep's per-task lengths",
         "official",
         "params/paper.yaml sets E2VPT's own lengths",
         "options.kv_tokens",
+    ),
+    Deviation(
+        ("e2vpt",),
+        "prompt pruning",
+        "after the lr/wd search, train once, score each visual prompt token and each of its segments by the loss "
+        "gradient of a mask on it, averaged over the training set, and list masks of growing size (E2VPT "
+        "tune_vtab_PruningRewind_CVK.py::cal_mt_mtp l.348; src/engine/trainer.py l.359-557)",
+        "not implemented: every prompt token trains to the end",
+        "ours",
+        "our E2VPT is E2VPT before pruning: its accuracy and parameter count are the unpruned model's",
+    ),
+    Deviation(
+        ("e2vpt",),
+        "prompt rewinding",
+        "retrain from the initialisation once per (tokens, segments) mask, keep the mask best on val, then the 5 "
+        "final seeds with it (tune_vtab_PruningRewind_CVK.py l.208-239, l.576-625)",
+        "not implemented: one training per seed",
+        "ours",
+        "rewinding needs the pruning above; together they multiply a run's training several times over",
+    ),
+    Deviation(
+        ("vpt_shallow",),
+        "prompt lengths",
+        "per task, searched over 1-200 separately for VPT-shallow; the values are in VPT's hyper-parameter "
+        "sheet (vpt README l.138-140), whose link is dead",
+        "VPT-deep's per-task lengths (params/paper.yaml tasks.<t>.train.num_tokens)",
+        "ours",
+        "VPT-shallow's own lengths are not recoverable; set tasks.<t>.methods.vpt_shallow.num_tokens where known",
     ),
     Deviation(
         ("vfpt", "e2vpt"),

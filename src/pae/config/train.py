@@ -41,7 +41,7 @@ class TrainConfig:
     profile: str = option(
         "official",
         "official: every method's and PAE's official settings; ours: our documented "
-        "improvements (README, Deviations) wherever a setting is not given",
+        "improvements (README, Deviations from the official code) wherever a setting is not given",
         choices=PROFILES,
     )
     options: Any = field(default=None, metadata=NOT_A_FLAG)
@@ -122,15 +122,18 @@ class TrainConfig:
 
     @property
     def variant(self) -> str:
-        """The run's PAE label in metrics and tables, naming the prompt-dropout mask where it is not the official
-        one (PAE's one mask per batch with PAE; VPT's without): 'none+batch_mask' is VPT-deep with PAE's mask and no
-        PAE, the ablation row that separates PAE from its mask."""
+        """The run's PAE label in metrics and tables: its parts, and the prompt-dropout mask where it departs from
+        the one its profile gives (official: PAE's one mask per batch with PAE, VPT's per image without; ours: per
+        image). A label so names the same variant under either profile, and each profile's full PAE is the paper's
+        'init+koopman+lyapunov'; 'none+batch_mask' is VPT-deep with PAE's mask and no PAE, the ablation row that
+        separates PAE from its mask. The profile itself is recorded beside the label (metrics.json, MLflow)."""
         options = self.resolved().options
         mask = getattr(options, "prompt_dropout_mask", None)
         if not getattr(options, "prompt_dropout", 0.0) or mask is None:
             return self.pae.label
-        official = replace(self, options=replace(self.options, prompt_dropout_mask="official")).resolved()
-        if mask == official.options.prompt_dropout_mask:
+        given = profile_values(type(self.options), self.profile).get("prompt_dropout_mask", "official")
+        expected = replace(self, options=replace(self.options, prompt_dropout_mask=given)).resolved()
+        if mask == expected.options.prompt_dropout_mask:
             return self.pae.label
         return f"{self.pae.label}+{mask}_mask"
 
