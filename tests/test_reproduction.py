@@ -4,7 +4,10 @@ tolerance are each refused, naming what differs; computed outputs may differ (fl
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -57,3 +60,98 @@ def test_the_check_names_the_stale_input_and_the_fix(tmp_path):
     assert "make reproduce" in err.value.fix
     paths["new.lock"].write_text(yaml.safe_dump(lock()))
     assert "2 accuracies within 2.0 points" in check_reproduction(*paths.values(), 2.0)
+
+
+def test_the_readme_states_the_tolerance_the_check_applies():
+    """One number: the README's bold tolerance is the check's default, which .ci/run uses (it passes none)."""
+    from pae.pipeline.reproduction import TOLERANCE
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    stated = re.search(r"\*\*Tolerance: ([0-9.]+) points\*\*", readme)
+    assert stated and float(stated.group(1)) == TOLERANCE
+    ci = (Path(__file__).resolve().parents[1] / ".ci/run").read_text()
+    assert "check-reproduction" in ci and "--tolerance" not in ci
+
+
+def planted_run(folder: Path, prompt: float, top1: float, wall: float) -> Path:
+    """A run folder as training writes one: a checkpoint, metrics with a timing and a run id, a curve."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file(
+        {"prompts": torch.tensor([[prompt, 1.0]]), "head.bias": torch.zeros(2)}, str(folder / "checkpoint.safetensors")
+    )
+    metrics = {
+        "final_test_top1": top1,
+        "wall_time_s": wall,
+        "mlflow_run_id": str(wall),
+        "settings": {"out_dir": str(folder)},
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "history.csv").write_text(f"epoch,test_top1\n1,{top1}\n")
+    return folder
+
+
+def test_trees_differ_only_where_a_number_does(tmp_path):
+    """Planted trees: timings, run ids and ignored keys do not count; one flipped bit, one changed top-1, a missing
+    run do, each named by its file."""
+    from pae.pipeline.reproduction import tree_differences
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    planted_run(a / "run1", 0.5, 60.0, wall=12.0)
+    planted_run(b / "run1", 0.5, 60.0, wall=13.5)
+    assert tree_differences(a, b, frozenset({"out_dir"})) == []
+    assert tree_differences(a, b) == ["run1/metrics.json: JSON differs (first keys: ['settings'])"]
+
+    next_float = float(np.nextafter(np.float32(0.5), np.float32(1.0)))  # one bit apart, equal to 6 digits
+    planted_run(a / "run2", 0.5, 61.0, wall=1.0)
+    planted_run(b / "run2", next_float, 61.5, wall=1.0)
+    planted_run(a / "run3", 0.5, 62.0, wall=1.0)
+    assert tree_differences(a, b, frozenset({"out_dir"})) == [
+        "run2/checkpoint.safetensors: tensor 'prompts' differs",
+        "run2/history.csv: bytes differ",
+        "run2/metrics.json: JSON differs (first keys: ['final_test_top1'])",
+        f"run3/checkpoint.safetensors: only in {a}",
+        f"run3/history.csv: only in {a}",
+        f"run3/metrics.json: only in {a}",
+    ]
+
+
+def test_compare_results_exits_nonzero_naming_what_differs(tmp_path, capsys):
+    from pae.cli import main
+
+    planted_run(tmp_path / "a" / "run", 0.5, 60.0, wall=1.0)
+    planted_run(tmp_path / "b" / "run", 0.5, 60.0, wall=2.0)
+    assert main(["compare-results", str(tmp_path / "a"), str(tmp_path / "b"), "--ignore", "out_dir"]) == 0
+    assert "identical: 3 files" in capsys.readouterr().out
+    planted_run(tmp_path / "c" / "run", -0.5, 60.0, wall=1.0)
+    assert main(["compare-results", str(tmp_path / "a"), str(tmp_path / "c"), "--ignore", "out_dir"]) == 2
+    assert "run/checkpoint.safetensors: tensor 'prompts' differs" in capsys.readouterr().err
+
+
+def test_a_fresh_clone_lock_check_ignores_outputs_and_names_code_params_commands_and_orphans():
+    """`dvc status --json` as DVC writes it for a fresh clone (outputs not in cache) and for a stale lock."""
+    from pae.pipeline.reproduction import lock_changes
+
+    dvc_yaml = {"stages": {"train_digits_vpt": {"cmd": "x"}, "table": {"foreach": ["accuracy", "cost"], "do": {}}}}
+    lock = {"stages": {"train_digits_vpt": {}, "table@accuracy": {}, "table@cost": {}}}
+    fresh_clone = {
+        "train_digits_vpt": [{"changed outs": {"results/default/runs/digits/vpt": "not in cache"}}],
+        "table@accuracy": [{"changed deps": {"results/default/runs/digits/vpt": "deleted"}}],
+    }
+    assert lock_changes(fresh_clone, lock, dvc_yaml) == []
+    stale = {
+        "train_digits_vpt": [
+            {"changed deps": {"src/pae/prompts/vpt.py": "modified", "params/default.yaml": {"train.lr": "modified"}}},
+            {"changed outs": {"results/default/runs/digits/vpt": "not in cache"}},
+        ],
+        "table@cost": ["changed command"],
+    }
+    orphan = {"stages": {**lock["stages"], "data@digits": {}}}
+    assert lock_changes(stale, orphan, dvc_yaml) == [
+        "train_digits_vpt: src/pae/prompts/vpt.py",
+        "train_digits_vpt: params/default.yaml (train.lr)",
+        "table@cost: its command changed",
+        "data@digits: in dvc.lock, not in dvc.yaml",
+    ]

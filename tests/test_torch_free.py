@@ -19,7 +19,9 @@ from pae.config.pae import SETTINGS_OF          # what workflow/rules/common.smk
 from pae.methods import method_spec, option_fields, options_for
 from pae.params import load_params, validate_params
 validate_params(load_params("params/default.yaml"))
-import pae.reports.figures, pae.reports.index, pae.reports.tables, pae.run_folder, pae.selection  # table/figure jobs
+import pae.reports.figures, pae.reports.index, pae.reports.tables, pae.reports.summary  # table/figure jobs
+import pae.run_folder, pae.selection
+import pae.pipeline.dvc_stages, pae.pipeline.plan, pae.pipeline.reproduction  # dvc-yaml, check-reproduction
 print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
 """
 

@@ -27,6 +27,7 @@ from .config.pae import PARTS, PAEOptions
 from .config.train import DEFAULT_ARCH, TrainConfig, group_configs, make_config
 from .errors import PaeError, Preempted
 from .methods import option_fields, options_for, ordered
+from .pipeline.reproduction import TOLERANCE
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -196,6 +197,25 @@ def check_reproduction(args: argparse.Namespace) -> None:
     print(check(args.committed_lock, args.lock, args.committed_accuracy, args.accuracy, args.tolerance))
 
 
+def check_lock(args: argparse.Namespace) -> None:
+    from .pipeline.reproduction import check_lock as check
+
+    print(check())
+
+
+def compare_results(args: argparse.Namespace) -> None:
+    from .pipeline.reproduction import tree_differences
+
+    differences = tree_differences(args.a, args.b, frozenset(args.ignore))
+    if differences:
+        raise PaeError(
+            f"{len(differences)} files differ between '{args.a}' and '{args.b}':\n  " + "\n  ".join(differences),
+            "if both trees ran the same params on one machine, the code changed a number.",
+        )
+    files = sum(1 for p in Path(args.a).rglob("*") if p.is_file())
+    print(f"identical: {files} files (tensors bit for bit; timings and MLflow run ids aside)")
+
+
 def methods(args: argparse.Namespace) -> None:
     for spec in ordered():
         print(f"{spec.name:21s} {spec.summary}")
@@ -311,7 +331,15 @@ def add_reproduction_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lock", default=Path("dvc.lock"), type=Path, help="dvc.lock after the rerun")
     p.add_argument("--committed-accuracy", required=True, type=Path, help="accuracy.json as committed")
     p.add_argument("--accuracy", required=True, type=Path, help="accuracy.json after the rerun")
-    p.add_argument("--tolerance", required=True, type=float, help="points of top-1 a cell may move (README)")
+    p.add_argument(
+        "--tolerance", default=TOLERANCE, type=float, help=f"points of top-1 a cell may move (README: {TOLERANCE})"
+    )
+
+
+def add_compare_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", type=Path, help="a results tree or run folder, e.g. one worktree's results/default")
+    p.add_argument("b", type=Path, help="the same made by another version of the code")
+    p.add_argument("--ignore", nargs="*", default=[], help="JSON keys to leave out, at any depth (e.g. out_dir)")
 
 
 @dataclass(frozen=True)
@@ -372,6 +400,16 @@ COMMANDS = {
         add_reproduction_flags,
         "after a rerun: the committed dvc.lock "
         "records this checkout's code and params, and accuracies moved within tolerance",
+    ),
+    "check-lock": Command(
+        check_lock,
+        lambda p: None,
+        "before any rerun: the committed dvc.lock records this checkout's code, params and stages (dvc status)",
+    ),
+    "compare-results": Command(
+        compare_results,
+        add_compare_flags,
+        "two result trees file by file: checkpoints bit for bit, metrics and curves equal (timings aside)",
     ),
     "methods": Command(methods, lambda p: None, "list the prompt methods"),
     "deviations": Command(

@@ -16,6 +16,7 @@ import yaml
 
 from ..config.pae import SETTINGS_OF
 from ..files import write_text
+from ..reports.index import INDEX_PARAMS
 from .code_inputs import code_inputs
 from .plan import FIGURES, TABLES, Plan
 
@@ -124,7 +125,9 @@ def dvc_stages(plan: Plan, params_file: str, raw: dict) -> dict:
         )
         pages.append(outs[0])
     readme = f"{plan.reports}/README.md"
-    stages["report"] = stage(snakemake(readme), [*code.report, *pages], params_file, [], [readme], cache=False)
+    stages["report"] = stage(
+        snakemake(readme), [*code.report, *pages], params_file, present(raw, list(INDEX_PARAMS)), [readme], cache=False
+    )
     return stages
 
 

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 from ..errors import PaeError
 from ..run_folder import TEST_TOP1
@@ -46,6 +50,9 @@ def accuracy_cells(table: dict) -> dict[str, float]:
     }
 
 
+TOLERANCE = 2.0  # points of top-1 a default cell may move across CPUs (README, "Reproducing the numbers")
+
+
 def accuracy_drift(committed: dict, current: dict, tolerance: float) -> list[str]:
     """Cells that moved by more than ``tolerance`` points, appeared or disappeared."""
     old, new = accuracy_cells(committed), accuracy_cells(current)
@@ -80,3 +87,119 @@ def check_reproduction(
         )
     cells = len(accuracy_cells(json.loads(Path(accuracy).read_text())))
     return f"ok: dvc.lock matches the code and params; {cells} accuracies within {tolerance} points of the committed"
+
+
+def stage_names(dvc_yaml: dict) -> set[str]:
+    """The stages a dvc.yaml defines, ``foreach`` expanded as DVC names them (``table@accuracy``)."""
+    names = set()
+    for name, stage in dvc_yaml.get("stages", {}).items():
+        items = stage.get("foreach")
+        names |= {f"{name}@{item}" for item in items} if items is not None else {name}
+    return names
+
+
+def lock_changes(status: dict, lock: dict, dvc_yaml: dict) -> list[str]:
+    """What makes a committed dvc.lock untrue before anything runs: a changed code or params dependency or command
+    in ``dvc status --json``, and lock entries of stages dvc.yaml no longer has. Outputs and cache contents are
+    left out: a fresh clone cannot have them, and `make reproduce` or `make pull` brings them."""
+    out = []
+    for stage, changes in status.items():
+        for change in changes:
+            if change == "changed command":
+                out.append(f"{stage}: its command changed")
+            elif isinstance(change, dict):
+                for path, what in change.get("changed deps", {}).items():
+                    if path.startswith(SOURCE_PREFIXES):
+                        keys = f" ({', '.join(sorted(what))})" if isinstance(what, dict) else ""
+                        out.append(f"{stage}: {path}{keys}")
+    out += [
+        f"{stage}: in dvc.lock, not in dvc.yaml"
+        for stage in sorted(lock.get("stages", {}).keys() - stage_names(dvc_yaml))
+    ]
+    return out
+
+
+def check_lock(root: Path = Path(".")) -> str:
+    """Raise PaeError unless the committed dvc.lock records this checkout's code, params and stages (seconds, no
+    rerun: .ci/run asks it before the tests, so a stale lock fails CI at once rather than after the default)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise PaeError(
+            f"`dvc status --json` failed: {done.stderr.strip()[-500:]}", "run it by hand and fix what it says."
+        )
+    lock, dvc_yaml = (yaml.safe_load((Path(root) / name).read_text()) for name in ("dvc.lock", "dvc.yaml"))
+    changes = lock_changes(json.loads(done.stdout or "{}"), lock, dvc_yaml)
+    if changes:
+        raise PaeError(
+            "dvc.lock records other code, params or stages than this checkout has:\n  " + "\n  ".join(changes),
+            "run `make reproduce` and commit dvc.lock with reports/default.",
+        )
+    return f"ok: dvc.lock records this checkout's code, params and {len(lock.get('stages', {}))} stages"
+
+
+# ---------------------------------------------------------------------------------------------- bit for bit
+
+UNTIMED = ("_s", "seconds")  # JSON keys that measure time (wall_time_s, pae_init_s, seconds, class_map_seconds)
+RUN_IDENTITY = frozenset({"mlflow_run_id"})  # differs on every run by design
+
+
+def _comparable(record: object, ignore: frozenset[str]) -> object:
+    """A JSON record without timings, run ids and the ``ignore`` keys, at any depth."""
+    if isinstance(record, dict):
+        return {
+            k: _comparable(v, ignore)
+            for k, v in record.items()
+            if k not in ignore and k not in RUN_IDENTITY and not k.endswith(UNTIMED)
+        }
+    if isinstance(record, list):
+        return [_comparable(v, ignore) for v in record]
+    return record
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """A tensor's bytes: equal bits, not equal values (NaN equals NaN, -0.0 differs from 0.0)."""
+    import torch
+
+    return t.reshape(-1).contiguous().view(torch.uint8)
+
+
+def file_difference(a: Path, b: Path, ignore: frozenset[str] = frozenset()) -> str | None:
+    """Why two files differ, or None: safetensors by their tensors bit for bit (names, dtypes, shapes, bytes; not
+    the header's metadata), JSON with timings, run ids and ``ignore`` keys left out, anything else byte for byte."""
+    if a.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        ta, tb = load_file(str(a)), load_file(str(b))
+        if ta.keys() != tb.keys():
+            return f"tensor names differ: {sorted(ta.keys() ^ tb.keys())[:3]}"
+        for name in sorted(ta):
+            x, y = ta[name], tb[name]
+            if x.dtype != y.dtype or x.shape != y.shape or not _bits(x).equal(_bits(y)):
+                return f"tensor '{name}' differs"
+        return None
+    if a.suffix == ".json":
+        ja, jb = (_comparable(json.loads(p.read_text()), ignore) for p in (a, b))
+        if ja == jb:
+            return None
+        keys = sorted(k for k in ja.keys() | jb.keys() if ja.get(k) != jb.get(k)) if isinstance(ja, dict) else []
+        return f"JSON differs (first keys: {keys[:3]})" if keys else "JSON differs"
+    return None if a.read_bytes() == b.read_bytes() else "bytes differ"
+
+
+def tree_differences(a: Path, b: Path, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """Every file of two result trees (or two run folders) that differs, is missing from one, or is new in it.
+
+    Used to show that a refactor changes no number: the same params run by two versions of the code on one
+    machine must give identical checkpoints, metrics, curves and MPA prompts (``pae.cli compare-results``)."""
+    a, b = Path(a), Path(b)
+    files = {p.relative_to(root) for root in (a, b) for p in root.rglob("*") if p.is_file()}
+    out = []
+    for rel in sorted(files):
+        if not (a / rel).is_file() or not (b / rel).is_file():
+            out.append(f"{rel}: only in {a if (a / rel).is_file() else b}")
+        elif why := file_difference(a / rel, b / rel, ignore):
+            out.append(f"{rel}: {why}")
+    return out
