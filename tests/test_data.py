@@ -179,6 +179,48 @@ def test_digits_splits_are_disjoint_and_stratified(tmp_path):
     assert len(trainval) == 1000
 
 
+CACHED_DIGITS = """
+import sys
+from pae.data import DataSpec, load_split
+test = load_split(DataSpec("digits"), "test", 14, sys.argv[1])
+print(len(test), int(test.labels.sum()), "sklearn" in sys.modules)
+"""
+
+
+def test_a_cached_digits_split_loads_without_scikit_learn_and_is_rebuilt_when_its_source_changes(tmp_path, monkeypatch):
+    """Every job loads its data: a current digits cache is read without importing scikit-learn (about 2 s a job);
+    the split's labels are sklearn's held-out images, drawn as the split rule (written out below) draws them."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from pae.data import digits
+
+    expected = load_split(DataSpec("digits"), "test", 14, tmp_path)  # builds the cache (imports sklearn)
+    scans = load_digits()
+    hold_out = sorted(set(range(len(scans.target))) - set(digits_train_indices(scans.target)))
+    assert expected.labels.tolist() == scans.target[hold_out].tolist()
+    done = subprocess.run([sys.executable, "-c", CACHED_DIGITS, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(len(expected)), str(int(expected.labels.sum())), "False"]
+
+    cached = next(tmp_path.rglob("test-*.safetensors"))
+    stamp = cached.stat().st_mtime_ns
+    digits.source_key.cache_clear()
+    monkeypatch.setattr(digits, "source_key", lambda: "another split rule")
+    assert torch.equal(load_split(DataSpec("digits"), "test", 14, tmp_path).images, expected.images)
+    assert cached.stat().st_mtime_ns != stamp  # rebuilt, not trusted
+
+
+def digits_train_indices(labels: np.ndarray) -> list[int]:
+    """The train800val200 images as the split rule draws them (80 + 20 per class, seed 0), written out."""
+    rng, out = np.random.default_rng(0), []
+    for c in range(10):
+        out += rng.permutation(np.flatnonzero(labels == c)).tolist()[:100]
+    return out
+
+
 def test_unknown_kind_and_split():
     with pytest.raises(PaeError, match="unknown dataset kind 'imagenet'"):
         DataSpec("imagenet", "/x")

@@ -82,21 +82,24 @@ def load_split(
     """
     if split not in SPLITS_OF[spec.kind]:  # the one split check: the readers below trust it
         raise PaeError(f"unknown {spec.kind} split '{split}'.", f"use one of {', '.join(SPLITS_OF[spec.kind])}.")
+    # What the cached split is made of (besides its files' paths, sizes and times): for digits, the data and split
+    # rule by content (no scikit-learn import when the cache is current); otherwise each image's class.
     if spec.kind == "digits":  # no files: cached all the same, so the prepared task is one DVC-tracked folder
-        files, layout, size, crop = [], "square", img_size, None
-        images, labels, classes = digits.read_split(split)
+        files, source, layout, size, crop = [], [digits.source_key()], "square", img_size, None
     elif spec.kind == "vtab1k":
         files, labels, classes = vtab1k.read_split(spec.root, split)
-        layout, size, crop = "square", img_size, None
+        source, layout, size, crop = [*classes, *map(str, labels)], "square", img_size, None
     else:
         files, labels, classes = fgvc.read_split(spec.root, split, spec.name)
-        layout, size, crop = "shorter", _fgvc_resize(img_size), (None if for_training else img_size)
-    key = fingerprint([spec.kind, split, layout, str(size), str(crop), *classes, *map(str, labels)], files)
+        source, layout, size = [*classes, *map(str, labels)], "shorter", _fgvc_resize(img_size)
+        crop = None if for_training else img_size
+    key = fingerprint([spec.kind, split, layout, str(size), str(crop), *source], files)
     path = spec.cache_dir(cache_dir) / f"{split}-{layout}{size}-{crop or 'nocrop'}.safetensors"
     cached = load_cache(path, key)
     if cached is not None:
         return cached
     if spec.kind == "digits":
+        images, labels, classes = digits.read_split(split)
         images, sizes = torch.stack([resize_square(img, img_size) for img in images]), None
     else:
         images, sizes = decode_files(files, layout, size, crop, desc=f"{spec.label}/{split}")
