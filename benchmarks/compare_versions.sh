@@ -12,7 +12,7 @@ set -euo pipefail
 BEFORE=${1:?usage: compare_versions.sh BEFORE AFTER}
 AFTER=${2:?usage: compare_versions.sh BEFORE AFTER}
 ROOT=$(pwd)
-OUT=${OUT:-/tmp/pae-compare}
+OUT=$(realpath -m "${OUT:-/tmp/pae-compare}")
 OVERLAY=$ROOT/benchmarks/compare_versions.yaml
 PY=$ROOT/.venv/bin/python
 export PATH=$ROOT/.venv/bin:$PATH MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1
@@ -24,12 +24,19 @@ train() {  # $1: revision, $2: worktree
     if [ -f "$ROOT/data/backbones/dinov2_s14.safetensors" ]; then  # the import is the same for both: reuse it
         mkdir -p data/backbones && cp -p "$ROOT/data/backbones/dinov2_s14.safetensors" data/backbones/
     fi
-    targets=$(snakemake reproduce_all -n --configfile params/default.yaml "$OVERLAY" 2>/dev/null \
-        | grep -oE 'output: results/bitcheck/runs/[^ ,]+/metrics.json' | sed 's/output: //' | sort)
+    targets=$(snakemake reproduce_all -n --configfile params/default.yaml "$OVERLAY" 2>&1 \
+        | grep -oE 'output: results/bitcheck/runs/[^ ,]+/metrics.json' | sed 's/output: //' | sort || true)
+    if [ -z "$targets" ]; then
+        echo "error: $1 plans no training run for benchmarks/compare_versions.yaml (its params may be too old)." >&2
+        echo "Fix: run 'snakemake reproduce_all -n --configfile params/default.yaml $OVERLAY' in $2." >&2
+        exit 2
+    fi
     echo "$1: $(echo "$targets" | wc -l) training runs"
-    /usr/bin/time -f "$1: %e s" snakemake --cores all --quiet $targets --configfile params/default.yaml "$OVERLAY" \
-        > "$2.log" 2>&1
-    tail -1 "$2.log"
+    start=$SECONDS
+    # --configfile takes a list, so it comes last; the targets first
+    snakemake $targets --cores all --configfile params/default.yaml "$OVERLAY" > "$2.log" 2>&1 \
+        || { tail -20 "$2.log" >&2; exit 1; }
+    echo "$1: $((SECONDS - start)) s"
     cd "$ROOT"
 }
 

@@ -128,6 +128,8 @@ def test_compare_results_exits_nonzero_naming_what_differs(tmp_path, capsys):
     planted_run(tmp_path / "c" / "run", -0.5, 60.0, wall=1.0)
     assert main(["compare-results", str(tmp_path / "a"), str(tmp_path / "c"), "--ignore", "out_dir"]) == 2
     assert "run/checkpoint.safetensors: tensor 'prompts' differs" in capsys.readouterr().err
+    assert main(["compare-results", str(tmp_path / "typo"), str(tmp_path / "typo2")]) == 2  # not "0 files equal"
+    assert f"'{tmp_path / 'typo'}' is not a folder" in capsys.readouterr().err
 
 
 def test_a_fresh_clone_lock_check_ignores_outputs_and_names_code_params_commands_and_orphans():
@@ -155,3 +157,59 @@ def test_a_fresh_clone_lock_check_ignores_outputs_and_names_code_params_commands
         "table@cost: its command changed",
         "data@digits: in dvc.lock, not in dvc.yaml",
     ]
+
+
+def test_check_lock_and_prune_lock_on_a_real_dvc_project(tmp_path):
+    """DVC's own status on a project it built: clean; clean again without outputs and cache (a fresh clone); a code
+    edit and a params edit named; a stage removed from dvc.yaml named, then dropped from the lock by prune_lock."""
+    import shutil
+    import subprocess
+    import sys
+
+    from pae.pipeline.dvc_stages import prune_lock
+    from pae.pipeline.reproduction import check_lock
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/x.py").write_text("a = 1\n")
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params/default.yaml").write_text("lr: 0.1\nother: 1\n")
+    stages = {
+        "train": {
+            "cmd": "cp src/x.py out.txt",
+            "deps": ["src/x.py"],
+            "params": [{"params/default.yaml": ["lr"]}],
+            "outs": ["out.txt"],
+        },
+        "table": {
+            "foreach": ["a", "b"],
+            "do": {"cmd": "cp out.txt t_${item}.txt", "deps": ["out.txt"], "outs": ["t_${item}.txt"]},
+        },
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    for args in (["init", "--no-scm", "-q"], ["repro", "-q"]):
+        done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert check_lock(tmp_path) == "ok: dvc.lock records this checkout's code, params and 3 stages"
+
+    for built in ("out.txt", "t_a.txt", "t_b.txt"):
+        (tmp_path / built).unlink()
+    shutil.rmtree(tmp_path / ".dvc/cache")
+    assert check_lock(tmp_path).startswith("ok")  # a fresh clone has no outputs and no cache
+
+    (tmp_path / "src/x.py").write_text("a = 2\n")
+    (tmp_path / "params/default.yaml").write_text("lr: 0.2\nother: 1\n")
+    del stages["table"]
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    with pytest.raises(PaeError) as err:
+        check_lock(tmp_path)
+    assert err.value.problem.splitlines()[1:] == [
+        "  train: src/x.py",
+        "  train: params/default.yaml (lr)",
+        "  table@a: in dvc.lock, not in dvc.yaml",
+        "  table@b: in dvc.lock, not in dvc.yaml",
+    ]
+    assert prune_lock(yaml.safe_load((tmp_path / "dvc.yaml").read_text()), tmp_path / "dvc.lock") == [
+        "table@a",
+        "table@b",
+    ]
+    assert set(yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]) == {"train"}

@@ -187,8 +187,10 @@ def deviations(args: argparse.Namespace) -> None:
 def dvc_yaml(args: argparse.Namespace) -> None:
     from .pipeline.dvc_stages import write_dvc_yaml
 
-    text = write_dvc_yaml(args.params, args.out)
-    print(f"wrote {args.out}: {text.count(chr(10) + '  ')} stages and entries from {args.params}")
+    _, dropped = write_dvc_yaml(args.params, args.out)
+    print(f"wrote {args.out} from {args.params}")
+    if dropped:
+        print(f"dropped from dvc.lock (no longer in {args.out}): {', '.join(dropped)}")
 
 
 def check_reproduction(args: argparse.Namespace) -> None:
@@ -206,6 +208,9 @@ def check_lock(args: argparse.Namespace) -> None:
 def compare_results(args: argparse.Namespace) -> None:
     from .pipeline.reproduction import tree_differences
 
+    for folder in (args.a, args.b):
+        if not folder.is_dir():
+            raise PaeError(f"'{folder}' is not a folder.", "give two results trees or two run folders.")
     differences = tree_differences(args.a, args.b, frozenset(args.ignore))
     if differences:
         raise PaeError(

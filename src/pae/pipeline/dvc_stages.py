@@ -173,11 +173,34 @@ def render(plan: Plan, params_file: str, raw: dict) -> str:
     return HEADER.format(params=params_file) + yaml.safe_dump(body, sort_keys=False, width=120)
 
 
-def write_dvc_yaml(params_file: str, out: str | Path = "dvc.yaml") -> str:
-    """Write dvc.yaml for the experiment of ``params_file`` (validated as Snakemake validates it)."""
+def stage_names(dvc_yaml: dict) -> set[str]:
+    """The stages a dvc.yaml defines, ``foreach`` expanded as DVC names them (``table@accuracy``)."""
+    names = set()
+    for name, stage in dvc_yaml.get("stages", {}).items():
+        items = stage.get("foreach")
+        names |= {f"{name}@{item}" for item in items} if items is not None else {name}
+    return names
+
+
+def prune_lock(dvc_yaml: dict, lock_path: Path) -> list[str]:
+    """Drop the lock entries of stages ``dvc_yaml`` no longer defines and return their names: DVC only adds and
+    updates entries, so a removed stage would stay in dvc.lock for good."""
+    if not lock_path.is_file():
+        return []
+    lock = yaml.safe_load(lock_path.read_text())
+    gone = sorted(set(lock.get("stages", {})) - stage_names(dvc_yaml))
+    if gone:
+        lock["stages"] = {k: v for k, v in lock["stages"].items() if k not in gone}
+        write_text(yaml.safe_dump(lock, sort_keys=False, width=120), lock_path)
+    return gone
+
+
+def write_dvc_yaml(params_file: str, out: str | Path = "dvc.yaml") -> tuple[str, list[str]]:
+    """Write dvc.yaml for the experiment of ``params_file`` (validated as Snakemake validates it); return its text
+    and the stages dropped from the dvc.lock beside it."""
     from ..params import load_params, validate_params
 
     raw = load_params(params_file)
     text = render(Plan(validate_params(load_params(params_file), base_dir=".")), params_file, raw)
     write_text(text, out)
-    return text
+    return text, prune_lock(yaml.safe_load(text), Path(out).with_name("dvc.lock"))

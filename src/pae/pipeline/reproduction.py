@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 from ..errors import PaeError
 from ..run_folder import TEST_TOP1
+from .dvc_stages import stage_names
 
 SOURCE_PREFIXES = ("src/", "workflow/", "params/")  # dependencies that are code or params, never computed
 
@@ -89,21 +90,16 @@ def check_reproduction(
     return f"ok: dvc.lock matches the code and params; {cells} accuracies within {tolerance} points of the committed"
 
 
-def stage_names(dvc_yaml: dict) -> set[str]:
-    """The stages a dvc.yaml defines, ``foreach`` expanded as DVC names them (``table@accuracy``)."""
-    names = set()
-    for name, stage in dvc_yaml.get("stages", {}).items():
-        items = stage.get("foreach")
-        names |= {f"{name}@{item}" for item in items} if items is not None else {name}
-    return names
-
-
 def lock_changes(status: dict, lock: dict, dvc_yaml: dict) -> list[str]:
     """What makes a committed dvc.lock untrue before anything runs: a changed code or params dependency or command
-    in ``dvc status --json``, and lock entries of stages dvc.yaml no longer has. Outputs and cache contents are
-    left out: a fresh clone cannot have them, and `make reproduce` or `make pull` brings them."""
+    in ``dvc status --json``, a stage dvc.yaml has and the lock lacks, and lock entries of stages dvc.yaml no longer
+    has. Outputs and cache contents are left out: a fresh clone cannot have them, and `make reproduce` or
+    `make pull` brings them."""
+    defined, locked = stage_names(dvc_yaml), set(lock.get("stages", {}))
     out = []
     for stage, changes in status.items():
+        if stage not in locked:
+            continue  # named once below
         for change in changes:
             if change == "changed command":
                 out.append(f"{stage}: its command changed")
@@ -112,10 +108,8 @@ def lock_changes(status: dict, lock: dict, dvc_yaml: dict) -> list[str]:
                     if path.startswith(SOURCE_PREFIXES):
                         keys = f" ({', '.join(sorted(what))})" if isinstance(what, dict) else ""
                         out.append(f"{stage}: {path}{keys}")
-    out += [
-        f"{stage}: in dvc.lock, not in dvc.yaml"
-        for stage in sorted(lock.get("stages", {}).keys() - stage_names(dvc_yaml))
-    ]
+    out += [f"{stage}: in dvc.yaml, not in dvc.lock" for stage in sorted(defined - locked)]
+    out += [f"{stage}: in dvc.lock, not in dvc.yaml" for stage in sorted(locked - defined)]
     return out
 
 
@@ -125,35 +119,34 @@ def check_lock(root: Path = Path(".")) -> str:
     import subprocess
     import sys
 
+    files = {name: Path(root) / name for name in ("dvc.lock", "dvc.yaml")}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise PaeError(f"no {missing[0]}.", "run `python -m pae.cli dvc-yaml`, then `make reproduce`.")
     done = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
     if done.returncode != 0:
-        raise PaeError(
-            f"`dvc status --json` failed: {done.stderr.strip()[-500:]}", "run it by hand and fix what it says."
-        )
-    lock, dvc_yaml = (yaml.safe_load((Path(root) / name).read_text()) for name in ("dvc.lock", "dvc.yaml"))
+        raise PaeError(f"`dvc status --json` failed: {done.stderr.strip()[-500:]}", "run it and fix what it says.")
+    lock, dvc_yaml = (yaml.safe_load(path.read_text()) for path in files.values())
     changes = lock_changes(json.loads(done.stdout or "{}"), lock, dvc_yaml)
     if changes:
         raise PaeError(
             "dvc.lock records other code, params or stages than this checkout has:\n  " + "\n  ".join(changes),
-            "run `make reproduce` and commit dvc.lock with reports/default.",
+            "run `make reproduce` (after `python -m pae.cli dvc-yaml` if stages were removed) and commit dvc.lock "
+            "with reports/default.",
         )
-    return f"ok: dvc.lock records this checkout's code, params and {len(lock.get('stages', {}))} stages"
+    return f"ok: dvc.lock records this checkout's code, params and {len(lock['stages'])} stages"
 
 
 # ---------------------------------------------------------------------------------------------- bit for bit
 
-UNTIMED = ("_s", "seconds")  # JSON keys that measure time (wall_time_s, pae_init_s, seconds, class_map_seconds)
-RUN_IDENTITY = frozenset({"mlflow_run_id"})  # differs on every run by design
+# JSON keys that differ on every run by design: the timings runs and MPA record, and the MLflow run id
+UNREPEATABLE = frozenset({"wall_time_s", "pae_init_s", "seconds", "class_map_seconds", "mlflow_run_id"})
 
 
 def _comparable(record: object, ignore: frozenset[str]) -> object:
     """A JSON record without timings, run ids and the ``ignore`` keys, at any depth."""
     if isinstance(record, dict):
-        return {
-            k: _comparable(v, ignore)
-            for k, v in record.items()
-            if k not in ignore and k not in RUN_IDENTITY and not k.endswith(UNTIMED)
-        }
+        return {k: _comparable(v, ignore) for k, v in record.items() if k not in ignore and k not in UNREPEATABLE}
     if isinstance(record, list):
         return [_comparable(v, ignore) for v in record]
     return record
