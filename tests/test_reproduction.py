@@ -132,7 +132,7 @@ def test_compare_results_exits_nonzero_naming_what_differs(tmp_path, capsys):
     assert f"'{tmp_path / 'typo'}' is not a folder" in capsys.readouterr().err
 
 
-def test_a_fresh_clone_lock_check_ignores_outputs_and_names_code_params_commands_and_orphans():
+def test_a_fresh_clone_lock_check_ignores_cached_outputs_and_names_code_params_commands_tables_and_orphans():
     """`dvc status --json` as DVC writes it for a fresh clone (outputs not in cache) and for a stale lock."""
     from pae.pipeline.reproduction import lock_changes
 
@@ -149,19 +149,24 @@ def test_a_fresh_clone_lock_check_ignores_outputs_and_names_code_params_commands
             {"changed outs": {"results/default/runs/digits/vpt": "not in cache"}},
         ],
         "table@cost": ["changed command"],
+        "table@accuracy": [{"changed outs": {"reports/default/accuracy.md": "modified"}}],
     }
     orphan = {"stages": {**lock["stages"], "data@digits": {}}}
-    assert lock_changes(stale, orphan, dvc_yaml) == [
+    committed = frozenset({"reports/default/accuracy.md"})  # git tracks it: a fresh clone has it
+    assert lock_changes(stale, orphan, dvc_yaml, committed) == [
         "train_digits_vpt: src/pae/prompts/vpt.py",
         "train_digits_vpt: params/default.yaml (train.lr)",
         "table@cost: its command changed",
+        "table@accuracy: reports/default/accuracy.md",
         "data@digits: in dvc.lock, not in dvc.yaml",
     ]
+    assert "table@accuracy: reports/default/accuracy.md" not in lock_changes(stale, orphan, dvc_yaml)
 
 
 def test_check_lock_and_prune_lock_on_a_real_dvc_project(tmp_path):
-    """DVC's own status on a project it built: clean; clean again without outputs and cache (a fresh clone); a code
-    edit and a params edit named; a stage removed from dvc.yaml named, then dropped from the lock by prune_lock."""
+    """DVC's own status on a git + DVC project it built: clean; clean again without the cached outputs and the cache
+    (a fresh clone); a code edit, a params edit and an edited committed table named; a stage removed from dvc.yaml
+    named, then dropped from the lock by prune_lock."""
     import shutil
     import subprocess
     import sys
@@ -169,10 +174,15 @@ def test_check_lock_and_prune_lock_on_a_real_dvc_project(tmp_path):
     from pae.pipeline.dvc_stages import prune_lock
     from pae.pipeline.reproduction import check_lock
 
+    def run(*cmd: str) -> None:
+        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
     (tmp_path / "src").mkdir()
     (tmp_path / "src/x.py").write_text("a = 1\n")
     (tmp_path / "params").mkdir()
     (tmp_path / "params/default.yaml").write_text("lr: 0.1\nother: 1\n")
+    table = {"cmd": "cp out.txt t_${item}.txt", "deps": ["out.txt"], "outs": [{"t_${item}.txt": {"cache": False}}]}
     stages = {
         "train": {
             "cmd": "cp src/x.py out.txt",
@@ -180,36 +190,31 @@ def test_check_lock_and_prune_lock_on_a_real_dvc_project(tmp_path):
             "params": [{"params/default.yaml": ["lr"]}],
             "outs": ["out.txt"],
         },
-        "table": {
-            "foreach": ["a", "b"],
-            "do": {"cmd": "cp out.txt t_${item}.txt", "deps": ["out.txt"], "outs": ["t_${item}.txt"]},
-        },
+        "table": {"foreach": ["a", "b"], "do": table},
     }
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
-    for args in (["init", "--no-scm", "-q"], ["repro", "-q"]):
-        done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=tmp_path, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
+    run("git", "init", "-q")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    run(sys.executable, "-m", "dvc", "repro", "-q")
+    run("git", "add", "-A")  # the tables are committed, as reports/ is; out.txt is cached (git-ignored by DVC)
     assert check_lock(tmp_path) == "ok: dvc.lock records this checkout's code, params and 3 stages"
 
-    for built in ("out.txt", "t_a.txt", "t_b.txt"):
-        (tmp_path / built).unlink()
+    (tmp_path / "out.txt").unlink()
     shutil.rmtree(tmp_path / ".dvc/cache")
-    assert check_lock(tmp_path).startswith("ok")  # a fresh clone has no outputs and no cache
+    assert check_lock(tmp_path).startswith("ok")  # a fresh clone has no cached outputs and no cache
 
     (tmp_path / "src/x.py").write_text("a = 2\n")
     (tmp_path / "params/default.yaml").write_text("lr: 0.2\nother: 1\n")
-    del stages["table"]
+    (tmp_path / "t_b.txt").write_text("edited by hand\n")
+    del stages["table"]["foreach"][0]
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     with pytest.raises(PaeError) as err:
         check_lock(tmp_path)
-    assert err.value.problem.splitlines()[1:] == [
-        "  train: src/x.py",
-        "  train: params/default.yaml (lr)",
+    assert sorted(err.value.problem.splitlines()[1:]) == [
         "  table@a: in dvc.lock, not in dvc.yaml",
-        "  table@b: in dvc.lock, not in dvc.yaml",
+        "  table@b: t_b.txt",
+        "  train: params/default.yaml (lr)",
+        "  train: src/x.py",
     ]
-    assert prune_lock(yaml.safe_load((tmp_path / "dvc.yaml").read_text()), tmp_path / "dvc.lock") == [
-        "table@a",
-        "table@b",
-    ]
-    assert set(yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]) == {"train"}
+    assert prune_lock(yaml.safe_load((tmp_path / "dvc.yaml").read_text()), tmp_path / "dvc.lock") == ["table@a"]
+    assert set(yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]) == {"train", "table@b"}

@@ -90,11 +90,11 @@ def check_reproduction(
     return f"ok: dvc.lock matches the code and params; {cells} accuracies within {tolerance} points of the committed"
 
 
-def lock_changes(status: dict, lock: dict, dvc_yaml: dict) -> list[str]:
-    """What makes a committed dvc.lock untrue before anything runs: a changed code or params dependency or command
-    in ``dvc status --json``, a stage dvc.yaml has and the lock lacks, and lock entries of stages dvc.yaml no longer
-    has. Outputs and cache contents are left out: a fresh clone cannot have them, and `make reproduce` or
-    `make pull` brings them."""
+def lock_changes(status: dict, lock: dict, dvc_yaml: dict, tracked: frozenset[str] = frozenset()) -> list[str]:
+    """What makes a committed dvc.lock untrue before anything runs, from ``dvc status --json``: a changed command,
+    a changed dependency or output that is code or params or that git tracks (the committed tables and figures), a
+    stage dvc.yaml has and the lock lacks, and lock entries of stages dvc.yaml no longer has. Cached outputs are left
+    out: a fresh clone cannot have them, and `make reproduce` or `make pull` brings them."""
     defined, locked = stage_names(dvc_yaml), set(lock.get("stages", {}))
     out = []
     for stage, changes in status.items():
@@ -103,9 +103,10 @@ def lock_changes(status: dict, lock: dict, dvc_yaml: dict) -> list[str]:
         for change in changes:
             if change == "changed command":
                 out.append(f"{stage}: its command changed")
-            elif isinstance(change, dict):
-                for path, what in change.get("changed deps", {}).items():
-                    if path.startswith(SOURCE_PREFIXES):
+                continue
+            for kind in ("changed deps", "changed outs") if isinstance(change, dict) else ():
+                for path, what in change.get(kind, {}).items():
+                    if path.startswith(SOURCE_PREFIXES) or path in tracked:
                         keys = f" ({', '.join(sorted(what))})" if isinstance(what, dict) else ""
                         out.append(f"{stage}: {path}{keys}")
     out += [f"{stage}: in dvc.yaml, not in dvc.lock" for stage in sorted(defined - locked)]
@@ -126,11 +127,14 @@ def check_lock(root: Path = Path(".")) -> str:
     done = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
     if done.returncode != 0:
         raise PaeError(f"`dvc status --json` failed: {done.stderr.strip()[-500:]}", "run it and fix what it says.")
+    listed = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True)
+    tracked = frozenset(listed.stdout.splitlines()) if listed.returncode == 0 else frozenset()
     lock, dvc_yaml = (yaml.safe_load(path.read_text()) for path in files.values())
-    changes = lock_changes(json.loads(done.stdout or "{}"), lock, dvc_yaml)
+    changes = lock_changes(json.loads(done.stdout or "{}"), lock, dvc_yaml, tracked)
     if changes:
         raise PaeError(
-            "dvc.lock records other code, params or stages than this checkout has:\n  " + "\n  ".join(changes),
+            "dvc.lock records other code, params, committed outputs or stages than this checkout has:\n  "
+            + "\n  ".join(changes),
             "run `make reproduce` (after `python -m pae.cli dvc-yaml` if stages were removed) and commit dvc.lock "
             "with reports/default.",
         )
