@@ -43,8 +43,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from pae.errors import PaeError  # noqa: E402
 from pae.files import read_json, write_json  # noqa: E402
+from pae.run_folder import METRICS, TEST_TOP1, top1_key  # noqa: E402
 
 ARCH = "vit_small_patch14_dinov2"
+VAL_TOP1 = top1_key("val200")  # the score the lr is picked by
 SEEDS = (1, 2, 3)
 VARIANTS = {  # run folder -> `pae.cli train` flags (the ablation's rows; labels as in the tables)
     "none": [],
@@ -370,10 +372,8 @@ def reality(log: dict, names: list[str]) -> float:
 
 def summary(folders: list[Path]) -> str:
     """The group's mean final val200 and test top-1 over its finished runs, for the log."""
-    runs = [json.loads((f / "metrics.json").read_text()) for f in folders if (f / "metrics.json").is_file()]
-    scores = {
-        k: [r[k] for r in runs if isinstance(r.get(k), (int, float))] for k in ("final_val200_top1", "final_test_top1")
-    }
+    runs = [json.loads((f / METRICS).read_text()) for f in folders if (f / METRICS).is_file()]
+    scores = {k: [r[k] for r in runs if isinstance(r.get(k), (int, float))] for k in (VAL_TOP1, TEST_TOP1)}
     return ", ".join(f"{k.split('_')[1]} {statistics.mean(v):.1f}" for k, v in scores.items() if v) or "no scores"
 
 
@@ -392,9 +392,7 @@ def run(args: argparse.Namespace) -> int:
     for i, task in enumerate(record["tasks"]):
         images = split_sizes(Path(record["data"][task]))
         todo = [
-            v
-            for v in record["variants"]
-            if not all((f / "metrics.json").is_file() for f in run_folders(record, task, v, out))
+            v for v in record["variants"] if not all((f / METRICS).is_file() for f in run_folders(record, task, v, out))
         ]
         scale = reality(log, [f"{t}/{v}" for t in record["tasks"] for v in record["variants"]])
         predicted = {v: group_seconds(sizes, measured, record["epochs"], len(record["lrs"]), images, v) for v in todo}
@@ -440,8 +438,8 @@ def selected_runs(record: dict, out: Path) -> tuple[list[Path], dict]:
         for variant in record["variants"]:
             means = {}
             for lr in record["lrs"]:
-                paths = [out / "runs" / task / variant / f"lr{lr}_seed{s}" / "metrics.json" for s in record["seeds"]]
-                scores = [json.loads(p.read_text()).get("final_val200_top1") if p.is_file() else None for p in paths]
+                paths = [out / "runs" / task / variant / f"lr{lr}_seed{s}" / METRICS for s in record["seeds"]]
+                scores = [json.loads(p.read_text()).get(VAL_TOP1) if p.is_file() else None for p in paths]
                 if all(isinstance(s, (int, float)) and math.isfinite(s) for s in scores):
                     means[lr] = (statistics.mean(scores), paths)
             if means:

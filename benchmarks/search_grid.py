@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pae.run_folder import METRICS, top1_key
+
 
 def command(args: argparse.Namespace, lrs: list[str], wds: list[str], out: str) -> list[str]:
     return [
@@ -72,9 +74,7 @@ def timed(cmd: list[str]) -> float:
 
 
 def val_top1(folder: Path) -> dict[str, float]:
-    return {
-        p.parent.name: json.loads(p.read_text())["final_val200_top1"] for p in sorted(folder.glob("*/metrics.json"))
-    }
+    return {p.parent.name: json.loads(p.read_text())[top1_key("val200")] for p in sorted(folder.glob(f"*/{METRICS}"))}
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .errors import PaeError
+from .run_folder import grad_key
 
 GRAD_KEY = re.compile(r"grad_norm_l(\d+)")
 
@@ -104,8 +105,9 @@ def oscillation_summary(
 ) -> dict[str, float]:
     """MLflow-ready oscillation metrics: flip rate and CV per layer, and their means over the shallow and deep halves.
 
-    Keys: ``grad_flip_rate_l{i}``, ``grad_cv_l{i}`` (i = column position, 0 = first prompt layer),
-    ``grad_{flip_rate,cv}_shallow`` (layers [0, L//2)) and ``grad_{flip_rate,cv}_deep`` (layers [L//2, L)).
+    Keys (``run_folder.grad_key``): ``grad_flip_rate_l{i}``, ``grad_cv_l{i}`` (i = column position, 0 = first
+    prompt layer), ``grad_{flip_rate,cv}_shallow`` (layers [0, L//2)) and ``grad_{flip_rate,cv}_deep`` (layers
+    [L//2, L)).
     A half's mean skips NaN layers, and is NaN if none is left (e.g. the shallow half of a 1-layer method).
     """
     rows = len(history) > 0 and isinstance(history[0], Mapping)
@@ -114,9 +116,9 @@ def oscillation_summary(
     half = len(flips) // 2
     out: dict[str, float] = {}
     for name, values in (("flip_rate", flips), ("cv", cvs)):
-        out.update({f"grad_{name}_l{i}": float(v) for i, v in enumerate(values)})
-        out[f"grad_{name}_shallow"] = _finite_mean(values[:half])
-        out[f"grad_{name}_deep"] = _finite_mean(values[half:])
+        out.update({grad_key(name, i): float(v) for i, v in enumerate(values)})
+        out[grad_key(name, "shallow")] = _finite_mean(values[:half])
+        out[grad_key(name, "deep")] = _finite_mean(values[half:])
     return out
 
 

@@ -42,7 +42,26 @@ from .forward import GroupForward, SingleForward, make_forward
 from .prompts import PromptedModel
 from .resume import Progress, discard, diverged, load_states, mark_diverged, preemption, restore, save_state
 from .resume import state_dir as state_folder
-from .run_folder import RunMetrics, check_out_dir, top1_key, write_run
+from .run_folder import (
+    BACKBONE,
+    BACKBONE_SOURCE,
+    CONVERGENCE_EPOCH,
+    DIVERGED,
+    ERROR,
+    FINAL_TRAIN_LOSS,
+    GROUP_SIZE,
+    PAE_INIT_S,
+    PAE_PARAMS,
+    PROMPT_PARAMS,
+    SELECTION_CURVE,
+    SELECTION_SPLIT,
+    TRAINABLE_PARAMS,
+    WALL_TIME_S,
+    RunMetrics,
+    check_out_dir,
+    top1_key,
+    write_run,
+)
 from .tracking import Tracker, task_provenance
 
 DIVERGED_FIX = "lower the learning rate (or use precision fp32); no results were written."
@@ -448,8 +467,7 @@ def write_diverged(run: TrainingRun) -> dict:
         run.cfg,
         run.task.spec.label,
         run.tracker.run_id,
-        diverged=True,
-        error=run.error.problem,
+        **{DIVERGED: True, ERROR: run.error.problem},
         **{top1_key(s): None for s in run.task.evals},
     )
     write_run(run.out_dir, run.cfg, metrics)
@@ -463,26 +481,24 @@ def final_metrics(run: TrainingRun, group_size: int) -> RunMetrics:
     def curve(split: str) -> list[float]:
         return [r[f"{split}_top1"] for r in history]  # NaN where an epoch was not evaluated
 
-    return RunMetrics.of(
-        cfg,
-        run.task.spec.label,
-        run.tracker.run_id,
-        backbone=cfg.arch,
-        backbone_source=run.tags.get("pae.source", "random weights"),
-        trainable_params=sum(t.numel() for t in run.model.trainable_parameters()),
-        prompt_params=sum(t.numel() for t in method.parameters() if t.requires_grad),
-        pae_params=sum(t.numel() for t in run.pae.parameters()),
-        wall_time_s=run.progress.elapsed,
-        group_size=group_size,  # a group's runs share its wall time
-        pae_init_s=run.init_record.get("seconds", 0.0),
+    numbers = {
+        BACKBONE: cfg.arch,
+        BACKBONE_SOURCE: run.tags.get("pae.source", "random weights"),
+        TRAINABLE_PARAMS: sum(t.numel() for t in run.model.trainable_parameters()),
+        PROMPT_PARAMS: sum(t.numel() for t in method.parameters() if t.requires_grad),
+        PAE_PARAMS: sum(t.numel() for t in run.pae.parameters()),
+        WALL_TIME_S: run.progress.elapsed,
+        GROUP_SIZE: group_size,  # a group's runs share its wall time
+        PAE_INIT_S: run.init_record.get("seconds", 0.0),
         **{top1_key(s): history[-1][f"{s}_top1"] for s in evals},
         **{top1_key(s, "best"): max(v for v in curve(s)[1:] if math.isfinite(v)) for s in evals},
         **{top1_key(s, "initial"): history[0][f"{s}_top1"] for s in evals},
-        selection_split=selection_split,
-        convergence_epoch=convergence_epoch(curve(selection_split)),
-        selection_curve=curve(selection_split),  # the convergence table's common-target columns read it
-        final_train_loss=history[-1]["train_loss"],
+        SELECTION_SPLIT: selection_split,
+        CONVERGENCE_EPOCH: convergence_epoch(curve(selection_split)),
+        SELECTION_CURVE: curve(selection_split),  # the convergence table's common-target columns read it
+        FINAL_TRAIN_LOSS: history[-1]["train_loss"],
         # oscillation over epochs (per-epoch mean norms): per-step norms mostly measure minibatch noise
         **(oscillation_summary(history[1:]) if run.layers else {}),
         **run.pae.diagnostics(method),
-    )
+    }
+    return RunMetrics.of(cfg, run.task.spec.label, run.tracker.run_id, **numbers)

@@ -34,12 +34,39 @@ KOOPMAN_KEY = f"{PAE_PREFIX}regularizer.K"  # the Koopman operator K in a checkp
 RERUN = "rerun the training job that writes this run folder."
 
 
+# metrics.json's fields beside the identity (``RunMetrics``' own fields, under their names); nothing else names them
+
+# the backbone: its timm name and where its weights came from
+BACKBONE, BACKBONE_SOURCE = "backbone", "backbone_source"
+# cost: parameter counts (all trainable, the prompt method's, PAE's) and seconds; a group's runs share its wall time
+TRAINABLE_PARAMS, PROMPT_PARAMS, PAE_PARAMS = "trainable_params", "prompt_params", "pae_params"
+WALL_TIME_S, GROUP_SIZE, PAE_INIT_S = "wall_time_s", "group_size", "pae_init_s"
+# convergence: the split a run is judged on, its top-1 there per epoch (epoch 0 first), epochs to 99% of its best
+SELECTION_SPLIT, SELECTION_CURVE, CONVERGENCE_EPOCH = "selection_split", "selection_curve", "convergence_epoch"
+FINAL_TRAIN_LOSS = "final_train_loss"
+# the Koopman regularizer's diagnostics: rho(K) (per transition: "_t<i>" added), ||U||, the lift gain
+KOOPMAN_SPECTRAL_RADIUS, KOOPMAN_LIFT_NORM, KOOPMAN_LIFT_GAIN = (
+    "koopman_spectral_radius",
+    "koopman_lift_norm",
+    "koopman_lift_gain",
+)
+# a search point whose loss diverged: true, and the error; its top-1s are null
+DIVERGED, ERROR = "diverged", "error"
+SETTINGS = "settings"  # the run's flattened TrainConfig, tags left out
+
+
 def top1_key(split: str, kind: str = "final") -> str:
     """The metrics.json name of a top-1: kind 'final' (last epoch), 'best' or 'initial' (epoch 0) on ``split``."""
     return f"{kind}_{split}_top1"
 
 
 TEST_TOP1 = top1_key("test")  # the number every accuracy table reports
+
+
+def grad_key(stat: str, part: int | str) -> str:
+    """The metrics.json name of a gradient-oscillation statistic (``diagnostics.oscillation_summary``): ``stat``
+    'flip_rate' or 'cv', of prompt layer ``part`` (an int) or averaged over the 'shallow' or 'deep' half."""
+    return f"grad_{stat}_{f'l{part}' if isinstance(part, int) else part}"
 
 
 @dataclass
@@ -73,7 +100,7 @@ class RunMetrics:
             cfg.protocol,
             cfg.profile,
             mlflow_run_id,
-            {"settings": {k: v for k, v in flatten(cfg).items() if not k.startswith("tags")}, **numbers},
+            {SETTINGS: {k: v for k, v in flatten(cfg).items() if not k.startswith("tags")}, **numbers},
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from ..config.pae import KOOPMAN_MODES as MODES
 from ..config.pae import LYAPUNOV_FORMS, LYAPUNOV_TARGETS
 from ..errors import PaeError
 from ..prompts.base import Trajectory, as_stages
+from ..run_folder import KOOPMAN_LIFT_GAIN, KOOPMAN_LIFT_NORM, KOOPMAN_SPECTRAL_RADIUS
 
 
 def skip_layers(trajectory: Trajectory, n: int) -> list[torch.Tensor]:
@@ -175,11 +176,11 @@ class KoopmanLyapunov(nn.Module):
         """Per-epoch monitors for MLflow: spectral radius, ||U||, the per-transition radii (layerwise), the lift
         gain."""
         radii = self._radii()
-        out = {"koopman_spectral_radius": radii.max().item(), "koopman_lift_norm": self.lift_norm()}
+        out = {KOOPMAN_SPECTRAL_RADIUS: radii.max().item(), KOOPMAN_LIFT_NORM: self.lift_norm()}
         if self.mode == "layerwise":
-            out.update({f"koopman_spectral_radius_t{i}": r for i, r in enumerate(radii.tolist())})
+            out.update({f"{KOOPMAN_SPECTRAL_RADIUS}_t{i}": r for i, r in enumerate(radii.tolist())})
         if trajectory is not None:
-            out["koopman_lift_gain"] = self.lift_gain(trajectory)
+            out[KOOPMAN_LIFT_GAIN] = self.lift_gain(trajectory)
         return out
 
     def _radii(self) -> torch.Tensor:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import torch
 
 from ..errors import PaeError
-from ..run_folder import TEST_TOP1
+from ..run_folder import PAE_INIT_S, TEST_TOP1, WALL_TIME_S
 from .dvc_stages import stage_names
 
 SOURCE_PREFIXES = ("src/", "workflow/", "params/")  # dependencies that are code or params, never computed
@@ -144,7 +144,7 @@ def check_lock(root: Path = Path(".")) -> str:
 # ---------------------------------------------------------------------------------------------- bit for bit
 
 # JSON keys that differ on every run by design: the timings runs and MPA record, and the MLflow run id
-UNREPEATABLE = frozenset({"wall_time_s", "pae_init_s", "seconds", "class_map_seconds", "mlflow_run_id"})
+UNREPEATABLE = frozenset({WALL_TIME_S, PAE_INIT_S, "seconds", "class_map_seconds", "mlflow_run_id"})
 
 
 def _comparable(record: object, ignore: frozenset[str]) -> object:

@@ -77,9 +77,7 @@ def load_run(run_dir: str | Path) -> dict:
     try:
         history = [{k: _number(v) for k, v in row.items()} for row in rows]
     except ValueError as exc:
-        raise PaeError(
-            f"'{run_dir / 'history.csv'}' holds a value that is not a number ({exc}).", RERUN_TRAINING
-        ) from exc
+        raise PaeError(f"'{run_dir / HISTORY}' holds a value that is not a number ({exc}).", RERUN_TRAINING) from exc
     return {**metrics, "run_dir": run_dir, "history": history}
 
 
@@ -147,7 +145,7 @@ def curve_rows(runs: list[dict], split: str = "test") -> list[dict]:
         for run in groups[task, method, pae]:
             if run["history"] and column not in run["history"][0]:
                 raise PaeError(
-                    f"'{run['run_dir'] / 'history.csv'}' has no '{column}' column.",
+                    f"'{run['run_dir'] / HISTORY}' has no '{column}' column.",
                     "pick a split the runs evaluated: 'test' for the final protocol, 'val200' for tune.",
                 )
             for row in run["history"]:

