@@ -23,9 +23,11 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-# Snakemake runs the DAG; `dvc commit` then records what it built in dvc.lock and DVC's cache (for `dvc push`).
+# Snakemake runs the DAG; `dvc commit` then records what it built in dvc.lock and DVC's cache (for `dvc push`),
+# after `dvc-yaml` has written dvc.yaml from the params and dropped lock entries of stages it no longer has.
 reproduce: venv
 	$(BIN)/snakemake --cores all reproduce_all
+	$(BIN)/python -m pae.cli dvc-yaml
 	$(BIN)/dvc commit -f -q
 
 # A finished experiment from a DVC remote (README, "Versioning with DVC"): checkout gives the pulled files new
