@@ -3,7 +3,7 @@
 # are compared file by file (checkpoints bit for bit, metrics and curves equal; timings and MLflow ids aside), and a
 # table job's start-up is timed with each.
 #
-#   bash benchmarks/compare_versions.sh ef45cae^ ef45cae      # about 15 min on 2 cores; run from the repository root
+#   bash benchmarks/compare_versions.sh 'ef45cae^' ef45cae    # about 10 min on 2 cores; run from the repository root
 #
 # Each version runs in a git worktree under $OUT (default /tmp/pae-compare) with this checkout's .venv and its own
 # src/ first on PYTHONPATH, on params/default.yaml + benchmarks/compare_versions.yaml (the training jobs and what
