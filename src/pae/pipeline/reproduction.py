@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 
 from ..errors import PaeError
 from ..run_folder import PAE_INIT_S, TEST_TOP1, WALL_TIME_S
-from .dvc_stages import stage_names
 
 SOURCE_PREFIXES = ("src/", "workflow/", "params/")  # dependencies that are code or params, never computed
 
@@ -88,6 +87,15 @@ def check_reproduction(
         )
     cells = len(accuracy_cells(json.loads(Path(accuracy).read_text())))
     return f"ok: dvc.lock matches the code and params; {cells} accuracies within {tolerance} points of the committed"
+
+
+def stage_names(dvc_yaml: dict) -> set[str]:
+    """The stages a dvc.yaml defines, ``foreach`` expanded as DVC names them (``table@accuracy``)."""
+    names = set()
+    for name, stage in dvc_yaml.get("stages", {}).items():
+        items = stage.get("foreach")
+        names |= {f"{name}@{item}" for item in items} if items is not None else {name}
+    return names
 
 
 def lock_changes(status: dict, lock: dict, dvc_yaml: dict, tracked: frozenset[str] = frozenset()) -> list[str]:
