@@ -208,3 +208,19 @@ def tree_differences(a: Path, b: Path, ignore: frozenset[str] = frozenset()) -> 
         elif why := file_difference(a / rel, b / rel, ignore):
             out.append(f"{rel}: {why}")
     return out
+
+
+def compare_results(a: Path, b: Path, ignore: frozenset[str] = frozenset()) -> str:
+    """Raise PaeError naming every file that differs (``tree_differences``); return a one-line summary. A path that is
+    not a folder is refused: two typos would otherwise compare as two equal empty trees."""
+    for folder in (a, b):
+        if not Path(folder).is_dir():
+            raise PaeError(f"'{folder}' is not a folder.", "give two results trees or two run folders.")
+    differences = tree_differences(a, b, ignore)
+    if differences:
+        raise PaeError(
+            f"{len(differences)} files differ between '{a}' and '{b}':\n  " + "\n  ".join(differences),
+            "if both trees ran the same params on one machine, the code changed a number.",
+        )
+    files = sum(1 for p in Path(a).rglob("*") if p.is_file())
+    return f"identical: {files} files (tensors bit for bit; timings and MLflow run ids aside)"
