@@ -450,7 +450,7 @@ def selected_runs(record: dict, out: Path) -> tuple[list[Path], dict]:
 
 
 def tables(args: argparse.Namespace) -> int:
-    from pae.reports.tables import write_table
+    from pae.reports.summary import write_table
 
     out = args.out
     record = read_json(out / "plan.json", "run the plan step first.")
