@@ -12,16 +12,13 @@ Series are arrays g[t, l] (t = epochs or steps, l = prompt layer) or the trainin
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .errors import PaeError
-from .run_folder import grad_key
-
-GRAD_KEY = re.compile(r"grad_norm_l(\d+)")
+from .run_folder import GRAD_NORM_COLUMN, grad_key, grad_norm_column
 
 
 def convergence_epoch(accuracies: Sequence[float], fraction: float = 0.99) -> int:
@@ -126,8 +123,8 @@ def grad_norm_matrix(rows: Sequence[Mapping[str, object]]) -> np.ndarray:
     """g[t, l] from history rows' ``grad_norm_l{i}`` columns, in layer order (values may be history.csv strings)."""
     if not rows:
         return np.zeros((0, 0))
-    layers = sorted(int(m.group(1)) for key in rows[0] if (m := GRAD_KEY.fullmatch(key)))
-    return np.array([[float(row[f"grad_norm_l{i}"]) for i in layers] for row in rows]).reshape(len(rows), len(layers))
+    layers = sorted(int(m.group(1)) for key in rows[0] if (m := GRAD_NORM_COLUMN.fullmatch(key)))
+    return np.array([[float(row[grad_norm_column(i)]) for i in layers] for row in rows]).reshape(len(rows), len(layers))
 
 
 def _as_series(series: np.ndarray | Sequence) -> np.ndarray:

@@ -59,6 +59,7 @@ from .run_folder import (
     WALL_TIME_S,
     RunMetrics,
     check_out_dir,
+    grad_norm_column,
     top1_key,
     write_run,
 )
@@ -384,7 +385,7 @@ def close_epoch(run: TrainingRun, scores: dict[str, float]) -> dict:
         "train_top1": 100.0 * p.correct.item() / n,
         **{f"{name}_loss": v for name, v in terms.items()},
         **scores,
-        **{f"grad_norm_l{i}": v for i, v in enumerate(epoch_norms)},
+        **{grad_norm_column(i): v for i, v in enumerate(epoch_norms)},
         **run.pae.diagnostics(run.model.method),
     }
     p.epoch, p.step, p.perm, p.draws = p.epoch + 1, 0, None, None
@@ -404,7 +405,7 @@ def start_row(run: TrainingRun, scores: dict[str, float]) -> dict:
         "train_top1": nan,
         **{f"{t}_loss": nan for t in run.pae.terms},
         **scores,
-        **{f"grad_norm_l{i}": nan for i in range(run.layers)},
+        **{grad_norm_column(i): nan for i in range(run.layers)},
         **run.pae.diagnostics(run.model.method),
     }
 

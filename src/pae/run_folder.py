@@ -13,6 +13,7 @@ Nothing here imports torch at module level: the figures read the checkpoint's na
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,14 @@ def top1_key(split: str, kind: str = "final") -> str:
 
 
 TEST_TOP1 = top1_key("test")  # the number every accuracy table reports
+
+
+def grad_norm_column(layer: int) -> str:
+    """The history.csv and grad_norms.csv column of prompt layer ``layer``'s gradient norm (0 = first prompt layer)."""
+    return f"grad_norm_l{layer}"
+
+
+GRAD_NORM_COLUMN = re.compile(r"grad_norm_l(\d+)")  # ``grad_norm_column``'s names; group 1 is the layer
 
 
 def grad_key(stat: str, part: int | str) -> str:
@@ -159,7 +168,7 @@ def write_run(
         if grad_norms:
             write_csv(
                 [
-                    {"step": i + 1, **{f"grad_norm_l{layer}": v for layer, v in enumerate(row)}}
+                    {"step": i + 1, **{grad_norm_column(layer): v for layer, v in enumerate(row)}}
                     for i, row in enumerate(grad_norms)
                 ],
                 folder / GRAD_NORMS,

@@ -22,10 +22,10 @@ from matplotlib.figure import Figure, SubFigure
 from matplotlib.ticker import MaxNLocator
 from safetensors import SafetensorError, safe_open
 
-from ..diagnostics import GRAD_KEY, grad_norm_matrix
+from ..diagnostics import grad_norm_matrix
 from ..errors import PaeError
 from ..files import atomic_write, read_json, write_csv
-from ..run_folder import CHECKPOINT, GRAD_NORMS, HISTORY, KOOPMAN_KEY, METRICS
+from ..run_folder import CHECKPOINT, GRAD_NORM_COLUMN, GRAD_NORMS, HISTORY, KOOPMAN_KEY, METRICS
 from .tables import ABLATION_ORDER, group_runs, method_order
 
 RERUN_TRAINING = "rerun the training job that writes this run folder."
@@ -238,7 +238,7 @@ def learning_curves(run_dirs: Sequence[str | Path], out_base: str | Path, split:
 
 def _has_prompt_layers(run: dict) -> bool:
     """Runs without prompts (linear probe) have no grad_norm columns in history.csv, and no grad_norms.csv."""
-    return bool(run["history"]) and any(GRAD_KEY.fullmatch(k) for k in run["history"][0])
+    return bool(run["history"]) and any(GRAD_NORM_COLUMN.fullmatch(k) for k in run["history"][0])
 
 
 def step_gradient_norms(run_dir: str | Path) -> np.ndarray:
